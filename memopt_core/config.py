@@ -1,0 +1,269 @@
+"""Frozen, self-validating settings. A config that exists is a config that is valid.
+
+Each dataclass checks itself in ``__post_init__`` and raises :class:`ConfigError` with a
+one-line message naming the bad value and the allowed ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+
+from memopt_core.errors import ConfigError, choices
+
+BUNDLED_MODELS = ("smollm2-135m", "minilm-l6", "tiny-llama", "tiny-bert")
+DEVICES = ("cpu", "cuda", "mps", "auto")
+DTYPES = ("float32", "bfloat16", "float16")
+PRUNE_METHODS = ("magnitude", "magnitude-global", "l2-structured", "wanda", "sparsegpt")
+PRUNE_PATTERNS = ("unstructured", "2:4", "4:8")
+QUANT_METHODS = ("rtn", "gptq", "fp16", "bf16")
+QUANT_BITS = (2, 3, 4, 5, 6, 8)
+GRANULARITIES = ("per-channel", "per-tensor", "group")
+ZERO_POINTS = ("int", "float")
+RANGE_METHODS = ("minmax", "clip-search")
+STORAGES = ("packed", "fake")
+BUNDLED_TEXTS = ("wikipedia", "news")
+MAX_PRUNE_RATIO = 0.95
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(name: str, value, allowed) -> None:
+    _require(value in allowed, f"{name} {value!r} is not supported; choose {choices(allowed)}")
+
+
+def _number(name: str, value, kind=(int, float)) -> None:
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    _require(ok, f"{name} must be a number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and where: a bundled key, a local folder or a Hugging Face id."""
+
+    source: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.source, str) and self.source.strip() != "",
+                 "model must be a bundled name, a local folder or a Hugging Face id; got an empty value")
+        object.__setattr__(self, "source", self.source.strip())
+        _require(self.device in DEVICES or re.fullmatch(r"cuda:\d+", str(self.device)) is not None,
+                 f"device {self.device!r} is not supported; choose {choices(DEVICES)}")
+        _one_of("dtype", self.dtype, DTYPES)
+        if self.origin == "hub":
+            _require(_HUB_ID.match(self.source) is not None,
+                     f"model {self.source!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}), "
+                     "an existing folder, nor a valid Hugging Face id")
+
+    @property
+    def origin(self) -> str:
+        """'bundled', 'local' or 'hub'."""
+        if self.source in BUNDLED_MODELS:
+            return "bundled"
+        if os.path.isdir(os.path.expanduser(self.source)) or self.source.startswith((".", "/", "~")):
+            return "local"
+        return "hub"
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Which Linear layers are compressed.
+
+    By default every ``nn.Linear`` inside the transformer blocks (embeddings and ``lm_head`` stay).
+    ``include`` (fnmatch patterns over module names, e.g. ``"lm_head"`` or ``"*.mlp.*"``) replaces
+    that default selection with the Linears matching any pattern; ``exclude`` then removes matches.
+    """
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("include", "exclude"):
+            value = tuple(getattr(self, name))
+            _require(all(isinstance(p, str) and p for p in value), f"{name} patterns must be non-empty strings")
+            object.__setattr__(self, name, value)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How to prune. ``ratio`` is the fraction of weights removed per layer (or overall for
+    ``magnitude-global``); with an N:M ``pattern`` the ratio is implied (2:4 and 4:8 remove half)."""
+
+    method: str = "magnitude"
+    ratio: float = 0.5
+    pattern: str = "unstructured"
+
+    def __post_init__(self) -> None:
+        _one_of("prune method", self.method, PRUNE_METHODS)
+        _one_of("prune pattern", self.pattern, PRUNE_PATTERNS)
+        _number("prune ratio", self.ratio)
+        _require(0.0 <= self.ratio <= MAX_PRUNE_RATIO,
+                 f"prune ratio {self.ratio} is out of range; choose a value from 0 to {MAX_PRUNE_RATIO}")
+        if self.pattern != "unstructured":
+            _require(self.method not in ("magnitude-global", "l2-structured"),
+                     f"prune pattern {self.pattern} works with magnitude, wanda or sparsegpt, not {self.method}")
+            object.__setattr__(self, "ratio", 1.0 - self.n / self.m)
+
+    @property
+    def n(self) -> int:
+        return int(self.pattern.split(":")[0]) if ":" in self.pattern else 0
+
+    @property
+    def m(self) -> int:
+        return int(self.pattern.split(":")[1]) if ":" in self.pattern else 0
+
+    @property
+    def is_noop(self) -> bool:
+        return self.pattern == "unstructured" and self.ratio == 0.0
+
+    @property
+    def label(self) -> str:
+        if self.pattern != "unstructured":
+            return f"{self.method} {self.pattern}"
+        return f"{self.method} {self.ratio:.0%}"
+
+    @classmethod
+    def from_cli(cls, method: str, ratio: float = 0.0, pattern: str = "unstructured") -> "PruneConfig":
+        """Accept the CLI shorthands ``--prune-method 2:4`` and ``4:8`` (magnitude N:M)."""
+        if method in ("2:4", "4:8"):
+            return cls(method="magnitude", ratio=0.0, pattern=method)
+        return cls(method=method, ratio=ratio, pattern=pattern)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Weight-only quantization. ``rtn``/``gptq`` give integer codes of ``bits`` bits with fp16
+    scales (and zero points when asymmetric); ``fp16``/``bf16`` are plain casts.
+
+    ``group_size`` applies with granularity ``group``; a size that does not divide the input
+    width leaves a shorter last group. ``zero_point='float'`` stores a float minimum (GGUF Q4_1)
+    instead of an integer zero point (GPTQ). ``storage='fake'`` keeps dequantized floats, so the
+    memory saving is simulated only.
+    """
+
+    method: str = "rtn"
+    bits: int = 4
+    granularity: str = "per-channel"
+    group_size: int = 128
+    symmetric: bool = True
+    zero_point: str = "int"
+    range_method: str = "minmax"
+    storage: str = "packed"
+
+    def __post_init__(self) -> None:
+        _one_of("quantization method", self.method, QUANT_METHODS)
+        _number("bits", self.bits, int)
+        if self.is_cast:
+            object.__setattr__(self, "bits", 16)
+            return
+        _require(self.bits in QUANT_BITS, f"bits {self.bits} is not supported; choose {choices(QUANT_BITS)}, "
+                 "or 16 for no quantization")
+        _one_of("granularity", self.granularity, GRANULARITIES)
+        _number("group size", self.group_size, int)
+        _require(self.group_size > 0, f"group size {self.group_size} must be a positive whole number (e.g. 32, 64, 128)")
+        _one_of("zero point", self.zero_point, ZERO_POINTS)
+        _require(not (self.symmetric and self.zero_point == "float"),
+                 "zero point 'float' (a float minimum) only applies to asymmetric quantization")
+        _one_of("range method", self.range_method, RANGE_METHODS)
+        _one_of("storage", self.storage, STORAGES)
+
+    @property
+    def is_cast(self) -> bool:
+        return self.method in ("fp16", "bf16")
+
+    @property
+    def effective_group_size(self) -> int | None:
+        """Group size along the input dimension, or None for one group per row / per tensor."""
+        return self.group_size if self.granularity == "group" else None
+
+    @property
+    def label(self) -> str:
+        """Field names: ``W4A16 g128 sym``, ``W8A16 per-channel asym``, ``fp16``."""
+        if self.is_cast:
+            return self.method
+        grain = f"g{self.group_size}" if self.granularity == "group" else self.granularity
+        sym = "sym" if self.symmetric else ("asym-fmin" if self.zero_point == "float" else "asym")
+        extra = " clip" if self.range_method == "clip-search" else ""
+        fake = " (fake)" if self.storage == "fake" else ""
+        prefix = "" if self.method == "rtn" else f"{self.method.upper()} "
+        return f"{prefix}W{self.bits}A16 {grain} {sym}{extra}{fake}"
+
+    @classmethod
+    def from_bits(cls, bits: int | str, **kwargs) -> "QuantConfig | None":
+        """CLI/slider helper: 16 (or 'none') means no quantization; 'fp16'/'bf16' mean a cast."""
+        if isinstance(bits, str):
+            text = bits.strip().lower()
+            if text in ("fp16", "bf16"):
+                return cls(method=text)
+            if text in ("16", "none", "fp32", "32"):
+                return None
+            _require(text.lstrip("-").isdigit(), f"bits {bits!r} is not a number; choose {choices(QUANT_BITS)}, 16, fp16 or bf16")
+            bits = int(text)
+        if bits in (16, 32):
+            return None
+        return cls(bits=bits, **kwargs)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How quality is measured. ``text`` is ``wikipedia``, ``news`` or a path to a UTF-8 file."""
+
+    text: str = "wikipedia"
+    seq_len: int = 512
+    max_tokens: int = 4096
+    seed: int = 0
+    prompt: str = "The capital of France is"
+    gen_tokens: int = 24
+    kl_top_k: int | None = None
+    zero_shot: bool = True
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.text, str) and self.text.strip() != "", "evaluation text must be 'wikipedia', 'news' or a file path")
+        _number("sequence length", self.seq_len, int)
+        _number("max tokens", self.max_tokens, int)
+        _require(8 <= self.seq_len <= 32768, f"sequence length {self.seq_len} is out of range; choose 8 to 32768")
+        _require(self.max_tokens >= self.seq_len,
+                 f"max tokens {self.max_tokens} is below the sequence length {self.seq_len}: no full window fits")
+        _number("generation tokens", self.gen_tokens, int)
+        _require(0 <= self.gen_tokens <= 512, f"generation tokens {self.gen_tokens} is out of range; choose 0 to 512")
+        if self.kl_top_k is not None:
+            _require(isinstance(self.kl_top_k, int) and self.kl_top_k > 0, f"kl_top_k {self.kl_top_k!r} must be a positive integer or None")
+
+    @property
+    def text_is_bundled(self) -> bool:
+        return self.text in BUNDLED_TEXTS
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One compression run: a model, optional pruning, optional quantization, how to evaluate."""
+
+    model: ModelSpec
+    prune: PruneConfig | None = None
+    quant: QuantConfig | None = None
+    targets: TargetConfig = field(default_factory=TargetConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.prune is not None and self.prune.is_noop:
+            object.__setattr__(self, "prune", None)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        def build(kind, value):
+            return None if value is None else kind(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in value.items()})
+        return cls(model=build(ModelSpec, data["model"]), prune=build(PruneConfig, data.get("prune")),
+                   quant=build(QuantConfig, data.get("quant")), targets=build(TargetConfig, data.get("targets") or {}),
+                   eval=build(EvalConfig, data.get("eval") or {}))
