@@ -209,6 +209,7 @@ class QuantConfig:
             _require(text.lstrip("-").isdigit(), f"bits {bits!r} is not a number; choose {choices(QUANT_BITS)}, 16, fp16 or bf16")
             bits = int(text)
         if bits in (16, 32):
+            cls(bits=8, **kwargs)  # still validate the other settings: a bad group size is never ignored
             return None
         return cls(bits=bits, **kwargs)
 

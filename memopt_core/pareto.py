@@ -1,0 +1,27 @@
+"""Pareto fronts over (memory, quality) points. Pure: lists in, booleans out."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def pareto_mask(costs: Sequence[float], losses: Sequence[float]) -> list[bool]:
+    """True where no other point is at least as good on both axes and strictly better on one.
+
+    ``costs`` (e.g. stored bytes) and ``losses`` (e.g. perplexity; pass ``-cosine`` for a
+    higher-is-better metric) are both minimised. NaN losses are never on the front; an infinite
+    loss (a diverged model) is on it only if nothing finite costs as little. O(n log n).
+    """
+    points = [(c, l, i) for i, (c, l) in enumerate(zip(costs, losses)) if not math.isnan(l)]
+    points.sort(key=lambda p: (p[0], p[1]))
+    mask = [False] * len(costs)
+    best_loss = math.inf
+    previous: tuple[float, float] | None = None
+    for cost, loss, index in points:
+        if loss < best_loss:
+            mask[index] = True
+            best_loss = loss
+            previous = (cost, loss)
+        elif previous == (cost, loss):  # exact duplicates of a front point stay on the front
+            mask[index] = True
+    return mask

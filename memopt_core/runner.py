@@ -1,0 +1,146 @@
+"""One compression run end to end: load, baseline (once), compress a copy, evaluate, measure.
+
+A :class:`Workbench` holds one loaded original and the baselines computed on it, so sweeps and
+dashboard sessions reuse them; :func:`run` is the one-shot entry point used by the CLI.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from memopt_core.compress import CompressedModel, compress_copy, layer_errors
+from memopt_core.config import EvalConfig, RunConfig
+from memopt_core.devices import resolve_device
+from memopt_core.memory import MemoryReport, measure_growth, memory_report
+from memopt_core.models import LoadedModel, load_model
+from memopt_core.quality import EvalData, Reference, evaluate, prepare
+from memopt_core.sparsity_report import layer_sparsity, overall_sparsity
+
+
+@dataclass
+class RunResult:
+    """Everything one run measured; ``to_dict`` is the CLI's ``--json`` object."""
+
+    model: dict[str, Any]
+    config: RunConfig
+    baseline: dict[str, Any]
+    compressed: dict[str, Any]
+    memory: MemoryReport
+    sparsity: float
+    layers: list[dict[str, Any]]
+    timings: dict[str, float]
+    protocol: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "config": self.config.to_dict(), "baseline": self.baseline,
+                "compressed": self.compressed, "memory": self.memory.to_dict(), "sparsity": self.sparsity,
+                "layers": self.layers, "timings": self.timings, "protocol": self.protocol, "notes": self.notes}
+
+
+@dataclass
+class Baseline:
+    data: EvalData
+    reference: Reference
+    seconds: float
+
+
+def model_summary(loaded: LoadedModel) -> dict[str, Any]:
+    return {"name": loaded.name, "label": loaded.label, "source": loaded.source, "kind": loaded.kind,
+            "architecture": loaded.architecture, "params": loaded.num_params, "is_random": loaded.is_random,
+            "device": loaded.spec.device, "dtype": loaded.spec.dtype}
+
+
+def run_notes(loaded: LoadedModel, config: RunConfig, memory: MemoryReport) -> list[str]:
+    notes = []
+    if loaded.is_random:
+        notes.append(f"{loaded.name} has random weights: its quality figures show mechanics, not a real model")
+    if memory.simulated:
+        notes.append("fake quantization: weights are held as dequantized floats, so the memory saving is simulated")
+    if config.prune is not None and config.quant is None and memory.bits_per_weight >= memory.dense_bits_per_weight:
+        notes.append("pruned weights are held dense (zeros stored): pruning alone saves no memory at this sparsity")
+    quant = config.quant
+    if quant is not None and not quant.is_cast and quant.zero_point == "float" and not quant.symmetric:
+        notes.append("float-minimum grid (GGUF Q4_1): zero is not on the grid, so pruned zeros need a stored mask")
+    return notes
+
+
+class Workbench:
+    """A loaded original plus cached baselines; compress copies of it at any setting.
+
+    The original is only read: every run works on a structural copy (see compress.py), so one
+    workbench can serve several sessions; the baseline cache is guarded by a lock."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self._baselines: dict[EvalConfig, Baseline] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, spec) -> "Workbench":
+        return cls(load_model(spec))
+
+    def baseline(self, config: EvalConfig) -> Baseline:
+        """The original's figures for this evaluation config, computed once."""
+        with self._lock:
+            if config not in self._baselines:
+                start = time.perf_counter()
+                data = prepare(self.loaded, config)
+                _, reference = evaluate(self.loaded.model, self.loaded, data, config)
+                self._baselines[config] = Baseline(data, reference, time.perf_counter() - start)
+            return self._baselines[config]
+
+    def compress(self, config: RunConfig) -> tuple[CompressedModel, MemoryReport]:
+        """A compressed copy and its memory report (stored bytes and measured growth)."""
+        device = resolve_device(self.loaded.spec.device)
+        with measure_growth(device) as measured:
+            compressed = compress_copy(self.loaded.model, config)
+        original, copy = self.loaded.model, compressed.model
+        report = memory_report(original, copy, {n: original.get_submodule(n) for n in compressed.target_names},
+                               {n: copy.get_submodule(n) for n in compressed.target_names},
+                               measured.bytes, measured.method, compressed.simulated)
+        return compressed, report
+
+    def layer_rows(self, compressed: CompressedModel, memory: MemoryReport) -> list[dict[str, Any]]:
+        rows = layer_sparsity(compressed.model, compressed.target_names)
+        errors = layer_errors(self.loaded.model, compressed.model, compressed.target_names)
+        by_name = {layer.name: layer for layer in memory.layers}
+        for row in rows:
+            layer = by_name[row["name"]]
+            row.update(bits=layer.bits_per_weight, stored_bytes=layer.stored_bytes, dense_bytes=layer.dense_bytes,
+                       sqnr_db=errors[row["name"]])
+        return rows
+
+    def run(self, config: RunConfig, save_dir: str | None = None) -> RunResult:
+        timings: dict[str, float] = {}
+        baseline = self.baseline(config.eval)
+        timings["baseline_s"] = baseline.seconds
+        start = time.perf_counter()
+        compressed, memory = self.compress(config)
+        timings["compress_s"] = time.perf_counter() - start
+        timings.update(compressed.timings)
+        start = time.perf_counter()
+        metrics, _ = evaluate(compressed.model, self.loaded, baseline.data, config.eval, baseline.reference)
+        timings["evaluate_s"] = time.perf_counter() - start
+        rows = self.layer_rows(compressed, memory)
+        result = RunResult(model=model_summary(self.loaded), config=config, baseline=baseline.reference.metrics,
+                           compressed=metrics, memory=memory, sparsity=overall_sparsity(rows), layers=rows,
+                           timings=timings, protocol=baseline.data.protocol,
+                           notes=run_notes(self.loaded, config, memory))
+        if save_dir is not None:
+            from memopt_core.saving import save_compressed
+
+            save_compressed(compressed, self.loaded, result, save_dir)
+        return result
+
+
+def run(config: RunConfig, save_dir: str | None = None) -> RunResult:
+    """Load ``config.model`` and run one setting (the CLI's ``run``)."""
+    start = time.perf_counter()
+    bench = Workbench.load(config.model)
+    load_s = time.perf_counter() - start
+    result = bench.run(config, save_dir=save_dir)
+    result.timings["load_s"] = load_s
+    return result
