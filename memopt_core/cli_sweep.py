@@ -1,0 +1,86 @@
+"""``sweep``: a grid of settings on one model, stored as it goes, with a progress bar."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from memopt_core.cli_run import add_eval_arguments, add_model_arguments, add_quant_arguments, eval_config, model_spec
+from memopt_core.errors import ConfigError
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(part.strip()) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__} values")
+    return parse
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("sweep", help="run a grid of settings on one model")
+    add_model_arguments(parser)
+    parser.add_argument("--bits", type=_csv(str), default=("16", "8", "4"), help="e.g. 16,8,4,3,2 (16 = none)")
+    parser.add_argument("--prune-method", type=_csv(str), default=("magnitude",),
+                        help="comma-separated prune methods (magnitude, magnitude-global, l2-structured, 2:4, 4:8)")
+    parser.add_argument("--prune-ratios", type=_csv(float), default=(0.0,), help="e.g. 0,0.25,0.5,0.75")
+    parser.add_argument("--group-sizes", type=_csv(int), default=None, help="e.g. 32,128 (default per-channel)")
+    add_quant_arguments(parser)
+    add_eval_arguments(parser)
+    parser.add_argument("--db", default=None, help="results database (default: in the memopt cache folder)")
+    parser.add_argument("--name", default=None, help="a name to group this sweep's rows in the store")
+    parser.add_argument("--out", default=None, help="write the table to this CSV file")
+    parser.add_argument("--json", action="store_true", help="print the table as JSON records")
+    parser.set_defaults(handler=handle_sweep)
+
+
+def _progress_bar():
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, file=sys.stderr, unit="setting", dynamic_ncols=True)
+
+    def update(done: int, total: int, label: str, seconds_left: float | None) -> None:
+        bar.total = total
+        bar.n = done
+        eta = f", ~{seconds_left:.0f}s left" if seconds_left is not None else ""
+        bar.set_description_str(f"{label}{eta}")
+        bar.refresh()
+        if done == total:
+            bar.close()
+    return update
+
+
+def build_grid(args: argparse.Namespace):
+    from memopt_core.cli_run import quant_kwargs
+    from memopt_core.sweep import SweepGrid
+
+    if args.group_size is not None and args.group_sizes is not None:
+        raise ConfigError("give either --group-size or --group-sizes, not both")
+    groups = args.group_sizes or ((args.group_size,) if args.group_size is not None else (None,))
+    options = {k: v for k, v in quant_kwargs(args).items() if k not in ("group_size", "granularity")}
+    if args.per_tensor:
+        options["granularity"] = "per-tensor"
+    return SweepGrid(prune_methods=args.prune_method, prune_ratios=args.prune_ratios, bits=args.bits,
+                     group_sizes=groups, quant_options=options)
+
+
+def handle_sweep(args: argparse.Namespace) -> int:
+    from memopt_core.cli import print_json
+    from memopt_core.store import ResultStore
+    from memopt_core.sweep import run_sweep
+
+    spec, grid, evaluation = model_spec(args), build_grid(args), eval_config(args)
+    store = ResultStore(args.db)
+    result = run_sweep(spec, grid, evaluation, store=store, progress=_progress_bar(), sweep_name=args.name)
+    if args.out:
+        result.table.to_csv(args.out, index=False)
+    if args.json:
+        print_json({"rows": result.table.to_dict(orient="records"), "from_store": result.from_store,
+                    "computed": result.computed, "seconds": result.seconds})
+    else:
+        columns = [c for c in ("setting", "perplexity", "cosine_similarity", "accuracy", "bits_per_weight",
+                               "stored_bytes", "x_smaller", "sparsity", "pareto") if c in result.table]
+        print(result.table[columns].to_string(index=False))
+        print(f"{result.computed} computed, {result.from_store} from the store ({store.path}), "
+              f"{result.seconds:.1f}s")
+    return 0
