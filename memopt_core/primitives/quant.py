@@ -99,13 +99,13 @@ def _decode(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
     """codes ``[rows, n_groups, g]`` (or any shape broadcasting with ``scale[..., None]``) -> float32.
 
     The operation order is fixed (``code * scale + min`` for float) so the result is reproducible."""
-    c = codes.float()
+    c = codes.float()  # a fresh tensor: the in-place steps below save allocations, not source data
     s = scale.float()[..., None]
     if kind == "symmetric":
-        return (c - 2 ** (bits - 1)) * s
+        return c.sub_(2 ** (bits - 1)).mul_(s)
     if kind == "int":
-        return (c - zero.float()[..., None]) * s
-    return c * s + zero.float()[..., None]
+        return c.sub_(zero.float()[..., None]).mul_(s)
+    return c.mul_(s).add_(zero.float()[..., None])
 
 
 def quantize_weight(w: torch.Tensor, cfg: QuantConfig) -> QuantizedWeight:
@@ -155,13 +155,21 @@ def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tenso
     Shared by :func:`dequantize` and ``QuantLinear.forward``; computes in float32."""
     out_f, in_f = codes.shape
     if scale.numel() == 1:  # per-tensor
-        w = _decode(codes, scale.reshape(1), None if zero is None else zero.reshape(1), bits, zero_kind)
-    elif in_f % group_size == 0:  # whole groups: a free view, broadcast over the group
-        w = _decode(codes.reshape(out_f, -1, group_size), scale, zero, bits, zero_kind).reshape(out_f, in_f)
-    else:  # ragged last group: give every column its group's parameters
-        col_group = torch.arange(in_f, device=codes.device) // group_size
-        w = _decode(codes[..., None], scale[:, col_group], None if zero is None else zero[:, col_group],
-                    bits, zero_kind)[..., 0]
+        return _decode(codes, scale.reshape(1), None if zero is None else zero.reshape(1), bits, zero_kind).to(dtype)
+    # Whole groups are a free view [out, n_full, g] broadcast against [rows, n_full, 1]; the ragged
+    # tail is decoded apart (indexing the parameters per column is far slower on CPU).
+    n_full = in_f // group_size
+    full = n_full * group_size
+    parts = []
+    if n_full:
+        head = codes if full == in_f else codes[:, :full]
+        parts.append(_decode(head.reshape(out_f, n_full, group_size), scale[:, :n_full],
+                             None if zero is None else zero[:, :n_full], bits, zero_kind).reshape(out_f, full))
+    if full < in_f:
+        tail = codes[:, full:].unsqueeze(1)  # [out, 1, in - full]
+        parts.append(_decode(tail, scale[:, -1:], None if zero is None else zero[:, -1:], bits,
+                             zero_kind).reshape(out_f, in_f - full))
+    w = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     return w.to(dtype)
 
 
