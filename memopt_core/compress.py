@@ -73,5 +73,5 @@ def compress_copy(original: nn.Module, config: RunConfig) -> CompressedModel:
 
 def layer_errors(original: nn.Module, compressed: nn.Module, names: list[str]) -> dict[str, float]:
     """SQNR (dB) of each compressed layer's effective weight against the original weight."""
-    return {name: sqnr_db(original.get_submodule(name).weight.float(),
+    return {name: sqnr_db(effective_weight(original.get_submodule(name)).float(),
                           effective_weight(compressed.get_submodule(name)).float()) for name in names}

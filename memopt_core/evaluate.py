@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -174,19 +174,18 @@ def _finish(totals: _Totals, windows: Tensor, seconds: float, reference: LMRefer
         seconds=seconds, latency_ms_per_window=1000 * seconds / n, windows=n, seq_len=seq_len,
         diverged=diverged, reason=reason)
     if reference is not None:
-        metrics = _with_kl(metrics, totals, reference)
-    parts = {key: torch.cat([p[key] for p in totals.parts]) if totals.parts else torch.empty(0)
-             for key in (totals.parts[0] if totals.parts else {"top1": None})}
-    return metrics, LMReference(targets=targets.cpu(), diverged=diverged, **parts)
+        kl, agreement = (float("inf"), float("nan")) if diverged else (totals.kl / totals.tokens,
+                                                                        totals.agree / totals.tokens)
+        metrics = replace(metrics, kl_divergence=kl, top1_agreement=agreement, kl_method=reference.kl_method)
+    return metrics, _build_reference(totals, targets, diverged)
 
 
-def _with_kl(metrics: LMMetrics, totals: _Totals, reference: LMReference) -> LMMetrics:
-    from dataclasses import replace
-
-    if metrics.diverged:
-        return replace(metrics, kl_divergence=float("inf"), top1_agreement=float("nan"), kl_method=reference.kl_method)
-    return replace(metrics, kl_divergence=totals.kl / totals.tokens, top1_agreement=totals.agree / totals.tokens,
-                   kl_method=reference.kl_method)
+def _build_reference(totals: _Totals, targets: Tensor, diverged: bool) -> LMReference:
+    """Join the per-batch parts; a diverged run keeps what it had, flagged so no one compares to it."""
+    if not totals.parts:
+        return LMReference(targets=targets.cpu(), top1=torch.empty(0, dtype=torch.long), diverged=diverged)
+    parts = {key: torch.cat([part[key] for part in totals.parts]) for key in totals.parts[0]}
+    return LMReference(targets=targets.cpu(), diverged=diverged, **parts)
 
 
 def evaluate_causal_lm(model: nn.Module, windows: Tensor, reference: LMReference | None = None,
@@ -218,3 +217,108 @@ def evaluate_causal_lm(model: nn.Module, windows: Tensor, reference: LMReference
             _score_batch(totals, log_probs, batch[:, 1:].reshape(-1), reference, kl_top_k)
     _synchronize(device)
     return _finish(totals, windows, time.perf_counter() - start, reference, reason)
+
+
+def _pad_right(sequences: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Right-pad token lists -> ids [B, L] and attention mask [B, L].
+
+    Built here rather than by the tokenizer, so its ``padding_side`` cannot matter: with right
+    padding real tokens keep positions 0..len-1 and never attend to the pads after them.
+    """
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    return ids, mask
+
+
+def _pad_id(tokenizer) -> int:
+    """Any id works for right padding (masked, never scored); prefer the tokenizer's own."""
+    return next((int(i) for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+
+
+def _sum_log_probs(model: nn.Module, sequences: list[list[int]], starts: list[int], pad_id: int) -> Tensor:
+    """Sum of log P(token t | tokens < t) over t in [start, len) for each sequence -> [B] float64."""
+    device = model_device(model)
+    ids, mask = _pad_right(sequences, pad_id)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+    log_probs = logits[:, :-1].float().log_softmax(-1)  # [B, L-1, V]; row t predicts token t+1
+    token_lp = log_probs.gather(-1, ids[:, 1:, None].to(device)).squeeze(-1).cpu()  # [B, L-1]
+    position = torch.arange(1, ids.shape[1])[None, :]  # [1, L-1]: index of the predicted token
+    lengths = mask.sum(1, keepdim=True)
+    scored = (position >= torch.tensor(starts)[:, None]) & (position < lengths)
+    return torch.where(scored, token_lp.double(), 0.0).sum(1)
+
+
+def continuation_log_probs(model: nn.Module, tokenizer, prompts: list[str], continuations: list[str] | tuple[str, ...],
+                           batch_size: int = 16) -> Tensor:
+    """Total log-prob of each continuation after each prompt -> [n_prompts, n_continuations] float64.
+
+    Prompt and continuation are tokenized apart (the prompt with the tokenizer's special tokens),
+    so a multi-token continuation is scored as the sum over its tokens. Sequences are sorted by
+    length before batching to waste little compute on padding.
+    """
+    prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
+    cont_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    if any(len(p) == 0 for p in prompt_ids) or any(len(c) == 0 for c in cont_ids):
+        raise DataError("every prompt and continuation must give at least one token")
+    jobs = [(i, j, p + c, len(p)) for i, p in enumerate(prompt_ids) for j, c in enumerate(cont_ids)]
+    jobs.sort(key=lambda job: len(job[2]))
+    scores = torch.empty(len(prompts), len(cont_ids), dtype=torch.float64)
+    with torch.inference_mode():
+        for first in range(0, len(jobs), batch_size):
+            chunk = jobs[first:first + batch_size]
+            sums = _sum_log_probs(model, [job[2] for job in chunk], [job[3] for job in chunk], _pad_id(tokenizer))
+            for (i, j, _, _), value in zip(chunk, sums.tolist()):
+                scores[i, j] = value
+    return scores
+
+
+def zero_shot_sentiment(model: nn.Module, tokenizer, sentences: list[tuple[str, int]],
+                        batch_size: int = 16) -> AccuracyResult:
+    """Zero-shot sentiment accuracy: for each (sentence, label 0 negative / 1 positive) the model
+    picks the label whose continuation (' negative' / ' positive') has the higher total log-prob."""
+    if not sentences:
+        raise DataError("no labelled sentences to evaluate zero-shot sentiment on")
+    prompts = [SENTIMENT_PROMPT.format(text=text) for text, _ in sentences]
+    scores = continuation_log_probs(model, tokenizer, prompts, SENTIMENT_LABELS, batch_size)  # [n, 2]
+    predictions = (scores[:, 1] > scores[:, 0]).long()
+    correct = int((predictions == torch.tensor([int(label) for _, label in sentences])).sum())
+    method = (f"zero-shot: total log-prob of {SENTIMENT_LABELS[1]!r} vs {SENTIMENT_LABELS[0]!r} "
+              f"after {SENTIMENT_PROMPT!r}")
+    return AccuracyResult.from_counts(correct, len(sentences), method)
+
+
+def greedy_generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """Greedy (deterministic) continuation of ``prompt``; returns only the new text."""
+    if max_new_tokens <= 0:
+        return ""
+    encoded = tokenizer(prompt, return_tensors="pt")
+    device = model_device(model)
+    ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=_pad_id(tokenizer))
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def measure_latency(model: nn.Module, windows: Tensor, repeats: int = 3) -> dict:
+    """Mean and spread over ``repeats`` of the forward time per window (one window per call),
+    after one warm-up call. Returns ``{"mean_ms", "std_ms", "device"}``."""
+    windows = _check_windows(windows)
+    device = model_device(model)
+    batch = windows.to(device)
+    per_window_ms = []
+    with torch.inference_mode():
+        model(input_ids=batch[:1], use_cache=False)  # first call allocates and picks kernels
+        for _ in range(max(1, repeats)):
+            _synchronize(device)
+            start = time.perf_counter()
+            for row in batch:
+                model(input_ids=row[None], use_cache=False)
+            _synchronize(device)
+            per_window_ms.append(1000 * (time.perf_counter() - start) / len(batch))
+    std = statistics.stdev(per_window_ms) if len(per_window_ms) > 1 else 0.0
+    return {"mean_ms": statistics.fmean(per_window_ms), "std_ms": std, "device": str(device)}

@@ -44,13 +44,35 @@ def _base_spec(module: nn.Module) -> dict:
             "bias_dtype": _dtype_name(bias.dtype) if bias is not None else None}
 
 
-class QuantLinear(nn.Module):
+class _KeepsStoredDtype(nn.Module):
+    """Buffers named in ``_stored_dtype`` keep their 16-bit float dtype through ``model.to(dtype)``,
+    ``.half()`` or ``.float()``: only device moves reach them. A cast of fp16 scales to bf16 would
+    silently lose precision, and one to fp32 would undo the memory saving."""
+
+    _stored_dtype: tuple[str, ...] = ()
+
+    def _apply(self, fn, recurse=True):
+        held = {name: self._buffers[name].dtype for name in self._stored_dtype if self._buffers.get(name) is not None}
+        for name in held:  # dtype conversions only touch floating tensors: hide these as int16
+            self._buffers[name] = self._buffers[name].view(torch.int16)
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            for name, dtype in held.items():
+                self._buffers[name] = self._buffers[name].view(dtype)
+
+
+class QuantLinear(_KeepsStoredDtype):
     """Linear layer holding bit-packed integer codes with fp16 scales (and zeros when asymmetric).
 
     Buffers: ``packed`` uint8 ``[ceil(out*in*bits/8)]``; ``scale`` fp16 ``[rows, n_groups]``
     (``rows = out``, or 1 per-tensor); ``zero`` like ``scale`` for zero kinds 'int'/'float';
     ``mask`` (packed bitmask of non-zeros) only when pruned zeros would otherwise not decode to 0.
+    ``scale`` and ``zero`` stay fp16 when the model is cast; ``weight_dtype`` (what
+    :meth:`dequantized_weight` returns by default) follows the cast.
     """
+
+    _stored_dtype = ("scale", "zero")
 
     def __init__(self, in_features: int, out_features: int, bits: int, group_size: int, zero_kind: str,
                  scale_shape: tuple[int, int], has_mask: bool = False, bias: nn.Parameter | None = None,
@@ -67,6 +89,11 @@ class QuantLinear(nn.Module):
         self.register_buffer("zero", zero)
         self.register_buffer("mask", torch.zeros(packed_nbytes(numel, 1), dtype=torch.uint8) if has_mask else None)
         self.bias = bias
+
+    def _apply(self, fn, recurse=True):
+        # Ask the conversion what it does to a float tensor of the source dtype (an empty probe).
+        self.weight_dtype = fn(torch.empty(0, dtype=self.weight_dtype)).dtype
+        return super()._apply(fn, recurse)
 
     @classmethod
     def from_linear(cls, linear: nn.Module, cfg: QuantConfig) -> "QuantLinear":
@@ -169,8 +196,11 @@ class SparseLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.values.numel()}"
 
 
-class CastLinear(nn.Module):
-    """Linear layer holding its weight cast to fp16 or bf16; forward casts it to the input dtype."""
+class CastLinear(_KeepsStoredDtype):
+    """Linear layer holding its weight (a buffer) cast to fp16 or bf16; forward casts it to the
+    input dtype. The weight keeps its dtype when the model is cast."""
+
+    _stored_dtype = ("weight",)
 
     def __init__(self, in_features: int, out_features: int, dtype: torch.dtype = torch.float16,
                  bias: nn.Parameter | None = None) -> None:
@@ -178,7 +208,7 @@ class CastLinear(nn.Module):
         if dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"cast dtype {dtype} is not supported; choose torch.float16 or torch.bfloat16")
         self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.zeros(out_features, in_features, dtype=dtype), requires_grad=False)
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=dtype))
         self.bias = bias
 
     @classmethod
@@ -187,7 +217,7 @@ class CastLinear(nn.Module):
         w = effective_weight(linear).detach()  # [out, in]
         module = cls(w.shape[1], w.shape[0], dtype, _copy_bias(linear))
         # .to() returns the same tensor when the dtype already matches: clone so nothing is shared.
-        module.weight = nn.Parameter(w.to(dtype).clone(), requires_grad=False)
+        module.weight = w.to(dtype).clone()
         return module
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:

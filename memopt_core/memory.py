@@ -22,7 +22,7 @@ import psutil
 import torch
 from torch import nn
 
-from memopt_core.layers import weight_storage_bytes
+from memopt_core.layers import module_storage_bytes, weight_storage_bytes
 
 GIB = 2**30
 
@@ -31,21 +31,9 @@ def format_gib(n_bytes: float) -> str:
     return f"{n_bytes / GIB:.3f} GiB"
 
 
-def unique_tensors(module: nn.Module) -> list[torch.Tensor]:
-    """Parameters and buffers of ``module``, each storage counted once (tied weights share one)."""
-    seen: set[int] = set()
-    out = []
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        key = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
-        if key not in seen:
-            seen.add(key)
-            out.append(tensor)
-    return out
-
-
 def stored_bytes(module: nn.Module) -> int:
-    """Bytes of every tensor the module holds (its whole storage, not a view's slice)."""
-    return sum(t.untyped_storage().nbytes() for t in unique_tensors(module))
+    """Bytes of every tensor the module holds, shared memory (tied weights) counted once."""
+    return module_storage_bytes(module)
 
 
 @dataclass
@@ -82,13 +70,14 @@ class MemoryReport:
 
 
 def layer_memory(original: dict[str, nn.Module], compressed: dict[str, nn.Module]) -> list[LayerMemory]:
-    """Per targeted layer: dense weight bytes before, weight storage bytes after, bits per weight."""
+    """Per targeted layer: weight bytes before (dense, unless the original was itself compressed),
+    weight storage bytes after, and bits per weight after."""
     rows = []
     for name, before in original.items():
-        weight = before.weight
+        shape = (before.out_features, before.in_features)
         after_bytes = weight_storage_bytes(compressed[name])
-        rows.append(LayerMemory(name=name, shape=tuple(weight.shape), dense_bytes=weight.numel() * weight.element_size(),
-                                stored_bytes=after_bytes, bits_per_weight=8 * after_bytes / weight.numel()))
+        rows.append(LayerMemory(name=name, shape=shape, dense_bytes=weight_storage_bytes(before),
+                                stored_bytes=after_bytes, bits_per_weight=8 * after_bytes / (shape[0] * shape[1])))
     return rows
 
 

@@ -23,7 +23,7 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
-        has_linear = any(isinstance(m, nn.Linear) for m in module[0].modules())
+        has_linear = any(is_linear(m) for m in module[0].modules())
         if has_linear and (best is None or len(module) > len(best[1])):
             best = (name, module)
     if best is None:
@@ -32,12 +32,17 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
-def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
-    """Every nn.Linear in the model (compressed modules subclass it too), by qualified name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+def is_linear(module: nn.Module) -> bool:
+    """An nn.Linear, or a compressed stand-in for one (memopt_core.layers: it can rebuild its weight)."""
+    return isinstance(module, nn.Linear) or callable(getattr(module, "dequantized_weight", None))
 
 
-def target_linears(model: nn.Module, targets: TargetConfig | None = None) -> dict[str, nn.Linear]:
+def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Linear layer (plain or compressed) in the model, by qualified name."""
+    return {name: m for name, m in model.named_modules() if is_linear(m)}
+
+
+def target_linears(model: nn.Module, targets: TargetConfig | None = None) -> dict[str, nn.Module]:
     """The Linear layers to compress, in model order.
 
     Default: every Linear inside the transformer blocks. With ``targets.include`` the Linears

