@@ -245,6 +245,26 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class CalibConfig:
+    """Calibration data for GPTQ, Wanda and SparseGPT: ``samples`` sequences of ``seq_len`` tokens
+    drawn from ``text`` (``both`` bundled texts by default, one of them, or a file path), never
+    from the tokens being evaluated."""
+
+    text: str = "both"
+    samples: int = 64
+    seq_len: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.text, str) and self.text.strip() != "",
+                 "calibration text must be 'both', 'wikipedia', 'news' or a file path")
+        _number("calibration samples", self.samples, int)
+        _number("calibration length", self.seq_len, int)
+        _require(1 <= self.samples <= 4096, f"calibration samples {self.samples} is out of range; choose 1 to 4096")
+        _require(8 <= self.seq_len <= 32768, f"calibration length {self.seq_len} is out of range; choose 8 to 32768")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One compression run: a model, optional pruning, optional quantization, how to evaluate."""
 
@@ -253,6 +273,13 @@ class RunConfig:
     quant: QuantConfig | None = None
     targets: TargetConfig = field(default_factory=TargetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """GPTQ, Wanda and SparseGPT need calibration statistics; RTN and magnitude do not."""
+        return (self.quant is not None and self.quant.method == "gptq") or \
+            (self.prune is not None and self.prune.method in ("wanda", "sparsegpt"))
 
     def __post_init__(self) -> None:
         if self.prune is not None and self.prune.is_noop:
@@ -267,4 +294,4 @@ class RunConfig:
             return None if value is None else kind(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in value.items()})
         return cls(model=build(ModelSpec, data["model"]), prune=build(PruneConfig, data.get("prune")),
                    quant=build(QuantConfig, data.get("quant")), targets=build(TargetConfig, data.get("targets") or {}),
-                   eval=build(EvalConfig, data.get("eval") or {}))
+                   eval=build(EvalConfig, data.get("eval") or {}), calib=build(CalibConfig, data.get("calib") or {}))

@@ -50,7 +50,7 @@ def _encode(model: nn.Module, tokenizer, texts: list[str]) -> dict[str, Tensor]:
     model's position table holds; tensors on the model's device."""
     limit = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=min(limit, tokenizer.model_max_length),
-                        return_tensors="pt")
+                        padding_side="right", return_tensors="pt")
     device = model_device(model)
     return {key: value.to(device) for key, value in encoded.items()}
 

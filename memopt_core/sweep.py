@@ -85,7 +85,8 @@ def mark_pareto(table: pd.DataFrame) -> pd.DataFrame:
 
 
 class _Eta:
-    """Seconds left from the mean time of the settings computed so far (stored ones cost ~0)."""
+    """Seconds left: the remaining settings times the mean time of those computed so far
+    (an upper bound when some of the rest are in the store already)."""
 
     def __init__(self):
         self.computed_seconds: list[float] = []
@@ -94,6 +95,30 @@ class _Eta:
         if not self.computed_seconds:
             return None
         return remaining_to_compute * sum(self.computed_seconds) / len(self.computed_seconds)
+
+
+def stored_run(config: RunConfig, store: ResultStore | None, workbench=None,
+               sweep_name: str | None = None) -> tuple[dict[str, Any], bool, Any]:
+    """The result of ``config`` from the store if it is there, else run it and store it.
+
+    Returns (``RunResult.to_dict()``, whether it came from the store, the workbench used or None).
+    ``workbench`` is loaded only when a run is really needed."""
+    identity = model_identity(config.model)
+    calib = config.calib if config.needs_calibration else None
+    key = run_key(identity, setting_identity(config.prune, config.quant, calib),
+                  eval_identity(config.model, config.eval, config.targets))
+    found = store.get(key) if store is not None else None
+    if found is not None:
+        return found, True, workbench
+    if workbench is None:
+        from memopt_core.runner import Workbench
+
+        workbench = Workbench.load(config.model)
+    result = workbench.run(config).to_dict()
+    if store is not None:
+        store.put(key, config.model.source, identity, setting_label(config.prune, config.quant), result,
+                  sweep=sweep_name)
+    return result, False, workbench
 
 
 def run_sweep(spec: ModelSpec, grid: SweepGrid, eval_config: EvalConfig | None = None,
@@ -108,39 +133,23 @@ def run_sweep(spec: ModelSpec, grid: SweepGrid, eval_config: EvalConfig | None =
     start = time.perf_counter()
     eval_config = eval_config or EvalConfig()
     targets = targets or TargetConfig()
-    settings = grid.settings()
-    identity = model_identity(spec)
-    evaluation = eval_identity(spec, eval_config, targets)
-    rows, from_store, eta = [], 0, _Eta()
-    pending = [(p, q, run_key(identity, setting_identity(p, q), evaluation)) for p, q in settings]
-    stored = {key: store.get(key) for _, _, key in pending} if store is not None else {}
-    to_compute = sum(1 for *_, key in pending if stored.get(key) is None)
-    cancelled = False
-    for done, (prune, quant, key) in enumerate(pending):
-        label = setting_label(prune, quant)
+    configs = [RunConfig(model=spec, prune=p, quant=q, targets=targets, eval=eval_config) for p, q in grid.settings()]
+    rows, from_store, eta, cancelled = [], 0, _Eta(), False
+    for done, config in enumerate(configs):
+        label = setting_label(config.prune, config.quant)
         if progress:
-            progress(done, len(pending), label, eta.left(to_compute))
+            progress(done, len(configs), label, eta.left(len(configs) - done))
         if cancel is not None and cancel.is_set():
             cancelled = True
             break
-        result = stored.get(key)
-        if result is not None:
-            from_store += 1
-        else:
-            if workbench is None:
-                from memopt_core.runner import Workbench
-
-                workbench = Workbench.load(spec)
-            began = time.perf_counter()
-            config = RunConfig(model=spec, prune=prune, quant=quant, targets=targets, eval=eval_config)
-            result = workbench.run(config).to_dict()
+        began = time.perf_counter()
+        result, cached, workbench = stored_run(config, store, workbench, sweep_name)
+        from_store += cached
+        if not cached:
             eta.computed_seconds.append(time.perf_counter() - began)
-            to_compute -= 1
-            if store is not None:
-                store.put(key, spec.source, identity, label, result, sweep=sweep_name)
-        rows.append(result_row(result, label=label, key=key))
+        rows.append(result_row(result, label=label))
     if progress and not cancelled:
-        progress(len(pending), len(pending), "done", 0.0)
+        progress(len(configs), len(configs), "done", 0.0)
     table = mark_pareto(pd.DataFrame(rows))
     return SweepResult(table=table, cancelled=cancelled, seconds=time.perf_counter() - start,
                        from_store=from_store, computed=len(rows) - from_store)
