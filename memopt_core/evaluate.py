@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
-from memopt_core.errors import DataError
+from memopt_core.errors import ConfigError, DataError
 from memopt_core.stats import AccuracyResult, kl_exact, kl_top_k, rest_log_mass
 
 # Float32 logits per batch (64 MiB). Log-softmax and the reference hold a few copies of them;
@@ -199,6 +199,9 @@ def evaluate_causal_lm(model: nn.Module, windows: Tensor, reference: LMReference
     the run stops and reports ``diverged``. The model is not changed.
     """
     windows = _check_windows(windows)
+    for name, value in (("kl_top_k", kl_top_k), ("batch size", batch_size)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} {value!r} must be a positive whole number or None")
     targets_all = windows[:, 1:].reshape(-1)
     if reference is not None:
         _check_reference(reference, targets_all)
@@ -211,7 +214,7 @@ def evaluate_causal_lm(model: nn.Module, windows: Tensor, reference: LMReference
             logits = model(input_ids=batch, use_cache=False).logits[:, :-1]  # [B, S-1, V]
             if not torch.isfinite(logits).all():
                 reason = (f"logits contain NaN or Inf in windows {first}-{first + len(batch) - 1}: "
-                          "the compressed weights or the dtype's range broke the model")
+                          "the weights or the dtype's range broke the model")
                 break
             log_probs = logits.float().log_softmax(-1).flatten(0, 1)  # [B*(S-1), V]
             _score_batch(totals, log_probs, batch[:, 1:].reshape(-1), reference, kl_top_k)

@@ -52,7 +52,10 @@ def save_compressed(compressed, loaded, result, directory: str | os.PathLike) ->
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        compressed.model.config.save_pretrained(staging)
+        config = compressed.model.config  # the copy's own config object (structural_copy deep-copies it)
+        if not getattr(config, "architectures", None):  # models built from a config have none recorded
+            config.architectures = [loaded.architecture]
+        config.save_pretrained(staging)
         loaded.tokenizer.save_pretrained(staging)
         save_model(compressed.model, str(staging / WEIGHTS))
         (staging / MANIFEST).write_text(json.dumps(_manifest(compressed, loaded, result), indent=2, default=str))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_tiny_llama
-from memopt_core.errors import DataError
+from memopt_core.errors import ConfigError, DataError
 from memopt_core.evaluate import (SENTIMENT_PROMPT, continuation_log_probs, evaluate_causal_lm, greedy_generate,
                                   measure_latency, zero_shot_sentiment)
 from memopt_core.stats import kl_exact, kl_top_k, wilson_interval
@@ -151,6 +151,8 @@ def test_reference_from_other_windows_is_refused(model, windows):
         evaluate_causal_lm(model, windows[2:4], reference=reference)
     with pytest.raises(DataError, match="seq_len"):
         evaluate_causal_lm(model, windows[0])
+    with pytest.raises(ConfigError, match="kl_top_k 0"):
+        evaluate_causal_lm(model, windows, kl_top_k=0)
 
 
 def unpadded_score(model, tokenizer, prompt, continuation):
