@@ -32,8 +32,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=4096, help="evaluate the first N tokens (default 4096)")
     parser.add_argument("--prompt", default=EvalConfig.prompt, help="prompt for the greedy generation sample")
     parser.add_argument("--gen-tokens", type=int, default=EvalConfig.gen_tokens)
-    parser.add_argument("--kl-top-k", type=int, default=None,
-                        help="KL over the original's top-k tokens plus a rest bucket (default: exact)")
+    parser.add_argument("--kl-top-k", type=int, default=64,
+                        help="KL over the original's top-k tokens plus one bucket for the rest (default 64; "
+                             "0 = exact, which holds the original's full log-probs in memory)")
     parser.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot sentiment accuracy")
 
 
@@ -69,7 +70,7 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(text=args.eval_text, seq_len=args.seq_len, max_tokens=args.max_tokens, prompt=args.prompt,
-                      gen_tokens=args.gen_tokens, kl_top_k=args.kl_top_k, zero_shot=not args.no_zero_shot)
+                      gen_tokens=args.gen_tokens, kl_top_k=args.kl_top_k or None, zero_shot=not args.no_zero_shot)
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:

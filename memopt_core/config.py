@@ -224,7 +224,7 @@ class EvalConfig:
     seed: int = 0
     prompt: str = "The capital of France is"
     gen_tokens: int = 24
-    kl_top_k: int | None = None
+    kl_top_k: int | None = 64  # KL over the original's top-k tokens + a rest bucket; None = exact
     zero_shot: bool = True
 
     def __post_init__(self) -> None:

@@ -19,7 +19,8 @@ from torch import nn
 from memopt_core.config import EvalConfig
 from memopt_core.datasets import TextSource, load_labelled_sentences, load_text, token_windows
 from memopt_core.evaluate import evaluate_causal_lm, greedy_generate, zero_shot_sentiment
-from memopt_core.evaluate_encoder import classifier_accuracy, encoder_metrics, fit_probe, sentence_embeddings
+from memopt_core.evaluate_encoder import (classifier_accuracy, classifier_predictions, encoder_metrics, fit_probe,
+                                          sentence_embeddings)
 from memopt_core.models import LoadedModel
 
 
@@ -99,8 +100,10 @@ def evaluate(model: nn.Module, loaded: LoadedModel, data: EvalData, config: Eval
             metrics, new_reference = _encoder_metrics(model, loaded, data, config, reference)
             new_reference.metrics = new_reference.metrics or metrics
             return metrics, new_reference
-        texts = data.sentences
-        result = classifier_accuracy(model, loaded.tokenizer, texts,
+        result = classifier_accuracy(model, loaded.tokenizer, data.sentences,
                                      reference_predictions=reference.predictions if reference else None)
         metrics = asdict(result)
-        return metrics, reference or Reference(metrics=metrics, predictions=getattr(result, "predictions", None))
+        if reference is None:  # copies without positive/negative labels are scored by agreement with these
+            predictions = classifier_predictions(model, loaded.tokenizer, [s for s, _ in data.sentences])
+            reference = Reference(metrics=metrics, predictions=predictions)
+        return metrics, reference
