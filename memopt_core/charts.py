@@ -2,11 +2,15 @@
 
 Every figure's title says what it shows; callers add the one-line caption about whether the
 memory saving is real (packed storage) or simulated (fake quantization, masks held dense).
+Infinite values (an exact reconstruction has SQNR +inf dB, a diverged model perplexity +inf)
+are drawn as gaps and named in the hover text: JSON and colour scales cannot hold infinity.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -14,10 +18,27 @@ from memopt_core.memory import GIB
 from memopt_core.results import QUALITY_METRIC
 
 _PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC")
+MAX_GRID_LINES = 64  # a 6-bit grid; finer grids would hide the histogram behind their lines
+_HOVER_FIGURES = (("setting", "setting", "{}"), ("perplexity", "perplexity", "{:.4g}"),
+                  ("kl_divergence", "KL (nats/token)", "{:.4g}"), ("top1_agreement", "top-1 agreement", "{:.1%}"),
+                  ("cosine_similarity", "cosine similarity", "{:.4f}"), ("accuracy", "accuracy", "{:.1%}"),
+                  ("zero_shot_accuracy", "zero-shot accuracy", "{:.1%}"), ("stored_mib", "stored (MiB)", "{:,.2f}"),
+                  ("bits_per_weight", "bits per weight", "{:.3f}"), ("x_smaller", "x smaller", "{:.2f}"),
+                  ("sparsity", "sparsity", "{:.1%}"), ("measured_mib", "measured (MiB)", "{:,.1f}"),
+                  ("simulated", "memory saving simulated", "{}"), ("sweep", "sweep", "{}"))
 
 
 def _color(index: int) -> str:
     return _PALETTE[index % len(_PALETTE)]
+
+
+def finite(values) -> list[float | None]:
+    """Floats with +-inf and NaN replaced by None (a gap in a plotly trace)."""
+    out = []
+    for value in values:
+        number = None if value is None else float(value)
+        out.append(number if number is not None and math.isfinite(number) else None)
+    return out
 
 
 def _layer_frame(layers: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -40,28 +61,44 @@ def sparsity_by_layer(layers: Sequence[dict[str, Any]]) -> go.Figure:
 
 
 def bytes_by_layer(layers: Sequence[dict[str, Any]]) -> go.Figure:
-    """Dense vs stored weight bytes of each targeted layer."""
+    """Dense vs stored weight bytes of each targeted layer: two bars per layer."""
     frame = _layer_frame(layers)
     figure = go.Figure()
-    figure.add_bar(x=frame["name"], y=frame["dense_bytes"], name="before (dense)", marker_color=_color(0))
+    figure.add_bar(x=frame["name"], y=frame["dense_bytes"], name="before (dense)", marker_color=_color(0),
+                   hovertemplate="%{x}<br>%{y:,} bytes before<extra></extra>")
     figure.add_bar(x=frame["name"], y=frame["stored_bytes"], name="after (stored)", marker_color=_color(1),
-                   customdata=frame[["bits"]], hovertemplate="%{x}<br>%{y:,} bytes, %{customdata[0]:.2f} bits/weight"
-                   "<extra></extra>")
+                   customdata=frame[["bits"]], hovertemplate="%{x}<br>%{y:,} bytes stored, "
+                   "%{customdata[0]:.2f} bits/weight<extra></extra>")
     figure.update_layout(title="Weight bytes per layer, before and after", barmode="group",
                          yaxis_title="bytes", xaxis=dict(showticklabels=len(frame) <= 40))
     return figure
 
 
 def weight_histogram(before: Sequence[float], after: Sequence[float], grid: Sequence[float] = (),
-                     layer: str = "") -> go.Figure:
-    """Histogram of one layer's weights before and after, with the quantization grid as lines."""
+                     layer: str = "", bins: int = 120) -> go.Figure:
+    """Histogram of one layer's weights before and after (shared bins, so the bars line up), with
+    the quantization grid of its first group as dotted lines and a marker trace at zero height.
+
+    Counts are computed here (numpy), so the figure carries ``bins`` numbers per trace instead of
+    every weight. Grids finer than :data:`MAX_GRID_LINES` levels are drawn as markers only."""
+    before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    values = np.concatenate([before, after, np.asarray(grid, dtype=float)])
+    edges = np.histogram_bin_edges(values[np.isfinite(values)], bins=bins)
+    centres, width = (edges[:-1] + edges[1:]) / 2, float(edges[1] - edges[0])
     figure = go.Figure()
-    figure.add_histogram(x=list(before), name="original", opacity=0.6, nbinsx=120, marker_color=_color(0))
-    figure.add_histogram(x=list(after), name="compressed", opacity=0.6, nbinsx=120, marker_color=_color(1))
-    for level in grid:
-        figure.add_vline(x=float(level), line_width=1, line_dash="dot", line_color="#888")
+    for index, (name, data) in enumerate((("original", before), ("compressed", after))):
+        counts, _ = np.histogram(data, bins=edges)
+        figure.add_bar(x=centres, y=counts, width=width, name=name, opacity=0.6, marker_color=_color(index),
+                       hovertemplate=f"{name}: %{{y:,}} weights near %{{x:.4g}}<extra></extra>")
+    if len(grid):
+        figure.add_scatter(x=list(map(float, grid)), y=[0] * len(grid), mode="markers", name="quantization grid",
+                           marker=dict(symbol="line-ns-open", size=14, color="#444"),
+                           hovertemplate="grid level %{x:.4g}<extra></extra>")
+        if len(grid) <= MAX_GRID_LINES:
+            for level in grid:
+                figure.add_vline(x=float(level), line_width=1, line_dash="dot", line_color="#888")
     figure.update_layout(title=f"Weights of {layer} before and after (dotted: quantization grid of its first group)",
-                         barmode="overlay", xaxis_title="weight value", yaxis_title="count")
+                         barmode="overlay", bargap=0, xaxis_title="weight value", yaxis_title="count")
     return figure
 
 
@@ -70,65 +107,142 @@ def _quality_axis(table: pd.DataFrame) -> tuple[str, str]:
     return metric, f"{metric.replace('_', ' ')} ({'higher' if higher else 'lower'} is better)"
 
 
-def tradeoff_memory(table: pd.DataFrame, group_by: str = "prune_method") -> go.Figure:
-    """Quality against stored memory: one line per ``group_by`` value, the Pareto front highlighted."""
+def _with_hover_columns(table: pd.DataFrame) -> pd.DataFrame:
+    extra = {}
+    if "stored_bytes" in table:
+        extra["stored_mib"] = table["stored_bytes"].astype(float) / 2**20
+    if "measured_bytes" in table:
+        extra["measured_mib"] = pd.to_numeric(table["measured_bytes"], errors="coerce") / 2**20
+    return table.assign(**extra)
+
+
+def _format(value, pattern: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf (diverged)" if value > 0 else "-inf"
+    try:
+        return pattern.format(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _hover(part: pd.DataFrame) -> tuple[list[list[str]], str]:
+    """customdata (every figure the row has, formatted here so infinities read as words) and a
+    template naming each figure."""
+    shown = [(c, label, fmt) for c, label, fmt in _HOVER_FIGURES if c in part and part[c].notna().any()]
+    data = [[_format(row[c], fmt) for c, _, fmt in shown] for _, row in part.iterrows()]
+    lines = [f"{label}: %{{customdata[{i}]}}" for i, (_, label, _) in enumerate(shown)]
+    return data, "<br>".join(lines) + "<extra></extra>"
+
+
+def tradeoff_memory(table: pd.DataFrame, group_by: str = "pruning") -> go.Figure:
+    """Quality against stored memory: one line per ``group_by`` value (default: the pruning
+    setting, e.g. 'magnitude 50%'; 'sweep' to overlay sweeps), the Pareto front highlighted.
+
+    Hovering a point shows every figure of its row (quality metrics, sizes, bits, sparsity)."""
     metric, label = _quality_axis(table)
+    table = _with_hover_columns(table)
+    if group_by == "pruning" and "pruning" not in table:
+        table = table.assign(pruning=table.apply(_prune_label, axis=1))
     figure = go.Figure()
-    hover = [c for c in ("setting", metric, "stored_bytes", "bits_per_weight", "sparsity", "x_smaller") if c in table]
-    for index, (name, part) in enumerate(table.groupby(group_by, sort=False)):
+    for index, (name, part) in enumerate(table.groupby(group_by, sort=False, dropna=False)):
         part = part.sort_values("stored_bytes")
-        figure.add_scatter(x=part["stored_bytes"] / GIB, y=part[metric], mode="lines+markers", name=str(name),
-                           marker_color=_color(index), customdata=part[hover],
-                           hovertemplate="<br>".join(f"{c}: %{{customdata[{i}]}}" for i, c in enumerate(hover))
-                           + "<extra></extra>")
+        customdata, template = _hover(part)
+        figure.add_scatter(x=part["stored_bytes"] / GIB, y=finite(part[metric]), mode="lines+markers",
+                           name=str(name), marker_color=_color(index), customdata=customdata,
+                           hovertemplate=template)
     if "pareto" in table:
-        front = table[table["pareto"]].sort_values("stored_bytes")
-        figure.add_scatter(x=front["stored_bytes"] / GIB, y=front[metric], mode="lines+markers", name="Pareto front",
-                           line=dict(color="black", dash="dash"), marker=dict(symbol="star", size=12, color="gold"),
-                           text=front["setting"], hovertemplate="%{text}<extra>Pareto</extra>")
-    log_y = metric == "perplexity" and table[metric].replace(float("inf"), None).dropna().max() > 100
+        front = table[table["pareto"].astype(bool)].sort_values("stored_bytes")
+        customdata, template = _hover(front)
+        figure.add_scatter(x=front["stored_bytes"] / GIB, y=finite(front[metric]), mode="lines+markers",
+                           name="Pareto front", line=dict(color="black", dash="dash"),
+                           marker=dict(symbol="star", size=12, color="gold"), customdata=customdata,
+                           hovertemplate=template.replace("<extra></extra>", "<extra>Pareto</extra>"))
+    values = pd.Series(finite(table[metric]), dtype=float).dropna()
+    log_y = metric == "perplexity" and not values.empty and values.max() > 10 * max(values.min(), 1e-9)
     figure.update_layout(title=f"{metric.replace('_', ' ').capitalize()} against stored memory",
-                         xaxis_title="stored model size (GiB)", yaxis_title=label, yaxis_type="log" if log_y else "linear")
+                         xaxis_title="stored model size (GiB)", yaxis_title=label, yaxis_type="log" if log_y else "linear",
+                         hoverlabel=dict(align="left"))
     return figure
 
 
+def _prune_label(row: pd.Series) -> str:
+    if row.get("prune_method", "none") == "none":
+        return "not pruned"
+    pattern = row.get("prune_pattern", "unstructured")
+    amount = pattern if pattern != "unstructured" else f"{row['prune_ratio']:.0%}"
+    return f"{row['prune_method']} {amount}"
+
+
+def _grain_label(row: pd.Series) -> str:
+    group = row.get("group_size")
+    return "per-channel" if group is None or pd.isna(group) else f"g{int(group)}"
+
+
 def quality_vs_bits(table: pd.DataFrame) -> go.Figure:
-    """Quality against bit width, one line per prune ratio."""
+    """Quality against bit width: one line per pruning setting (and group size, when several)."""
     metric, label = _quality_axis(table)
+    frame = table.assign(prune_label=table.apply(_prune_label, axis=1), grain=table.apply(_grain_label, axis=1))
+    quantized = frame[frame["bits"] < 16]
+    several_grains = quantized["grain"].nunique() > 1
     figure = go.Figure()
-    for index, (ratio, part) in enumerate(table.groupby("prune_ratio", sort=True)):
+    groups = frame.groupby(["prune_label", "grain"] if several_grains else ["prune_label"], sort=True)
+    for index, (key, part) in enumerate(groups):
+        key = key if isinstance(key, tuple) else (key,)
+        if several_grains:  # 16-bit points carry no group size: add them to every line of their pruning
+            part = pd.concat([part, frame[(frame["prune_label"] == key[0]) & (frame["bits"] >= 16)]])
+            part = part.drop_duplicates(subset=["setting"])
         part = part.sort_values("bits")
-        figure.add_scatter(x=part["bits"], y=part[metric], mode="lines+markers", name=f"pruned {ratio:.0%}",
+        figure.add_scatter(x=part["bits"], y=finite(part[metric]), mode="lines+markers", name=", ".join(key),
                            marker_color=_color(index), text=part["setting"],
-                           hovertemplate="%{text}<br>%{y:.4g}<extra></extra>")
+                           hovertemplate="%{text}<br>" + metric.replace("_", " ") + " %{y:.4g}<extra></extra>")
     figure.update_layout(title=f"{metric.replace('_', ' ').capitalize()} against bit width", xaxis_title="bits",
                          yaxis_title=label, xaxis=dict(tickmode="array", tickvals=sorted(table["bits"].unique())))
     return figure
 
 
 def ratio_bits_heatmap(table: pd.DataFrame) -> go.Figure:
-    """Prune ratio x bit width heatmap of the quality metric (mean over other axes)."""
+    """Pruning setting x bit width heatmap of the quality metric (mean over other axes, such as
+    group size). Perplexity is coloured on a log scale; diverged cells are left blank."""
     metric, label = _quality_axis(table)
-    grid = table.pivot_table(index="prune_ratio", columns="bits", values=metric, aggfunc="mean")
-    figure = go.Figure(go.Heatmap(z=grid.values, x=[str(b) for b in grid.columns],
-                                  y=[f"{r:.0%}" for r in grid.index], colorscale="Viridis",
-                                  colorbar_title=metric, hovertemplate="bits %{x}, pruned %{y}: %{z:.4g}<extra></extra>"))
-    figure.update_layout(title=f"{label.capitalize()} by prune ratio and bit width", xaxis_title="bits",
-                         yaxis_title="prune ratio")
+    frame = table.assign(prune_label=table.apply(_prune_label, axis=1),
+                         value=finite(table[metric]), order=table["prune_ratio"])
+    grid = frame.pivot_table(index="prune_label", columns="bits", values="value", aggfunc="mean", dropna=False)
+    grid = grid.loc[frame.groupby("prune_label")["order"].first().sort_values().index]
+    z = grid.to_numpy(dtype=float)
+    log_colour = metric == "perplexity"
+    colour = np.log10(z) if log_colour else z
+    figure = go.Figure(go.Heatmap(z=colour, x=[str(b) for b in grid.columns], y=list(grid.index),
+                                  customdata=z, colorscale="Viridis_r" if log_colour else "Viridis",
+                                  colorbar_title=f"log10 {metric}" if log_colour else metric,
+                                  hovertemplate="bits %{x}, %{y}: " + metric + " %{customdata:.4g}<extra></extra>"))
+    figure.update_layout(title=f"{label.capitalize()} by pruning and bit width", xaxis_title="bits",
+                         yaxis_title="pruning")
     return figure
 
 
 def layer_heatmap(layers: Sequence[dict[str, Any]], value: str = "sqnr_db") -> go.Figure:
-    """Block x module-type heatmap of a per-layer value (SQNR in dB, sparsity ...)."""
+    """Block x module-type heatmap of a per-layer value (SQNR in dB, sparsity ...).
+
+    An exact reconstruction (SQNR +inf dB) shows as a blank cell marked 'exact'."""
     frame = _layer_frame(layers)
-    grid = frame.pivot_table(index="module_type", columns="block_label", values=value, aggfunc="first", sort=False)
-    figure = go.Figure(go.Heatmap(z=grid.values, x=list(grid.columns), y=list(grid.index),
-                                  colorscale="RdYlGn" if value == "sqnr_db" else "Blues",
-                                  colorbar_title=value, hovertemplate="%{y} in %{x}: %{z:.3g}<extra></extra>"))
+    raw = frame.pivot_table(index="module_type", columns="block_label", values=value, aggfunc="first", sort=False)
+    raw = raw[sorted(raw.columns, key=_block_order)]
+    z = raw.to_numpy(dtype=float)
+    text = np.where(np.isposinf(z), "exact", "")
+    figure = go.Figure(go.Heatmap(z=np.where(np.isfinite(z), z, np.nan), x=list(raw.columns), y=list(raw.index),
+                                  text=text, texttemplate="%{text}", customdata=np.where(np.isposinf(z), "inf", z),
+                                  colorscale="RdYlGn" if value == "sqnr_db" else "Blues", colorbar_title=value,
+                                  hovertemplate="%{y} in %{x}: %{customdata}<extra></extra>"))
     title = "Quantization error per layer: SQNR in dB (lower = more damage)" if value == "sqnr_db" \
         else f"{value.replace('_', ' ').capitalize()} per layer"
     figure.update_layout(title=title, xaxis_title="block", yaxis_title="module")
     return figure
+
+
+def _block_order(label: str) -> int:
+    return int(label.split()[-1]) if label.startswith("block ") else -1
 
 
 def memory_stack(estimate: dict[str, Any]) -> go.Figure:

@@ -46,6 +46,14 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _quiet_libraries() -> None:
+    """transformers' progress bars and warnings would bury the one-line results and errors."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -53,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a usage error already printed as one line
         return int(done.code or 0)
     try:
+        _quiet_libraries()
         return int(args.handler(args) or 0)
     except MemoptError as error:
         return _fail(str(error), EXIT_USAGE)

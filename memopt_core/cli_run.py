@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from memopt_core.config import (DEVICES, DTYPES, PRUNE_METHODS, PRUNE_PATTERNS, RANGE_METHODS, EvalConfig,
-                                ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig)
+from memopt_core.config import (DEVICES, DTYPES, PRUNE_METHODS, PRUNE_PATTERNS, RANGE_METHODS, CalibConfig,
+                                EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig)
+
+INTEGER_QUANT_METHODS = ("rtn", "gptq")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +26,29 @@ def add_quant_arguments(parser: argparse.ArgumentParser) -> None:
                         help="asymmetric zero point: integer (GPTQ) or float minimum (GGUF Q4_1)")
     parser.add_argument("--range", dest="range_method", default="minmax", choices=RANGE_METHODS)
     parser.add_argument("--fake", action="store_true", help="keep dequantized floats (memory saving simulated)")
+
+
+def add_calib_arguments(parser: argparse.ArgumentParser) -> None:
+    """Calibration data and solver flags (used by GPTQ, Wanda and SparseGPT only)."""
+    defaults = CalibConfig()
+    parser.add_argument("--calib-text", default=defaults.text,
+                        help="calibration text: 'both' (half wikipedia, half news), 'wikipedia', 'news' or a UTF-8 "
+                             "file; windows come from beyond the evaluated tokens")
+    parser.add_argument("--calib-samples", type=int, default=defaults.samples, help="calibration sequences (default 64)")
+    parser.add_argument("--calib-len", type=int, default=defaults.seq_len, help="tokens per calibration sequence (default 512)")
+    parser.add_argument("--calib-seed", type=int, default=defaults.seed, help="seed of the calibration draw (default 0)")
+    parser.add_argument("--no-act-order", action="store_true",
+                        help="GPTQ: quantize columns in their stored order, not by decreasing activation energy")
+
+
+def calib_config(args: argparse.Namespace) -> CalibConfig:
+    return CalibConfig(text=args.calib_text, samples=args.calib_samples, seq_len=args.calib_len, seed=args.calib_seed)
+
+
+def gptq_options(args: argparse.Namespace):
+    from memopt_core.primitives.gptq import GPTQOptions
+
+    return GPTQOptions(act_order=not args.no_act_order)
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +71,10 @@ def register(sub) -> None:
     parser.add_argument("--prune-ratio", type=float, default=0.0, help="fraction of weights removed, 0 to 0.95")
     parser.add_argument("--prune-pattern", default="unstructured", choices=PRUNE_PATTERNS)
     parser.add_argument("--bits", default="16", help="2, 3, 4, 5, 6, 8, 16 (none), fp16 or bf16")
+    parser.add_argument("--quant-method", default="rtn", choices=INTEGER_QUANT_METHODS,
+                        help="round-to-nearest, or GPTQ (calibrated; error-correcting)")
     add_quant_arguments(parser)
+    add_calib_arguments(parser)
     add_eval_arguments(parser)
     parser.add_argument("--include", action="append", default=[], help="fnmatch pattern of Linear names to target")
     parser.add_argument("--exclude", action="append", default=[], help="fnmatch pattern of Linear names to skip")
@@ -57,7 +85,8 @@ def register(sub) -> None:
 
 def quant_kwargs(args: argparse.Namespace) -> dict:
     granularity = "per-tensor" if args.per_tensor else ("group" if args.group_size is not None else "per-channel")
-    kwargs = dict(granularity=granularity, symmetric=not args.asymmetric, range_method=args.range_method,
+    kwargs = dict(method=getattr(args, "quant_method", "rtn"), granularity=granularity,
+                  symmetric=not args.asymmetric, range_method=args.range_method,
                   storage="fake" if args.fake else "packed", zero_point=args.zero_point if args.asymmetric else "int")
     if args.group_size is not None:
         kwargs["group_size"] = args.group_size
@@ -77,7 +106,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     prune = PruneConfig.from_cli(args.prune_method, args.prune_ratio, args.prune_pattern)
     return RunConfig(model=model_spec(args), prune=prune, quant=QuantConfig.from_bits(args.bits, **quant_kwargs(args)),
                      targets=TargetConfig(include=tuple(args.include), exclude=tuple(args.exclude)),
-                     eval=eval_config(args))
+                     eval=eval_config(args), calib=calib_config(args))
 
 
 def handle_run(args: argparse.Namespace) -> int:
@@ -86,7 +115,7 @@ def handle_run(args: argparse.Namespace) -> int:
     from memopt_core.runner import run
 
     config = run_config(args)  # validate every setting before loading anything
-    result = run(config, save_dir=args.save)
+    result = run(config, save_dir=args.save, gptq=gptq_options(args))
     if args.json:
         print_json(result.to_dict())
     else:

@@ -22,7 +22,10 @@ def register(sub) -> None:
     add_model_arguments(parser)
     parser.add_argument("--bits", type=_csv(str), default=("16", "8", "4"), help="e.g. 16,8,4,3,2 (16 = none)")
     parser.add_argument("--prune-method", type=_csv(str), default=("magnitude",),
-                        help="comma-separated prune methods (magnitude, magnitude-global, l2-structured, 2:4, 4:8)")
+                        help="comma-separated prune methods (magnitude, magnitude-global, l2-structured, wanda, "
+                             "sparsegpt, 2:4, 4:8); wanda and sparsegpt calibrate on the default data")
+    parser.add_argument("--quant-method", type=_csv(str), default=("rtn",),
+                        help="comma-separated quantization methods: rtn, gptq (GPTQ calibrates on the default data)")
     parser.add_argument("--prune-ratios", type=_csv(float), default=(0.0,), help="e.g. 0,0.25,0.5,0.75")
     parser.add_argument("--group-sizes", type=_csv(int), default=None, help="e.g. 32,128 (default per-channel)")
     add_quant_arguments(parser)
@@ -50,28 +53,69 @@ def _progress_bar():
     return update
 
 
-def build_grid(args: argparse.Namespace):
-    from memopt_core.cli_run import quant_kwargs
+def _integer_bits(bits: tuple[str, ...]) -> tuple[str, ...]:
+    """The bit widths that are integer quantization (not none, fp16 or bf16)."""
+    from memopt_core.config import QuantConfig
+
+    return tuple(b for b in bits if (q := QuantConfig.from_bits(b)) is not None and not q.is_cast)
+
+
+def build_grids(args: argparse.Namespace) -> list:
+    """One grid per quantization method. Settings without integer quantization (16, fp16, bf16)
+    belong to the first method's grid only, so no setting is run twice."""
+    from memopt_core.cli_run import INTEGER_QUANT_METHODS, quant_kwargs
+    from memopt_core.errors import choices
     from memopt_core.sweep import SweepGrid
 
     if args.group_size is not None and args.group_sizes is not None:
         raise ConfigError("give either --group-size or --group-sizes, not both")
+    unknown = [m for m in args.quant_method if m not in INTEGER_QUANT_METHODS]
+    if unknown or not args.quant_method:
+        raise ConfigError(f"quantization method {unknown[0] if unknown else ''!r} is not supported; "
+                          f"choose {choices(INTEGER_QUANT_METHODS)}")
     groups = args.group_sizes or ((args.group_size,) if args.group_size is not None else (None,))
-    options = {k: v for k, v in quant_kwargs(args).items() if k not in ("group_size", "granularity")}
-    if args.per_tensor:
-        options["granularity"] = "per-tensor"
-    return SweepGrid(prune_methods=args.prune_method, prune_ratios=args.prune_ratios, bits=args.bits,
-                     group_sizes=groups, quant_options=options)
+    grids = []
+    for index, method in enumerate(dict.fromkeys(args.quant_method)):
+        bits = args.bits if index == 0 else _integer_bits(args.bits)
+        if not bits:
+            continue
+        options = {k: v for k, v in quant_kwargs(args).items() if k not in ("group_size", "granularity")}
+        options["method"] = method
+        if args.per_tensor:
+            options["granularity"] = "per-tensor"
+        grids.append(SweepGrid(prune_methods=args.prune_method, prune_ratios=args.prune_ratios, bits=bits,
+                               group_sizes=groups, quant_options=options))
+    return grids
+
+
+def _run_grids(spec, grids: list, evaluation, store, name):
+    """Run each grid on one loaded model (loaded up front only when there are several)."""
+    import pandas as pd
+
+    from memopt_core.sweep import mark_pareto, run_sweep
+
+    workbench = None
+    if len(grids) > 1:
+        from memopt_core.runner import Workbench
+
+        workbench = Workbench.load(spec)
+    results = [run_sweep(spec, grid, evaluation, store=store, progress=_progress_bar(), sweep_name=name,
+                         workbench=workbench) for grid in grids]
+    if len(results) == 1:
+        return results[0]
+    table = mark_pareto(pd.concat([r.table.drop(columns="pareto") for r in results], ignore_index=True))
+    return type(results[0])(table=table, cancelled=any(r.cancelled for r in results),
+                            seconds=sum(r.seconds for r in results), from_store=sum(r.from_store for r in results),
+                            computed=sum(r.computed for r in results))
 
 
 def handle_sweep(args: argparse.Namespace) -> int:
     from memopt_core.cli import print_json
     from memopt_core.store import ResultStore
-    from memopt_core.sweep import run_sweep
 
-    spec, grid, evaluation = model_spec(args), build_grid(args), eval_config(args)
+    spec, grids, evaluation = model_spec(args), build_grids(args), eval_config(args)
     store = ResultStore(args.db)
-    result = run_sweep(spec, grid, evaluation, store=store, progress=_progress_bar(), sweep_name=args.name)
+    result = _run_grids(spec, grids, evaluation, store, args.name)
     if args.out:
         result.table.to_csv(args.out, index=False)
     if args.json:

@@ -10,11 +10,14 @@ import copy
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from memopt_core.calibration_data import CalibrationSet
 from memopt_core.config import RunConfig
+from memopt_core.errors import ConfigError
 from memopt_core.layers import SparseLinear
 from memopt_core.primitives.quant import sqnr_db
 from memopt_core.prune import prune_
@@ -34,6 +37,7 @@ class CompressedModel:
     target_names: list[str]
     simulated: bool
     timings: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None  # what the calibrated methods used (texts, N, L, seed, options)
 
 
 def store_sparse_(model: nn.Module, names: list[str]) -> int:
@@ -49,10 +53,39 @@ def store_sparse_(model: nn.Module, names: list[str]) -> int:
     return converted
 
 
-def compress_copy(original: nn.Module, config: RunConfig) -> CompressedModel:
-    """Prune then quantize a structural copy of ``original`` as ``config`` says (original unchanged)."""
+def _calibrated(model: nn.Module, config: RunConfig, names: list[str],
+                calibration: CalibrationSet | Callable[[], CalibrationSet] | None, gptq) -> CompressedModel:
+    """GPTQ / Wanda / SparseGPT: compression block by block from calibration statistics."""
+    from memopt_core.calibrate import compress_calibrated_
+
+    if calibration is None:
+        raise ConfigError("GPTQ, Wanda and SparseGPT need calibration data; pass calibration= "
+                          "(memopt_core.calibration_data.calibration_set; runner.Workbench does this)")
+    data = calibration() if callable(calibration) else calibration
+    report = compress_calibrated_(model, config, names, data.tokens, gptq)
+    timings = {f"calibration_{k}" if k != "calibrate_s" else k: v for k, v in report.timings.items()}
+    if config.prune is not None and config.quant is None:
+        start = time.perf_counter()
+        store_sparse_(model, names)
+        timings["sparse_storage_s"] = time.perf_counter() - start
+    simulated = config.quant is not None and config.quant.storage == "fake"
+    return CompressedModel(model=model, target_names=names, simulated=simulated, timings=timings,
+                           calibration={**data.description, "solver": report.options})
+
+
+def compress_copy(original: nn.Module, config: RunConfig,
+                  calibration: CalibrationSet | Callable[[], CalibrationSet] | None = None,
+                  gptq=None) -> CompressedModel:
+    """Prune then quantize a structural copy of ``original`` as ``config`` says (original unchanged).
+
+    Configs that need calibration (GPTQ, Wanda, SparseGPT) take their tokens from ``calibration``
+    (a CalibrationSet or a function returning one, called only when needed) and solver settings
+    from ``gptq`` (a :class:`memopt_core.primitives.gptq.GPTQOptions`; default act-order on)."""
     model = structural_copy(original)
     names = list(target_linears(model, config.targets))
+    if config.needs_calibration:
+        with torch.inference_mode(False), torch.no_grad():
+            return _calibrated(model, config, names, calibration, gptq)
     timings: dict[str, float] = {}
     simulated = False
     with torch.inference_mode(False), torch.no_grad():

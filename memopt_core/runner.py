@@ -10,8 +10,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from memopt_core.calibration_data import CalibrationSet, calibration_set
 from memopt_core.compress import CompressedModel, compress_copy, layer_errors
-from memopt_core.config import EvalConfig, RunConfig
+from memopt_core.config import CalibConfig, EvalConfig, RunConfig
 from memopt_core.devices import resolve_device
 from memopt_core.memory import MemoryReport, measure_growth, memory_report
 from memopt_core.models import LoadedModel, load_model
@@ -76,6 +77,7 @@ class Workbench:
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
         self._baselines: dict[EvalConfig, Baseline] = {}
+        self._calibration: dict[tuple[CalibConfig, str, int], CalibrationSet] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -92,11 +94,23 @@ class Workbench:
                 self._baselines[config] = Baseline(data, reference, time.perf_counter() - start)
             return self._baselines[config]
 
-    def compress(self, config: RunConfig) -> tuple[CompressedModel, MemoryReport]:
-        """A compressed copy and its memory report (stored bytes and measured growth)."""
+    def calibration(self, config: RunConfig) -> CalibrationSet:
+        """Calibration tokens for ``config`` (drawn once per calibration and evaluation setting)."""
+        key = (config.calib, config.eval.text, config.eval.max_tokens)
+        with self._lock:
+            if key not in self._calibration:
+                self._calibration[key] = calibration_set(self.loaded.tokenizer, config.calib, config.eval)
+            return self._calibration[key]
+
+    def compress(self, config: RunConfig, gptq=None) -> tuple[CompressedModel, MemoryReport]:
+        """A compressed copy and its memory report (stored bytes and measured growth).
+
+        ``gptq``: solver options (``memopt_core.primitives.gptq.GPTQOptions``) for calibrated methods."""
         device = resolve_device(self.loaded.spec.device)
+        # Drawn before measuring, so the cached tokens do not count as the copy's memory.
+        calibration = self.calibration(config) if config.needs_calibration else None
         with measure_growth(device) as measured:
-            compressed = compress_copy(self.loaded.model, config)
+            compressed = compress_copy(self.loaded.model, config, calibration=calibration, gptq=gptq)
         original, copy = self.loaded.model, compressed.model
         report = memory_report(original, copy, {n: original.get_submodule(n) for n in compressed.target_names},
                                {n: copy.get_submodule(n) for n in compressed.target_names},
@@ -113,12 +127,12 @@ class Workbench:
                        sqnr_db=errors[row["name"]])
         return rows
 
-    def run(self, config: RunConfig, save_dir: str | None = None) -> RunResult:
+    def run(self, config: RunConfig, save_dir: str | None = None, gptq=None) -> RunResult:
         timings: dict[str, float] = {}
         baseline = self.baseline(config.eval)
         timings["baseline_s"] = baseline.seconds
         start = time.perf_counter()
-        compressed, memory = self.compress(config)
+        compressed, memory = self.compress(config, gptq=gptq)
         timings["compress_s"] = time.perf_counter() - start
         timings.update(compressed.timings)
         start = time.perf_counter()
@@ -127,7 +141,7 @@ class Workbench:
         rows = self.layer_rows(compressed, memory)
         result = RunResult(model=model_summary(self.loaded), config=config, baseline=baseline.reference.metrics,
                            compressed=metrics, memory=memory, sparsity=overall_sparsity(rows), layers=rows,
-                           timings=timings, protocol=baseline.data.protocol,
+                           timings=timings, protocol=_protocol(baseline.data.protocol, compressed),
                            notes=run_notes(self.loaded, config, memory))
         if save_dir is not None:
             from memopt_core.saving import save_compressed
@@ -136,11 +150,18 @@ class Workbench:
         return result
 
 
-def run(config: RunConfig, save_dir: str | None = None) -> RunResult:
+def _protocol(protocol: dict[str, Any], compressed: CompressedModel) -> dict[str, Any]:
+    """The evaluation protocol, plus the calibration data and solver of calibrated methods."""
+    if compressed.calibration is None:
+        return protocol
+    return {**protocol, "calibration": compressed.calibration}
+
+
+def run(config: RunConfig, save_dir: str | None = None, gptq=None) -> RunResult:
     """Load ``config.model`` and run one setting (the CLI's ``run``)."""
     start = time.perf_counter()
     bench = Workbench.load(config.model)
     load_s = time.perf_counter() - start
-    result = bench.run(config, save_dir=save_dir)
+    result = bench.run(config, save_dir=save_dir, gptq=gptq)
     result.timings["load_s"] = load_s
     return result

@@ -1,0 +1,243 @@
+"""GPTQ (Frantar et al., 2022): quantize a weight one input column at a time and push each column's
+rounding error onto the columns not yet quantized, weighted by the inverse Hessian of the layer's
+reconstruction loss ``||X W^T - X Q^T||^2`` (``H = 2/n X^T X``).
+
+Pure tensor functions; nothing here changes its arguments. The column sweep (:class:`OBSSweep`)
+and the per-group grid (:class:`ColumnQuantizer`) are shared with SparseGPT.
+
+Format: the result is a :class:`~memopt_core.primitives.quant.QuantizedWeight` exactly like
+round-to-nearest's (codes ``[out, in]`` in the ORIGINAL column order, fp16 scale/zero per
+(row, group) with groups of consecutive original columns and RTN's ragged last group), so a
+``QuantLinear`` holds either and memory figures stay comparable.
+
+Group scales are fitted when the first column of their group is reached, from the present
+(already error-corrected) values of the group's columns. Without activation ordering this is the
+reference implementation's rule; with it, columns are visited in the order of decreasing
+Hessian diagonal while groups stay along the original order, so a group is fitted when its most
+important column comes up. ``static_groups=True`` instead fits every group from the original
+weight before the sweep (AutoGPTQ's "static groups").
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from memopt_core.config import QuantConfig
+from memopt_core.errors import ConfigError
+# The grid's encode/decode are RTN's own, so GPTQ codes decode bit for bit like RTN codes.
+from memopt_core.primitives.quant import QuantizedWeight, _decode, _encode, quantize_weight, zero_kind_of
+
+_MAX_DAMP_RETRIES = 6
+
+
+@dataclass(frozen=True)
+class GPTQOptions:
+    """Solver settings shared by GPTQ and SparseGPT.
+
+    ``act_order``: visit columns by decreasing Hessian diagonal (GPTQ only; SparseGPT keeps the
+    original order so N:M groups stay contiguous). ``damp``: added to the Hessian diagonal as a
+    fraction of its mean. ``block_size``: columns per lazy batch update (the result does not
+    depend on it, only the speed does). ``static_groups``: fit group scales on the original weight.
+    """
+
+    act_order: bool = True
+    damp: float = 0.01
+    block_size: int = 128
+    static_groups: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.damp, (int, float)) or not 0.0 <= self.damp <= 1.0:
+            raise ConfigError(f"GPTQ dampening {self.damp!r} is out of range; choose 0 to 1 (default 0.01)")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ConfigError(f"GPTQ block size {self.block_size!r} must be a positive whole number (default 128)")
+
+
+def hessian_order(h: Tensor) -> Tensor:
+    """Activation order: input columns by decreasing Hessian diagonal (dead inputs count as 1,
+    as in the reference), ties in index order. ``h [in, in]`` -> long ``[in]``."""
+    diagonal = torch.diagonal(h).clone()
+    diagonal[diagonal == 0] = 1.0
+    return torch.argsort(diagonal, descending=True, stable=True)
+
+
+def prepare_hessian(h: Tensor, damp: float, dtype: torch.dtype = torch.float32,
+                    order: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``h [in, in]`` -> (``U [in, in]`` upper Cholesky factor of ``(H + damp*mean(diag) I)^-1``,
+    ``dead [in]`` bool: inputs that were always zero), both in column ``order`` when given.
+    ``h`` is not changed.
+
+    Dead inputs get a unit diagonal (their weights never matter). If the dampened matrix is still
+    not positive definite (too few samples), the dampening is raised tenfold, a few times."""
+    h = h.detach().to(dtype).clone()
+    if order is not None:
+        h = h[order][:, order]
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    mean = torch.diagonal(h).mean()
+    eye = torch.eye(h.shape[0], dtype=dtype, device=h.device)
+    damping = damp * mean
+    for _ in range(_MAX_DAMP_RETRIES):
+        factor, info = torch.linalg.cholesky_ex(h + eye * damping)
+        if int(info) == 0:
+            return torch.linalg.cholesky(torch.cholesky_inverse(factor), upper=True), dead
+        damping = torch.maximum(damping * 10, mean * 1e-4)
+    raise ConfigError("the calibration Hessian is not positive definite even with strong dampening; "
+                      "use more calibration samples or a larger dampening")
+
+
+class OBSSweep:
+    """Column-by-column optimal-brain-surgeon sweep with lazy batch updates.
+
+    ``w [out, in]`` float (a private copy: changed), ``u [in, in]`` upper Cholesky factor of the
+    inverse Hessian (in the sweep's column order). :meth:`run` calls ``step(position, column)``
+    for each column in order; ``step`` returns the column's new value ``[out]`` and the rounding
+    error ``(w - q) / u[p, p]`` is spread over the later columns: at once inside the current block
+    of ``block_size`` columns, as one matrix product for the columns after it.
+    """
+
+    def __init__(self, w: Tensor, u: Tensor, block_size: int) -> None:
+        self.w, self.u, self.block_size = w, u, block_size
+        self.start = 0  # first column of the current block
+        self.done = 0  # columns of the current block already visited
+        self.block = w[:, :0]  # [out, b] present values of the current block
+        self.errors = w[:, :0]  # [out, b] scaled errors of the visited columns of the block
+
+    def current(self, positions: Tensor) -> Tensor:
+        """Present values ``[out, k]`` of not-yet-visited columns at ``positions [k]`` (long)."""
+        end = self.start + self.block.shape[1]
+        values = self.w[:, positions].clone()  # [out, k]
+        inside = (positions >= self.start) & (positions < end)
+        values[:, inside] = self.block[:, positions[inside] - self.start]
+        later = positions >= end
+        if self.done and bool(later.any()):
+            rows = slice(self.start, self.start + self.done)
+            values[:, later] -= self.errors[:, :self.done] @ self.u[rows][:, positions[later]]
+        return values
+
+    def run(self, step: Callable[[int, Tensor], Tensor],
+            on_block: Callable[[int, int], None] | None = None) -> Tensor:
+        """Visit every column; returns the new weight ``[out, in]`` (sweep order)."""
+        out = torch.zeros_like(self.w)
+        columns = self.w.shape[1]
+        for start in range(0, columns, self.block_size):
+            end = min(start + self.block_size, columns)
+            self.start, self.done = start, 0
+            self.block = self.w[:, start:end].clone()  # [out, b]
+            self.errors = torch.zeros_like(self.block)  # [out, b]
+            u_block = self.u[start:end, start:end]  # [b, b]
+            if on_block is not None:
+                on_block(start, end)
+            for i in range(end - start):
+                column = self.block[:, i].clone()  # [out]
+                new = step(start + i, column)  # [out]
+                out[:, start + i] = new
+                error = (column - new) / u_block[i, i]  # [out]
+                self.block[:, i:] -= error[:, None] * u_block[i, i:][None, :]
+                self.errors[:, i] = error
+                self.done = i + 1
+            self.w[:, end:] -= self.errors @ self.u[start:end, end:]  # [out, in - end]
+        return out
+
+
+class ColumnQuantizer:
+    """Quantizes single columns on RTN's grid, fitting each group's scale/zero on first use.
+
+    ``order [in]``: original column index of each sweep position; ``read(positions) -> [out, k]``
+    gives present values of sweep positions (``OBSSweep.current``). Codes are kept in the
+    original column order; :meth:`result` returns them as a QuantizedWeight.
+    """
+
+    def __init__(self, cfg: QuantConfig, shape: tuple[int, int], order: Tensor, device: torch.device) -> None:
+        out_f, in_f = shape
+        self.cfg, self.shape, self.order = cfg, shape, order
+        self.kind, self.bits = zero_kind_of(cfg), cfg.bits
+        self.per_tensor = cfg.granularity == "per-tensor"
+        self.group_size = min(cfg.group_size, in_f) if cfg.granularity == "group" else in_f
+        n_groups = 1 if self.per_tensor else math.ceil(in_f / self.group_size)
+        rows = 1 if self.per_tensor else out_f
+        self.position = torch.empty_like(order)
+        self.position[order] = torch.arange(in_f, device=order.device)  # original column -> sweep position
+        self.scale = torch.zeros(rows, n_groups, dtype=torch.float16, device=device)
+        self.zero = None if self.kind == "symmetric" else torch.zeros_like(self.scale)
+        self.fitted = [False] * n_groups
+        self.codes = torch.zeros(shape, dtype=torch.uint8, device=device)
+        # A group is fitted on its own columns as one row-wise (or tensor-wide) range.
+        self._fit_cfg = cfg if self.per_tensor else dataclasses.replace(cfg, granularity="per-channel")
+
+    def fit_group(self, group: int, read: Callable[[Tensor], Tensor]) -> None:
+        first = group * self.group_size
+        columns = torch.arange(first, min(first + self.group_size, self.shape[1]), device=self.order.device)
+        fitted = quantize_weight(read(self.position[columns]), self._fit_cfg)  # scale [rows, 1]
+        self.scale[:, group] = fitted.scale[:, 0]
+        if self.zero is not None:
+            self.zero[:, group] = fitted.zero[:, 0]
+        self.fitted[group] = True
+
+    def fit_all(self, read: Callable[[Tensor], Tensor]) -> None:
+        for group in range(len(self.fitted)):
+            self.fit_group(group, read)
+
+    def quantize(self, position: int, column: Tensor, read: Callable[[Tensor], Tensor],
+                 keep: Tensor | None = None) -> Tensor:
+        """Quantize the column ``[out]`` at sweep ``position``; ``keep [out]`` bool forces pruned
+        weights to exactly 0. Returns the value the stored layer will compute with ``[out]``."""
+        original = int(self.order[position])
+        group = 0 if self.per_tensor else original // self.group_size
+        if not self.fitted[group]:
+            self.fit_group(group, read)
+        if keep is not None:
+            column = column * keep
+        scale = self.scale[:, group:group + 1]  # [rows, 1]
+        zero = None if self.zero is None else self.zero[:, group:group + 1]
+        codes = _encode(column[:, None, None], scale, zero, self.bits, self.kind)  # [out, 1, 1]
+        self.codes[:, original] = codes[:, 0, 0]
+        value = _decode(codes, scale, zero, self.bits, self.kind)[:, 0, 0].to(column.dtype)
+        # A float-minimum grid cannot hold 0: the stored layer keeps a mask, so compute with 0 here too.
+        return value if keep is None else value * keep
+
+    def result(self) -> QuantizedWeight:
+        return QuantizedWeight(self.codes, self.scale, self.zero, self.bits, self.group_size, self.kind, self.shape)
+
+
+def _work_dtype(w: Tensor) -> torch.dtype:
+    """float64 in, float64 maths (for exact comparisons in tests); otherwise float32."""
+    return torch.float64 if w.dtype == torch.float64 else torch.float32
+
+
+def _check_shapes(w: Tensor, h: Tensor, keep: Tensor | None) -> None:
+    if w.dim() != 2 or h.shape != (w.shape[1], w.shape[1]):
+        raise ConfigError(f"GPTQ needs a weight [out, in] and a Hessian [in, in]; got {tuple(w.shape)} "
+                          f"and {tuple(h.shape)}")
+    if keep is not None and keep.shape != w.shape:
+        raise ConfigError(f"keep mask shape {tuple(keep.shape)} differs from the weight's {tuple(w.shape)}")
+
+
+def gptq_quantize(w: Tensor, h: Tensor, cfg: QuantConfig, options: GPTQOptions = GPTQOptions(),
+                  keep: Tensor | None = None) -> QuantizedWeight:
+    """GPTQ-quantize ``w [out, in]`` given ``h [in, in]`` (``2/n X^T X`` of the layer's inputs).
+
+    ``cfg``: bits 2-8, symmetric / asymmetric, per-channel / per-tensor / group (as RTN).
+    ``keep [out, in]`` bool (optional): weights already pruned stay exactly 0 and the others
+    absorb their error. Inputs with zero Hessian diagonal ("dead") get weight 0, as in the
+    reference. Arguments are not changed; returns codes in the original column order.
+    """
+    _check_shapes(w, h, keep)
+    dtype = _work_dtype(w)
+    h = h.detach().to(w.device)
+    order = hessian_order(h) if options.act_order else torch.arange(w.shape[1], device=w.device)
+    u, dead = prepare_hessian(h, options.damp, dtype, order)
+    weight = w.detach().to(dtype)[:, order].clone()  # [out, in] in sweep order
+    weight[:, dead] = 0
+    keep_sweep = None if keep is None else keep[:, order]
+    sweep = OBSSweep(weight, u, options.block_size)
+    grid = ColumnQuantizer(cfg, tuple(w.shape), order, w.device)
+    if options.static_groups:
+        grid.fit_all(sweep.current)
+    sweep.run(lambda p, column: grid.quantize(p, column, sweep.current,
+                                              None if keep_sweep is None else keep_sweep[:, p]))
+    return grid.result()

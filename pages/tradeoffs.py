@@ -1,0 +1,32 @@
+"""Trade-offs: a grid of settings on one model, quality against memory, with the Pareto front."""
+import streamlit as st
+
+from ui.errors import user_errors
+from ui.model_settings import bundled_kind, eval_config, model_spec
+from ui.sweep_view import SWEEP, grid_settings, run_grid, show_sweep
+
+st.title("Trade-offs")
+st.caption("Run a grid of pruning and quantization settings on one model and see which give the most "
+           "quality for the memory. Finished settings are stored as they finish: stopping keeps them, and "
+           "running the grid again answers them from the results store.")
+
+spec = grid = None
+with user_errors("model"):
+    spec = model_spec()
+evaluation = eval_config(bundled_kind(spec))
+
+with user_errors("grid"):
+    grid = grid_settings()
+    st.caption(f"{len(grid.settings())} settings (combinations that mean the same are run once).")
+name = st.text_input("Sweep name", key="sweep.name", persist_state="session", placeholder="<model> sweep",
+                     help="Names the sweep in the results store (Runs page).").strip()
+
+ready = spec is not None and evaluation is not None and grid is not None
+if st.button("Run sweep", type="primary", key="tradeoffs.run", disabled=not ready, icon=":material/play_arrow:"):
+    with user_errors("sweep"):
+        run_grid(spec, grid, evaluation, name or f"{spec.source} sweep")
+
+sweep = st.session_state.get(SWEEP)
+if sweep is not None:
+    st.divider()
+    show_sweep(sweep)

@@ -1,0 +1,92 @@
+"""The Trade-offs page's parts: grid widgets, a sweep run with live progress, the results."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from memopt_core import charts
+from memopt_core.config import EvalConfig, ModelSpec, PRUNE_METHODS
+from memopt_core.sweep import SweepGrid, run_sweep
+from ui.chart_glue import show_chart, table_saving_phrase
+from ui.loaders import LazyWorkbench, result_store
+
+KEEP = "session"
+SWEEP = "tradeoffs.result"  # {"table": DataFrame, "name", "computed", "from_store", "seconds", "cancelled"}
+RATIOS = (0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95)
+BITS = (2, 3, 4, 5, 6, 8, 16, "fp16", "bf16")
+GROUPS = ("per-channel", 32, 64, 128, 256)
+TABLE_COLUMNS = ("setting", "perplexity", "kl_divergence", "top1_agreement", "cosine_similarity", "accuracy",
+                 "stored_mib", "bits_per_weight", "x_smaller", "sparsity", "simulated", "pareto")
+
+
+def grid_settings(where=st) -> SweepGrid:
+    """Multiselects for each axis -> a SweepGrid (ConfigError for an empty axis or a bad combination)."""
+    first, second = where.columns(2)
+    methods = first.multiselect("Prune methods", [*PRUNE_METHODS, "2:4", "4:8"], default=["magnitude"],
+                                key="sweep.methods", persist_state=KEEP,
+                                help="2:4 and 4:8 are magnitude N:M; they ignore the ratios.")
+    ratios = first.multiselect("Prune ratios", RATIOS, default=[0.0, 0.5], format_func=lambda r: f"{r:.0%}",
+                               key="sweep.ratios", persist_state=KEEP, help="0% = not pruned.")
+    bits = second.multiselect("Bit widths", BITS, default=[16, 8, 4], key="sweep.bits", persist_state=KEEP,
+                              format_func=lambda b: "16 (none)" if b == 16 else str(b))
+    groups = second.multiselect("Scale per", GROUPS, default=[128], key="sweep.groups", persist_state=KEEP,
+                                format_func=lambda g: f"groups of {g}" if isinstance(g, int) else g)
+    symmetric = where.radio("Grid", ["symmetric", "asymmetric"], horizontal=True, key="sweep.symmetric",
+                            persist_state=KEEP) == "symmetric"
+    options = {"symmetric": symmetric} if symmetric else {"symmetric": False, "zero_point": "int"}
+    return SweepGrid(prune_methods=tuple(methods), prune_ratios=tuple(sorted(ratios)),
+                     bits=tuple(bits), group_sizes=tuple(None if g == "per-channel" else g for g in groups),
+                     quant_options=options)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "time left: estimating after the first computed setting"
+    return f"about {seconds:.0f} s left" if seconds < 120 else f"about {seconds / 60:.1f} min left"
+
+
+def run_grid(spec: ModelSpec, grid: SweepGrid, evaluation: EvalConfig, name: str) -> None:
+    """Run the sweep with an ``st.progress`` bar naming the current setting and the time left."""
+    bar = st.progress(0.0, text="Starting ...")
+
+    def progress(done: int, total: int, label: str, seconds_left: float | None) -> None:
+        if label == "done":
+            bar.progress(1.0, text=f"{total} of {total} settings done")
+            return
+        bar.progress(done / total, text=f"{done} of {total} done · now: {label} · {_duration(seconds_left)}")
+
+    result = run_sweep(spec, grid, evaluation, store=result_store(), progress=progress, sweep_name=name,
+                       workbench=LazyWorkbench(spec))
+    st.session_state[SWEEP] = {"table": result.table, "name": name, "computed": result.computed,
+                               "from_store": result.from_store, "seconds": result.seconds,
+                               "cancelled": result.cancelled}
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The columns a reader needs, stored size in MiB, ordered by size."""
+    frame = table.assign(stored_mib=table["stored_bytes"] / 2**20)
+    return frame[[c for c in TABLE_COLUMNS if c in frame]].sort_values("stored_mib", ignore_index=True)
+
+
+def show_sweep(sweep: dict[str, Any]) -> None:
+    table = sweep["table"]
+    st.success(f"Sweep {sweep['name']!r}: {len(table)} settings, {sweep['computed']} computed and "
+               f"{sweep['from_store']} from the results store, in {sweep['seconds']:.1f} s.")
+    if table.empty:
+        return
+    phrase = table_saving_phrase(table)
+    st.dataframe(display_table(table), hide_index=True,
+                 column_config={"stored_mib": st.column_config.NumberColumn("stored (MiB)", format="%.2f"),
+                                "sparsity": st.column_config.NumberColumn(format="percent"),
+                                "top1_agreement": st.column_config.NumberColumn(format="percent")})
+    st.download_button("Download CSV", table.to_csv(index=False), file_name=f"{sweep['name']}.csv",
+                       mime="text/csv", key="tradeoffs.csv", icon=":material/download:")
+    show_chart(charts.tradeoff_memory(table), "Quality against stored size, one line per pruning setting; stars "
+               f"mark the Pareto front (nothing is both smaller and better); hover a point for all its figures; "
+               f"{phrase}.", key="tradeoffs.memory")
+    show_chart(charts.quality_vs_bits(table), f"Quality against bit width, one line per pruning setting; {phrase}.",
+               key="tradeoffs.bits")
+    show_chart(charts.ratio_bits_heatmap(table), "Quality for each pruning setting and bit width (mean over "
+               f"group sizes); blank cells were not run or diverged; {phrase}.", key="tradeoffs.heatmap")

@@ -1,0 +1,41 @@
+"""The teaching view: one layer's weights before and after, with the quantization grid."""
+from __future__ import annotations
+
+import streamlit as st
+
+from memopt_core import charts
+from memopt_core.config import RunConfig
+from ui.chart_glue import saving_phrase, show_chart
+from ui.errors import user_errors
+from ui.loaders import is_loaded, workbench
+from ui.teaching import layer_weights
+
+
+def _caption(data, result: dict, quant) -> str:
+    sample = f"{data.sampled:,} of the layer's {data.numel:,} weights" if data.sampled < data.numel \
+        else f"all {data.numel:,} weights"
+    if data.grid:
+        grid = (f"the {len(data.grid)} values the first group's {quant.bits}-bit codes can take are marked on "
+                "the axis (dotted lines up to 6 bits); every weight of that group is rounded to one of them")
+    else:
+        grid = "no integer grid at this setting"
+    return f"Histogram of {sample}, original and compressed; {grid}; {saving_phrase(result)}."
+
+
+def show_weight_view(result: dict, key: str) -> None:
+    """Pick a layer; its histogram is drawn when the original is loaded (or on request), so a
+    result answered from the store never loads a model by itself."""
+    st.subheader("Weights of one layer, before and after")
+    config = RunConfig.from_dict(result["config"])
+    names = [row["name"] for row in result["layers"]]
+    layer = st.selectbox("Layer", names, key=f"{key}.layer")
+    if not is_loaded(config.model):
+        st.caption("This view reads the original's weights; the model is not loaded now.")
+        if not st.button("Load the model to show its weights", key=f"{key}.load_weights"):
+            return
+    with user_errors("weight view"):
+        with st.spinner(f"Reading {layer} ..."):
+            bench = workbench(config.model)
+            data = layer_weights(bench.loaded.model, config.model, layer, config.prune, config.quant)
+        figure = charts.weight_histogram(data.before, data.after, data.grid, layer)
+        show_chart(figure, _caption(data, result, config.quant), key=f"{key}.histogram")
