@@ -180,21 +180,28 @@ def _grain_label(row: pd.Series) -> str:
     return "per-channel" if group is None or pd.isna(group) else f"g{int(group)}"
 
 
+def _bits_lines(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(name, rows) of each line: one per pruning setting and, when several were run, group size.
+    Unquantized (16-bit) points carry no group size, so they join every line of their pruning."""
+    quantized, dense = frame[frame["bits"] < 16], frame[frame["bits"] >= 16]
+    if quantized["grain"].nunique() <= 1:
+        return [(label, part) for label, part in frame.groupby("prune_label", sort=True)]
+    lines = []
+    for (label, grain), part in quantized.groupby(["prune_label", "grain"], sort=True):
+        lines.append((f"{label}, {grain}", pd.concat([part, dense[dense["prune_label"] == label]])))
+    for label, part in dense[~dense["prune_label"].isin(quantized["prune_label"])].groupby("prune_label"):
+        lines.append((label, part))
+    return lines
+
+
 def quality_vs_bits(table: pd.DataFrame) -> go.Figure:
     """Quality against bit width: one line per pruning setting (and group size, when several)."""
     metric, label = _quality_axis(table)
     frame = table.assign(prune_label=table.apply(_prune_label, axis=1), grain=table.apply(_grain_label, axis=1))
-    quantized = frame[frame["bits"] < 16]
-    several_grains = quantized["grain"].nunique() > 1
     figure = go.Figure()
-    groups = frame.groupby(["prune_label", "grain"] if several_grains else ["prune_label"], sort=True)
-    for index, (key, part) in enumerate(groups):
-        key = key if isinstance(key, tuple) else (key,)
-        if several_grains:  # 16-bit points carry no group size: add them to every line of their pruning
-            part = pd.concat([part, frame[(frame["prune_label"] == key[0]) & (frame["bits"] >= 16)]])
-            part = part.drop_duplicates(subset=["setting"])
+    for index, (name, part) in enumerate(_bits_lines(frame)):
         part = part.sort_values("bits")
-        figure.add_scatter(x=part["bits"], y=finite(part[metric]), mode="lines+markers", name=", ".join(key),
+        figure.add_scatter(x=part["bits"], y=finite(part[metric]), mode="lines+markers", name=name,
                            marker_color=_color(index), text=part["setting"],
                            hovertemplate="%{text}<br>" + metric.replace("_", " ") + " %{y:.4g}<extra></extra>")
     figure.update_layout(title=f"{metric.replace('_', ' ').capitalize()} against bit width", xaxis_title="bits",

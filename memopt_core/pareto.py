@@ -10,7 +10,7 @@ def pareto_mask(costs: Sequence[float], losses: Sequence[float]) -> list[bool]:
 
     ``costs`` (e.g. stored bytes) and ``losses`` (e.g. perplexity; pass ``-cosine`` for a
     higher-is-better metric) are both minimised. NaN losses are never on the front; an infinite
-    loss (a diverged model) is on it only if nothing finite costs as little. O(n log n).
+    loss (a diverged model) is on it only when nothing costs less or as little. O(n log n).
     """
     points = [(c, l, i) for i, (c, l) in enumerate(zip(costs, losses)) if not math.isnan(l)]
     points.sort(key=lambda p: (p[0], p[1]))
@@ -18,7 +18,7 @@ def pareto_mask(costs: Sequence[float], losses: Sequence[float]) -> list[bool]:
     best_loss = math.inf
     previous: tuple[float, float] | None = None
     for cost, loss, index in points:
-        if loss < best_loss:
+        if loss < best_loss or previous is None:  # the cheapest point is never dominated
             mask[index] = True
             best_loss = loss
             previous = (cost, loss)

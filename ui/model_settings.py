@@ -70,7 +70,7 @@ def _uploaded_text(where) -> str | None:
     if upload is not None and upload.name != st.session_state.get(UPLOAD_NAME):
         st.session_state.pop(UPLOAD_PATH, None)  # a new file replaces the old one, valid or not
         st.session_state[UPLOAD_NAME] = upload.name
-        with user_errors("evaluation text", where=where):
+        with user_errors(where=where):
             st.session_state[UPLOAD_PATH] = save_text_upload(upload.name, upload.getvalue())
     path = st.session_state.get(UPLOAD_PATH)
     if path is None:

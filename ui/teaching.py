@@ -3,13 +3,12 @@ memopt_core): one layer of the original, compressed alone with the engine's own 
 quantization grid of its first group."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
 from memopt_core.compress import compress_copy
-from memopt_core.config import ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig
+from memopt_core.config import QuantConfig, RunConfig, TargetConfig
 from memopt_core.primitives.quant import dequantize_codes, quantize_weight
 from memopt_core.walk import effective_weight
 
@@ -37,23 +36,28 @@ def grid_levels(weight: torch.Tensor, quant: QuantConfig) -> list[float]:
     return sorted(set(values.flatten().tolist()))
 
 
-def _compressed_weight(model: nn.Module, spec: ModelSpec, layer: str, prune: PruneConfig | None,
-                       quant: QuantConfig | None) -> torch.Tensor:
-    """``layer``'s effective weight after compressing a copy in which only that layer is targeted."""
-    config = RunConfig(model=spec, prune=prune, quant=quant, targets=TargetConfig(include=(layer,)))
-    return effective_weight(compress_copy(model, config).model.get_submodule(layer)).detach().float()
+def _compressed_weight(bench, config: RunConfig, layer: str) -> torch.Tensor:
+    """``layer``'s effective weight after compressing a copy in which only that layer is targeted
+    (calibrated methods get the workbench's calibration tokens, as in a full run)."""
+    one_layer = dataclasses.replace(config, targets=TargetConfig(include=(layer,)))
+    calibration = bench.calibration(one_layer) if one_layer.needs_calibration else None
+    compressed = compress_copy(bench.loaded.model, one_layer, calibration=calibration)
+    return effective_weight(compressed.model.get_submodule(layer)).detach().float()
 
 
-def layer_weights(model: nn.Module, spec: ModelSpec, layer: str, prune: PruneConfig | None,
-                  quant: QuantConfig | None, max_points: int = MAX_POINTS) -> LayerWeights:
+def layer_weights(bench, config: RunConfig, layer: str, max_points: int = MAX_POINTS) -> LayerWeights:
     """Before/after values of ``layer`` (the same random positions, fixed seed) and its grid.
 
-    ``model`` (the original) is not changed: compression works on a structural copy."""
-    before = effective_weight(model.get_submodule(layer)).detach().float()  # [out, in]
-    after = _compressed_weight(model, spec, layer, prune, quant)
+    ``bench`` is a :class:`memopt_core.runner.Workbench`; its original is not changed:
+    compression works on a structural copy."""
+    before = effective_weight(bench.loaded.model.get_submodule(layer)).detach().float()  # [out, in]
+    after = _compressed_weight(bench, config, layer)
     grid: list[float] = []
+    quant = config.quant
     if quant is not None and not quant.is_cast:
-        pruned = before if prune is None else _compressed_weight(model, spec, layer, prune, None)
+        pruned = before
+        if config.prune is not None:
+            pruned = _compressed_weight(bench, dataclasses.replace(config, quant=None), layer)
         grid = grid_levels(pruned, quant)
     numel = before.numel()
     generator = torch.Generator().manual_seed(0)

@@ -44,7 +44,8 @@ def save_text_upload(name: str, data: bytes) -> str:
         load_text(str(path), max_bytes=MAX_TEXT_BYTES)
     except DataError as error:
         path.unlink(missing_ok=True)
-        raise DataError(str(error).replace(repr(str(path)), f"the uploaded file {name!r}")) from None
+        message = str(error).replace(f"evaluation text {str(path)!r}", f"the uploaded file {name!r}")
+        raise DataError(message.replace(repr(str(path)), repr(name))) from None
     return str(path)
 
 

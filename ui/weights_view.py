@@ -36,6 +36,6 @@ def show_weight_view(result: dict, key: str) -> None:
     with user_errors("weight view"):
         with st.spinner(f"Reading {layer} ..."):
             bench = workbench(config.model)
-            data = layer_weights(bench.loaded.model, config.model, layer, config.prune, config.quant)
+            data = layer_weights(bench, config, layer)
         figure = charts.weight_histogram(data.before, data.after, data.grid, layer)
         show_chart(figure, _caption(data, result, config.quant), key=f"{key}.histogram")

@@ -1,0 +1,198 @@
+"""Calibration data, block-by-block statistics, and calibrated runs end to end on tiny models."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from memopt_core.calibrate import (LayerStatistics, capture_block_inputs, compress_calibrated_, forward_block)
+from memopt_core.calibration_data import PROTECTED_TOKENS, CalibrationSet, calibration_set, protected_prefix
+from memopt_core.compress import compress_copy
+from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig
+from memopt_core.datasets import load_text, token_windows
+from memopt_core.errors import ConfigError, DataError
+from memopt_core.layers import QuantLinear, SparseLinear
+from memopt_core.models import weights_checksum
+from memopt_core.primitives.wanda import wanda_mask
+from memopt_core.walk import effective_weight, find_blocks, target_linears
+
+SPEC = ModelSpec("tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from memopt_core.bundled import smollm2_tokenizer_folder
+
+    return AutoTokenizer.from_pretrained(smollm2_tokenizer_folder())
+
+
+def _tokens(vocab: int = 256, n: int = 6, length: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _positions(ids: torch.Tensor, window: torch.Tensor) -> list[int]:
+    """Where ``window`` occurs in ``ids``."""
+    hits = (ids.unfold(0, window.numel(), 1) == window).all(dim=1)
+    return torch.nonzero(hits).flatten().tolist()
+
+
+def test_calibration_windows_avoid_the_evaluated_tokens(tokenizer):
+    calib = CalibConfig(samples=6, seq_len=64, seed=3)
+    data = calibration_set(tokenizer, calib, EvalConfig(max_tokens=4096))
+    assert data.tokens.shape == (6, 64) and data.tokens.dtype == torch.long
+    names = [t["name"] for t in data.description["texts"]]
+    assert names == ["wikipedia", "news"] and [t["samples"] for t in data.description["texts"]] == [3, 3]
+    assert {k: data.description[k] for k in ("samples", "seq_len", "seed")} == {"samples": 6, "seq_len": 64, "seed": 3}
+    for index, name in enumerate(names):
+        ids = token_windows(tokenizer, load_text(name).text, 64, 90_000).reshape(-1)  # beyond the pool
+        for window in data.tokens[3 * index:3 * index + 3]:
+            found = _positions(ids, window)
+            assert found and min(found) >= PROTECTED_TOKENS  # first occurrence beyond the protected prefix
+    again = calibration_set(tokenizer, calib, EvalConfig(max_tokens=4096))
+    assert torch.equal(again.tokens, data.tokens)
+    assert not torch.equal(calibration_set(tokenizer, CalibConfig(samples=6, seq_len=64, seed=4)).tokens, data.tokens)
+
+
+def test_a_user_file_skips_its_evaluated_prefix_only_when_it_is_evaluated(tmp_path, tokenizer):
+    path = tmp_path / "text.txt"
+    path.write_text(" ".join(f"word{i}" for i in range(3000)), encoding="utf-8")
+    evaluated = EvalConfig(text=str(path), max_tokens=512, seq_len=64)
+    assert protected_prefix(str(path), evaluated) == 512 + 64
+    assert protected_prefix(str(path), EvalConfig()) == 0
+    assert protected_prefix("news", EvalConfig(max_tokens=40_000)) == 40_000 + 64
+    data = calibration_set(tokenizer, CalibConfig(text=str(path), samples=4, seq_len=32), evaluated)
+    ids = token_windows(tokenizer, path.read_text(), 32, 100_000).reshape(-1)
+    assert all(min(_positions(ids, w)) >= 576 for w in data.tokens)
+    with pytest.raises(DataError, match="kept for evaluation"):
+        calibration_set(tokenizer, CalibConfig(text=str(path), samples=1, seq_len=32),
+                        EvalConfig(text=str(path), max_tokens=20_000, seq_len=64))
+
+
+def test_captured_inputs_replay_the_model(tiny_llama):
+    tokens = _tokens()
+    _, blocks = find_blocks(tiny_llama)
+    inputs = capture_block_inputs(tiny_llama, blocks[0], tokens, batch_tokens=64)
+    assert len(inputs) == 3 and inputs[0].hidden.shape == (2, 32, 64)
+    with torch.no_grad():
+        expected = tiny_llama(tokens, output_hidden_states=True).hidden_states  # embeddings, block 0, block 1...
+        outputs = forward_block(blocks[0], inputs)
+    assert torch.allclose(torch.cat([b.hidden for b in inputs]), expected[0])
+    assert torch.allclose(torch.cat([b.hidden for b in outputs]), expected[1], atol=1e-5)
+
+
+def test_statistics_are_the_inputs_gram_matrix_and_norms(tiny_llama):
+    tokens = _tokens()
+    _, blocks = find_blocks(tiny_llama)
+    seen = {}
+    hooks = [tiny_llama.get_submodule(n).register_forward_pre_hook(
+        lambda m, a, n=n: seen.setdefault(n, []).append(a[0].reshape(-1, a[0].shape[-1])))
+        for n in ("model.layers.0.self_attn.k_proj", "model.layers.0.mlp.down_proj")]
+    with torch.no_grad():
+        tiny_llama(tokens)
+    for h in hooks:
+        h.remove()
+    modules = {n: m for n, m in target_linears(tiny_llama).items() if n.startswith("model.layers.0.")}
+    inputs = capture_block_inputs(tiny_llama, blocks[0], tokens, batch_tokens=64)
+    with torch.no_grad():
+        hessians = LayerStatistics.collect(blocks[0], modules, inputs, hessian=True)
+        norms = LayerStatistics.collect(blocks[0], modules, inputs, hessian=False)
+    for name, parts in seen.items():
+        x = torch.cat(parts).double()  # [192, in]
+        assert hessians[name].tokens == 192
+        assert torch.allclose(hessians[name].hessian.double(), 2 / 192 * x.T @ x, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(norms[name].sq_norms.double(), (x ** 2).sum(0), rtol=1e-4)
+    # q, k and v read the same tensor: one accumulator serves the three.
+    assert hessians["model.layers.0.self_attn.q_proj"] is hessians["model.layers.0.self_attn.k_proj"]
+
+
+def test_wanda_through_the_walker_uses_block_inputs(tiny_llama):
+    tokens = _tokens()
+    config = RunConfig(model=SPEC, prune=PruneConfig("wanda", 0.5))
+    names = list(target_linears(tiny_llama))
+    captured = {}
+    handle = tiny_llama.get_submodule(names[0]).register_forward_pre_hook(
+        lambda m, a: captured.setdefault("x", []).append(a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        tiny_llama(tokens)
+    handle.remove()
+    compressed = compress_copy(tiny_llama, config, calibration=CalibrationSet(tokens, {}))
+    x = torch.cat(captured["x"])
+    expected = wanda_mask(tiny_llama.get_submodule(names[0]).weight, (x ** 2).sum(0), 0.5)
+    assert torch.equal(effective_weight(compressed.model.get_submodule(names[0])) != 0, expected)
+
+
+@pytest.mark.parametrize("prune,quant", [
+    (None, QuantConfig(method="gptq", bits=4)),
+    (None, QuantConfig(method="gptq", bits=3, granularity="group", group_size=32, symmetric=False)),
+    (PruneConfig("sparsegpt", 0.5), None),
+    (PruneConfig("sparsegpt", pattern="2:4"), QuantConfig(method="gptq", bits=4)),
+    (PruneConfig("wanda", pattern="4:8"), QuantConfig(method="rtn", bits=8)),
+    (PruneConfig("magnitude", 0.5), QuantConfig(method="gptq", bits=4, symmetric=False, zero_point="float")),
+])
+def test_calibrated_copies_are_packed_and_leave_the_original_alone(tiny_llama, prune, quant):
+    tokens = _tokens(n=4)
+    before = weights_checksum(tiny_llama)
+    config = RunConfig(model=SPEC, prune=prune, quant=quant)
+    compressed = compress_copy(tiny_llama, config, calibration=lambda: CalibrationSet(tokens, {"texts": "t"}))
+    assert weights_checksum(tiny_llama) == before
+    kind = QuantLinear if quant is not None else SparseLinear
+    assert all(isinstance(compressed.model.get_submodule(n), kind) for n in compressed.target_names)
+    assert compressed.calibration["texts"] == "t" and compressed.calibration["solver"]["act_order"] is True
+    assert compressed.timings["calibrate_s"] > 0
+    if prune is not None:
+        weights = [effective_weight(compressed.model.get_submodule(n)) for n in compressed.target_names]
+        zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        assert zeros >= 0.5
+
+
+def test_gptq_copy_tracks_the_original_better_than_rtn(tiny_llama):
+    tokens = _tokens(n=8, length=64)
+    calibration = CalibrationSet(tokens, {})
+    held_out = _tokens(n=4, length=64, seed=9)
+    errors = {}
+    for method in ("rtn", "gptq"):
+        config = RunConfig(model=SPEC, quant=QuantConfig(method=method, bits=3))
+        model = compress_copy(tiny_llama, config, calibration=calibration).model
+        with torch.no_grad():
+            errors[method] = (model(held_out).logits - tiny_llama(held_out).logits).pow(2).mean().item()
+    assert errors["gptq"] < errors["rtn"]
+
+
+def test_encoders_calibrate_too(tiny_bert):
+    tokens = _tokens(n=4)
+    before = weights_checksum(tiny_bert)
+    config = RunConfig(model=ModelSpec("tiny-bert"), prune=PruneConfig("sparsegpt", 0.5),
+                       quant=QuantConfig(method="gptq", bits=4))
+    compressed = compress_copy(tiny_bert, config, calibration=CalibrationSet(tokens, {}))
+    assert all(isinstance(compressed.model.get_submodule(n), QuantLinear) for n in compressed.target_names)
+    assert weights_checksum(tiny_bert) == before
+
+
+def test_requests_that_cannot_calibrate_fail_clearly(tiny_llama):
+    config = RunConfig(model=SPEC, quant=QuantConfig(method="gptq", bits=4))
+    with pytest.raises(ConfigError, match="calibration data"):
+        compress_copy(tiny_llama, config)
+    outside = RunConfig(model=SPEC, quant=QuantConfig(method="gptq", bits=4), targets=TargetConfig(include=("lm_head",)))
+    with pytest.raises(ConfigError, match="inside the transformer blocks"):
+        compress_copy(tiny_llama, outside, calibration=CalibrationSet(_tokens(), {}))
+    with pytest.raises(ConfigError, match="positions"):
+        compress_calibrated_(tiny_llama, config, list(target_linears(tiny_llama)), _tokens(length=300))
+
+
+def test_runner_records_calibration_and_cli_accepts_the_flags(capsys):
+    from memopt_core.cli import main
+
+    code = main(["run", "--model", "tiny-llama", "--bits", "4", "--quant-method", "gptq", "--no-act-order",
+                 "--prune-method", "wanda", "--prune-pattern", "2:4", "--calib-samples", "2", "--calib-len", "32",
+                 "--calib-text", "news", "--max-tokens", "128", "--seq-len", "64", "--gen-tokens", "0",
+                 "--no-zero-shot", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    calibration = result["protocol"]["calibration"]
+    assert calibration["samples"] == 2 and calibration["seq_len"] == 32 and calibration["text"] == "news"
+    assert calibration["solver"]["act_order"] is False
+    assert result["config"]["quant"]["method"] == "gptq" and result["config"]["prune"]["method"] == "wanda"
+    assert result["memory"]["bits_per_weight"] < 5 and abs(result["sparsity"] - 0.5) < 0.01

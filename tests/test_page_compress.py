@@ -1,0 +1,145 @@
+"""The Compress page through AppTest, on the bundled tiny random models with small budgets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from memopt_core.config import ModelSpec
+from page_support import app_cache, errors, figures, new_app, no_exception, titles, use_tiny_model  # noqa: F401
+from ui import loaders
+
+
+def metric_labels(at) -> list[str]:
+    return [metric.label for metric in at.metric]
+
+
+def test_first_render_shows_the_settings_and_loads_no_model(app_cache):
+    at = new_app()
+    assert no_exception(at)
+    assert at.selectbox(key="model.choice").value == "smollm2-135m"
+    assert "cpu" in at.selectbox(key="model.device").options
+    assert at.select_slider(key="quant.bits").options == ["2", "3", "4", "5", "6", "8", "16 (none)"]
+    assert at.selectbox(key="prune.method").value == "none"
+    assert at.button(key="compress.run").label == "Run"
+    assert not at.get("plotly_chart") and not at.metric
+    assert not loaders.is_loaded(ModelSpec("smollm2-135m"))
+
+
+def test_run_on_a_causal_lm_shows_quality_memory_charts_and_generations(app_cache):
+    at = use_tiny_model(new_app())
+    at.selectbox(key="prune.method").set_value("magnitude").run()
+    at.slider(key="prune.ratio").set_value(0.5)
+    at.button(key="compress.run").click().run()
+    assert no_exception(at) and not errors(at)
+    labels = metric_labels(at)
+    for label in ("Perplexity, original", "Perplexity, compressed", "KL from original", "Top-1 agreement",
+                  "Dense (original)", "Stored (compressed)", "Measured", "Bits per weight", "Smaller by"):
+        assert label in labels
+    compressed = at.metric[labels.index("Perplexity, compressed")]
+    assert compressed.delta is not None  # the change from the original
+    sparsity, layer_bytes, histogram = figures(at)
+    assert sum(len(trace["y"]) for trace in sparsity["data"]) == 14  # 2 blocks x 7 Linears of tiny-llama
+    assert [trace["name"] for trace in layer_bytes["data"]] == ["before (dense)", "after (stored)"]
+    assert [trace["name"] for trace in histogram["data"]] == ["original", "compressed", "quantization grid"]
+    assert any("saving is real" in caption.value for caption in at.caption)
+    assert len(at.code) == 2  # original and compressed generations side by side
+    assert any("random weights" in info.value for info in at.info)
+
+
+def test_run_on_an_encoder_shows_similarity_and_accuracy_with_intervals(app_cache):
+    at = use_tiny_model(new_app(), "tiny-bert")
+    at.select_slider(key="quant.bits").set_value(3)
+    at.radio(key="quant.storage").set_value("fake")
+    at.button(key="compress.run").click().run()
+    assert no_exception(at) and not errors(at)
+    labels = metric_labels(at)
+    assert "Cosine similarity to original" in labels and "Accuracy, compressed" in labels
+    accuracy = at.metric[labels.index("Accuracy, compressed")]
+    assert "95% CI" in accuracy.help
+    assert "Perplexity, compressed" not in labels and len(at.code) == 0
+    assert any("simulated" in caption.value for caption in at.caption)  # fake quantization says so
+    assert "Sparsity per layer (zeros counted from the weights)" in titles(at)
+
+
+def test_a_new_session_answers_stored_settings_without_loading(app_cache, monkeypatch):
+    first = use_tiny_model(new_app(), "tiny-bert")
+    first.button(key="compress.run").click().run()
+    assert no_exception(first) and first.metric
+
+    def refuse(spec):
+        raise AssertionError("the model must not be loaded for a stored result")
+
+    monkeypatch.setattr(loaders, "_cached_workbench", refuse)
+    monkeypatch.setattr(loaders, "is_loaded", lambda spec: False)
+    second = use_tiny_model(new_app(), "tiny-bert")  # a reload: a new session, same settings
+    assert no_exception(second) and not errors(second)
+    assert any("from the results store" in header.value for header in second.header)
+    assert "Cosine similarity to original" in metric_labels(second)
+    assert any(button.key == "compress.load_weights" for button in second.button)  # weights only on request
+
+
+def test_unknown_hub_model_offline_is_an_error_not_a_traceback(app_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = new_app()
+    at.selectbox(key="model.choice").set_value("other").run()
+    at.text_input(key="model.custom").input("nobody/no-such-model-anywhere").run()
+    at.button(key="compress.run").click().run()
+    assert no_exception(at)
+    assert any("could not load 'nobody/no-such-model-anywhere'" in message for message in errors(at))
+    assert not at.metric
+    at.text_input(key="model.custom").input("not a valid id!").run()
+    assert no_exception(at) and any("neither a bundled model" in message for message in errors(at))
+
+
+def test_uploaded_text_is_validated(app_cache):
+    at = use_tiny_model(new_app())
+    at.radio(key="eval.text").set_value("upload").run()
+    assert at.button(key="compress.run").disabled  # nothing to evaluate on yet
+    at.file_uploader(key="eval.upload").set_value(("latin.txt", "caf\xe9".encode("latin-1"), "text/plain")).run()
+    assert no_exception(at)
+    assert any("'latin.txt' is not UTF-8" in message for message in errors(at))
+    assert at.button(key="compress.run").disabled
+    big = b"a" * 5_000_001
+    at.file_uploader(key="eval.upload").set_value(("big.txt", big, "text/plain")).run()
+    assert any("the limit is 5,000,000" in message for message in errors(at))
+    good = ("A sentence of plain English text. " * 300).encode()
+    at.file_uploader(key="eval.upload").set_value(("mine.txt", good, "text/plain")).run()
+    assert not errors(at) and not at.button(key="compress.run").disabled
+    saved = list((app_cache / "uploads").glob("*.txt"))
+    assert len(saved) == 1 and "mine" not in saved[0].name  # our own file name, never the upload's
+    at.button(key="compress.run").click().run()
+    assert no_exception(at) and not errors(at) and at.metric
+
+
+def test_settings_survive_a_page_switch(app_cache):
+    at = use_tiny_model(new_app())
+    at.selectbox(key="prune.method").set_value("magnitude").run()
+    at.slider(key="prune.ratio").set_value(0.3)
+    at.select_slider(key="quant.bits").set_value(8).run()
+    at.switch_page("pages/runs.py").run()
+    at.switch_page("pages/compress.py").run()
+    assert at.selectbox(key="model.choice").value == "tiny-llama"
+    assert at.selectbox(key="prune.method").value == "magnitude"
+    assert at.slider(key="prune.ratio").value == 0.3
+    assert at.select_slider(key="quant.bits").value == "8"
+
+
+def test_save_compressed_model_writes_a_folder_the_runs_page_offers(app_cache):
+    at = use_tiny_model(new_app(), "tiny-bert")
+    at.button(key="compress.run").click().run()
+    at.button(key="compress.save").click().run()
+    assert no_exception(at) and not errors(at)
+    folders = [p for p in (app_cache / "saved").iterdir() if (p / "memopt.json").is_file()]
+    assert len(folders) == 1 and (folders[0] / "model.safetensors").is_file()
+    assert any(str(folders[0]) in message.value for message in at.success)
+    at.switch_page("pages/runs.py").run()
+    assert any(button.label == "Download zip" for button in at.get("download_button"))
+
+
+def test_wrong_settings_show_an_error_and_keep_the_page(app_cache):
+    at = use_tiny_model(new_app())
+    at.select_slider(key="eval.max_tokens").set_value(128)
+    at.select_slider(key="eval.seq_len").set_value(1024).run()  # no full window fits in 128 tokens
+    assert no_exception(at)
+    assert any("below the sequence length" in message for message in errors(at))
+    assert at.button(key="compress.run").disabled
+    assert Path(app_cache).is_dir()
