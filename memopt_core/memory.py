@@ -23,12 +23,8 @@ import torch
 from torch import nn
 
 from memopt_core.layers import module_storage_bytes, weight_storage_bytes
+from memopt_core.units import GIB, format_gib  # noqa: F401 - re-exported for callers
 
-GIB = 2**30
-
-
-def format_gib(n_bytes: float) -> str:
-    return f"{n_bytes / GIB:.3f} GiB"
 
 
 def stored_bytes(module: nn.Module) -> int:

@@ -17,12 +17,12 @@ from transformers import PretrainedConfig
 from memopt_core.errors import ConfigError, choices
 from memopt_core.planner_presets import (COMPONENTS, ModelDims, ParamBreakdown, TargetShape, check_sizes,
                                          count_parameters, list_presets, load_config, load_preset, preset_info)
+from memopt_core.units import GIB, format_gib
 
 __all__ = ["PlanConfig", "ParamBreakdown", "TargetShape", "MemoryEstimate", "count_parameters", "estimate",
            "group_count", "layer_bits", "kv_cache_bytes", "activation_bytes", "fits_on", "format_gib",
-           "list_presets", "load_preset", "load_config", "preset_info", "GiB"]
+           "list_presets", "load_preset", "load_config", "preset_info", "GIB"]
 
-GiB = 2**30
 PLAN_BITS = (2, 3, 4, 5, 6, 8, 16)
 KV_BITS = (16, 8, 4)
 BASE_DTYPE_BYTES = (1, 2, 4)
@@ -156,7 +156,7 @@ class MemoryEstimate:
         """JSON-ready: every field, the plan as a dict with its label, and ``total_gib``."""
         data = dataclasses.asdict(self)
         data["plan"]["label"] = self.plan.label
-        data["total_gib"] = self.total_bytes / GiB
+        data["total_gib"] = self.total_bytes / GIB
         return data
 
 
@@ -261,11 +261,8 @@ def fits_on(total_bytes: int, available_bytes: int | None = None) -> list[dict]:
     ``available_bytes`` overrides psutil's available RAM (for tests and remote planning).
     """
     free = psutil.virtual_memory().available if available_bytes is None else available_bytes
-    devices = [(name, gib * GiB) for name, gib in ACCELERATORS] + [("this machine (free RAM)", int(free))]
+    devices = [(name, gib * GIB) for name, gib in ACCELERATORS] + [("this machine (free RAM)", int(free))]
     return [{"name": name, "capacity_bytes": capacity, "fits": total_bytes <= capacity,
              "headroom_bytes": capacity - total_bytes} for name, capacity in devices]
 
 
-def format_gib(n: float) -> str:
-    """Bytes as binary gibibytes: ``format_gib(2**30 * 1.234) -> '1.23 GiB'``."""
-    return f"{n / GiB:.2f} GiB"

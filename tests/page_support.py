@@ -55,3 +55,16 @@ def no_exception(at: AppTest) -> bool:
 
 def errors(at: AppTest) -> list[str]:
     return [error.value for error in at.error]
+
+
+def array(value) -> "np.ndarray":
+    """A figure array from its JSON: a plain list, or plotly's typed-array form {dtype, bdata, shape}."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(value, dict) and "bdata" in value:
+        data = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        return data.reshape([int(n) for n in str(shape).split(",")]) if shape else data
+    return np.array(value, dtype=float)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from memopt_core.config import ModelSpec
-from page_support import app_cache, errors, figures, new_app, no_exception, titles, use_tiny_model  # noqa: F401
+from page_support import app_cache, array, errors, figures, new_app, no_exception, titles, use_tiny_model  # noqa: F401
 from ui import loaders
 
 
@@ -37,7 +37,7 @@ def test_run_on_a_causal_lm_shows_quality_memory_charts_and_generations(app_cach
     compressed = at.metric[labels.index("Perplexity, compressed")]
     assert compressed.delta is not None  # the change from the original
     sparsity, layer_bytes, histogram = figures(at)
-    assert sum(len(trace["y"]) for trace in sparsity["data"]) == 14  # 2 blocks x 7 Linears of tiny-llama
+    assert sum(len(array(trace["y"])) for trace in sparsity["data"]) == 14  # 2 blocks x 7 Linears of tiny-llama
     assert [trace["name"] for trace in layer_bytes["data"]] == ["before (dense)", "after (stored)"]
     assert [trace["name"] for trace in histogram["data"]] == ["original", "compressed", "quantization grid"]
     assert any("saving is real" in caption.value for caption in at.caption)
@@ -120,7 +120,7 @@ def test_settings_survive_a_page_switch(app_cache):
     assert at.selectbox(key="model.choice").value == "tiny-llama"
     assert at.selectbox(key="prune.method").value == "magnitude"
     assert at.slider(key="prune.ratio").value == 0.3
-    assert at.select_slider(key="quant.bits").value == "8"
+    assert at.select_slider(key="quant.bits").value == 8
 
 
 def test_save_compressed_model_writes_a_folder_the_runs_page_offers(app_cache):

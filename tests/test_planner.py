@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from memopt_core import planner, planner_presets
 from memopt_core.errors import ConfigError, DataError, MemoptError
-from memopt_core.planner import (GiB, PlanConfig, count_parameters, estimate, fits_on, format_gib, group_count,
+from memopt_core.planner import (GIB, PlanConfig, count_parameters, estimate, fits_on, format_gib, group_count,
                                  layer_bits, list_presets, load_config, load_preset)
 from memopt_core.walk import target_linears
 
@@ -144,9 +144,9 @@ def test_sparsity_needs_a_bitmask_to_save_memory():
 
 def test_kv_cache_gqa_llama3_8b_32k_is_4_gib():
     est = estimate(load_preset("llama-3-8b"), PlanConfig(context=32768))
-    assert est.kv_cache_bytes == 2 * 32 * 8 * 128 * 32768 * 2 == 4 * GiB  # K,V x layers x KV heads x head_dim x T x 2 B
-    assert estimate(load_preset("llama-3-8b"), PlanConfig(context=32768, kv_bits=8, batch=2)).kv_cache_bytes == 4 * GiB
-    assert estimate(load_preset("llama-3-8b"), PlanConfig(context=32768, kv_bits=4)).kv_cache_bytes == GiB
+    assert est.kv_cache_bytes == 2 * 32 * 8 * 128 * 32768 * 2 == 4 * GIB  # K,V x layers x KV heads x head_dim x T x 2 B
+    assert estimate(load_preset("llama-3-8b"), PlanConfig(context=32768, kv_bits=8, batch=2)).kv_cache_bytes == 4 * GIB
+    assert estimate(load_preset("llama-3-8b"), PlanConfig(context=32768, kv_bits=4)).kv_cache_bytes == GIB
 
 
 def test_kv_cache_uses_explicit_head_dim():
@@ -186,18 +186,18 @@ def test_to_dict_is_json_ready():
 # ---------------------------------------------------------------- fits and formatting
 
 def test_fits_on_verdicts():
-    rows = {r["name"].split(" (")[0]: r for r in fits_on(24 * GiB, available_bytes=32 * GiB)}
-    assert [rows[n]["fits"] for n in ("16 GiB GPU", "24 GiB GPU", "40 GiB GPU", "48 GiB GPU", "80 GiB GPU")] == \
+    rows = {r["name"].split(" (")[0]: r for r in fits_on(24 * GIB, available_bytes=32 * GIB)}
+    assert [rows[n]["fits"] for n in ("16 GiB GPU", "24 GIB GPU", "40 GIB GPU", "48 GIB GPU", "80 GIB GPU")] == \
         [False, True, True, True, True]   # exactly full still fits
-    assert rows["16 GiB GPU"]["headroom_bytes"] == -8 * GiB
-    assert rows["80 GiB GPU"]["capacity_bytes"] == 80 * 2**30
-    assert rows["this machine"]["fits"] and rows["this machine"]["headroom_bytes"] == 8 * GiB
+    assert rows["16 GiB GPU"]["headroom_bytes"] == -8 * GIB
+    assert rows["80 GIB GPU"]["capacity_bytes"] == 80 * 2**30
+    assert rows["this machine"]["fits"] and rows["this machine"]["headroom_bytes"] == 8 * GIB
 
 
 def test_fits_on_reads_free_ram(monkeypatch):
-    monkeypatch.setattr(planner.psutil, "virtual_memory", lambda: SimpleNamespace(available=3 * GiB))
-    machine = fits_on(4 * GiB)[-1]
-    assert machine["name"] == "this machine (free RAM)" and machine["capacity_bytes"] == 3 * GiB
+    monkeypatch.setattr(planner.psutil, "virtual_memory", lambda: SimpleNamespace(available=3 * GIB))
+    machine = fits_on(4 * GIB)[-1]
+    assert machine["name"] == "this machine (free RAM)" and machine["capacity_bytes"] == 3 * GIB
     assert not machine["fits"]
 
 

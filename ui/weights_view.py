@@ -7,7 +7,7 @@ from memopt_core import charts
 from memopt_core.config import RunConfig
 from ui.chart_glue import saving_phrase, show_chart
 from ui.errors import user_errors
-from ui.loaders import is_loaded, workbench
+from ui import loaders  # looked up at call time: tests replace the loader
 from ui.teaching import layer_weights
 
 
@@ -29,13 +29,13 @@ def show_weight_view(result: dict, key: str) -> None:
     config = RunConfig.from_dict(result["config"])
     names = [row["name"] for row in result["layers"]]
     layer = st.selectbox("Layer", names, key=f"{key}.layer")
-    if not is_loaded(config.model):
+    if not loaders.is_loaded(config.model):
         st.caption("This view reads the original's weights; the model is not loaded now.")
         if not st.button("Load the model to show its weights", key=f"{key}.load_weights"):
             return
     with user_errors("weight view"):
         with st.spinner(f"Reading {layer} ..."):
-            bench = workbench(config.model)
+            bench = loaders.workbench(config.model)
             data = layer_weights(bench, config, layer)
         figure = charts.weight_histogram(data.before, data.after, data.grid, layer)
         show_chart(figure, _caption(data, result, config.quant), key=f"{key}.histogram")

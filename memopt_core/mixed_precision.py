@@ -1,0 +1,187 @@
+"""Mixed precision: per-layer (or per-block) bit widths under an average bits-per-weight budget.
+
+1. :func:`measure_candidates` measures each unit's sensitivity (quality loss when only it is
+   quantized, see sensitivity.py) at every candidate width, e.g. {2, 3, 4, 8}.
+2. :func:`plan_bits` picks one width per unit minimising the predicted loss, the SUM of the
+   chosen units' losses, with the stored weight bytes (codes + fp16 scales + zero points) at
+   most the budget: a multiple-choice knapsack solved exactly by dynamic programming over a
+   budget grid (unit costs rounded up, so the plan never exceeds the budget).
+3. :func:`apply_plan` quantizes a structural copy with each layer's own width (each layer a
+   QuantLinear of its bits), so memory and quality are measured on the real thing.
+
+The additive prediction ignores interactions between layers; :func:`plan_outcome` reports the
+measured quality next to it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from memopt_core.compress import CompressedModel, structural_copy
+from memopt_core.config import EvalConfig, QuantConfig, TargetConfig
+from memopt_core.errors import ConfigError
+from memopt_core.primitives.packing import packed_nbytes
+from memopt_core.quantize import quantize_
+from memopt_core.sensitivity import DEFAULT_EVAL, QualityProbe, SensitivityResult, measure_sensitivity
+from memopt_core.walk import target_linears
+
+CANDIDATE_BITS = (2, 3, 4, 8)
+RESOLUTION = 1 << 15  # budget grid steps: rounding costs up loses at most units/RESOLUTION of the budget
+
+
+def weight_bytes(shape: tuple[int, int], cfg: QuantConfig) -> int:
+    """Stored bytes of one ``[out, in]`` weight quantized with ``cfg``: packed codes, fp16 scales
+    and fp16 zero points (asymmetric), as ``layers.QuantLinear`` holds them."""
+    out_f, in_f = shape
+    if cfg.granularity == "per-tensor":
+        groups = 1
+    else:
+        size = min(cfg.group_size, in_f) if cfg.granularity == "group" else in_f
+        groups = out_f * math.ceil(in_f / size)
+    params = 2 if not cfg.symmetric else 1
+    return packed_nbytes(out_f * in_f, cfg.bits) + 2 * groups * params
+
+
+@dataclass
+class MixedPrecisionPlan:
+    """Bits per unit and per layer; ``base`` holds the other quantization settings."""
+
+    unit_bits: dict[str, int]
+    units: dict[str, list[str]]
+    shapes: dict[str, tuple[int, int]]
+    base: QuantConfig
+    budget_bpw: float
+    predicted_delta: float
+    stored_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bits(self) -> dict[str, int]:
+        return {name: bits for unit, bits in self.unit_bits.items() for name in self.units[unit]}
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.stored_bytes / sum(o * i for o, i in self.shapes.values())
+
+    def config_for(self, name: str) -> QuantConfig:
+        return dataclasses.replace(self.base, bits=self.bits[name])
+
+    def histogram(self) -> dict[int, int]:
+        """Weights held at each width."""
+        counts: dict[int, int] = {}
+        for name, bits in self.bits.items():
+            counts[bits] = counts.get(bits, 0) + self.shapes[name][0] * self.shapes[name][1]
+        return dict(sorted(counts.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unit_bits": self.unit_bits, "budget_bpw": self.budget_bpw, "bits_per_weight": self.bits_per_weight,
+                "stored_bytes": self.stored_bytes, "predicted_delta": self.predicted_delta,
+                "base": dataclasses.asdict(self.base), "weights_by_bits": self.histogram(), **self.extra}
+
+
+def measure_candidates(source, base: QuantConfig, bits: tuple[int, ...] = CANDIDATE_BITS, by: str = "layer",
+                       eval_config: EvalConfig | None = None, targets: TargetConfig | None = None,
+                       probe: QualityProbe | None = None) -> dict[int, SensitivityResult]:
+    """Sensitivity of every unit at every candidate width (one shared probe and baseline)."""
+    loaded = getattr(source, "loaded", source)
+    probe = probe or QualityProbe(loaded, eval_config or DEFAULT_EVAL)
+    return {b: measure_sensitivity(loaded, dataclasses.replace(base, bits=b), by=by, targets=targets, probe=probe)
+            for b in bits}
+
+
+def _choose(costs: np.ndarray, losses: np.ndarray, budget: float) -> list[int] | None:
+    """Multiple-choice knapsack: one option per row of ``costs``/``losses`` ``[units, options]``,
+    total cost <= ``budget``, least total loss. None when even the cheapest choice is over budget."""
+    step = budget / RESOLUTION
+    units = np.ceil(costs / step).astype(np.int64)  # [units, options], rounded up: never over budget
+    best = np.full(RESOLUTION + 1, np.inf)  # best[j]: least loss of the units so far using exactly j steps
+    best[0] = 0.0
+    picks = np.zeros((costs.shape[0], RESOLUTION + 1), dtype=np.int8)
+    for u in range(costs.shape[0]):
+        new = np.full_like(best, np.inf)
+        for o in range(costs.shape[1]):
+            c = units[u, o]
+            if c > RESOLUTION:
+                continue
+            candidate = np.full_like(best, np.inf)
+            candidate[c:] = best[:RESOLUTION + 1 - c] + losses[u, o]
+            better = candidate < new
+            new[better], picks[u, better] = candidate[better], o
+        best = new
+    j = int(np.argmin(best))  # the least loss; among equals the fewest bytes
+    if not np.isfinite(best[j]):
+        return None
+    chosen = []
+    for u in range(costs.shape[0] - 1, -1, -1):
+        o = int(picks[u, j])
+        chosen.append(o)
+        j -= units[u, o]
+    return chosen[::-1]
+
+
+def plan_bits(deltas: dict[int, dict[str, float]], units: dict[str, list[str]], shapes: dict[str, tuple[int, int]],
+              base: QuantConfig, budget_bpw: float) -> MixedPrecisionPlan:
+    """Widths per unit (``deltas[bits][unit]``: measured loss) minimising the summed loss with the
+    stored weight bits per weight (scales counted) at most ``budget_bpw``."""
+    options = sorted(deltas)
+    names = list(units)
+    numel = sum(o * i for o, i in shapes.values())
+    cost = np.array([[sum(weight_bytes(shapes[n], dataclasses.replace(base, bits=b)) for n in units[u])
+                      for b in options] for u in names], dtype=np.float64)  # [units, options]
+    loss = np.array([[deltas[b][u] for b in options] for u in names], dtype=np.float64)
+    chosen = _choose(cost, loss, budget_bpw * numel / 8)
+    if chosen is None:
+        floor = 8 * cost.min(axis=1).sum() / numel
+        raise ConfigError(f"a budget of {budget_bpw:.3f} bits per weight is below the smallest plan "
+                          f"({floor:.3f} with every unit at {options[0]} bits); raise the budget")
+    unit_bits = {u: options[o] for u, o in zip(names, chosen)}
+    return MixedPrecisionPlan(unit_bits=unit_bits, units=units, shapes=shapes, base=base, budget_bpw=budget_bpw,
+                              predicted_delta=float(sum(loss[i, o] for i, o in enumerate(chosen))),
+                              stored_bytes=int(sum(cost[i, o] for i, o in enumerate(chosen))))
+
+
+def plan_from_sensitivity(results: dict[int, SensitivityResult], source, base: QuantConfig, budget_bpw: float,
+                          targets: TargetConfig | None = None) -> MixedPrecisionPlan:
+    """:func:`plan_bits` from :func:`measure_candidates`' results on ``source``'s model."""
+    loaded = getattr(source, "loaded", source)
+    modules = target_linears(loaded.model, targets)
+    shapes = {n: (m.out_features, m.in_features) for n, m in modules.items()}
+    first = next(iter(results.values()))
+    units = {row.unit: row.layers for row in first.rows}
+    plan = plan_bits({b: r.deltas() for b, r in results.items()}, units, shapes, base, budget_bpw)
+    plan.extra.update(metric=first.metric, by=first.by, baseline=first.baseline,
+                      sensitivity_seconds=sum(r.seconds for r in results.values()))
+    return plan
+
+
+def apply_plan(original, plan: MixedPrecisionPlan) -> CompressedModel:
+    """A structural copy of ``original`` (an ``nn.Module``) with each planned layer quantized at its own width."""
+    import torch
+
+    start = time.perf_counter()
+    model = structural_copy(original)
+    with torch.inference_mode(False), torch.no_grad():
+        for name in plan.bits:
+            quantize_(model, plan.config_for(name), [name])
+    return CompressedModel(model=model, target_names=list(plan.bits), simulated=plan.base.storage == "fake",
+                           timings={"quantize_s": time.perf_counter() - start})
+
+
+def plan_outcome(probe: QualityProbe, compressed: CompressedModel, plan: MixedPrecisionPlan) -> dict[str, Any]:
+    """Predicted (baseline + summed deltas) against measured quality of the applied plan, and its bytes."""
+    from memopt_core.layers import weight_storage_bytes
+
+    score, delta, kl = probe.measure(compressed.model)
+    stored = sum(weight_storage_bytes(compressed.model.get_submodule(n)) for n in compressed.target_names)
+    out = {"metric": probe.metric, "baseline": probe.baseline, "predicted_delta": plan.predicted_delta,
+           "measured_delta": delta, "measured_score": score, "kl": kl, "stored_weight_bytes": stored,
+           "planned_weight_bytes": plan.stored_bytes, "bits_per_weight": plan.bits_per_weight}
+    if probe.metric == "nll":
+        out.update(predicted_perplexity=math.exp(probe.baseline + plan.predicted_delta),
+                   measured_perplexity=math.exp(score), baseline_perplexity=math.exp(probe.baseline))
+    return out

@@ -1,0 +1,138 @@
+"""Sensitivity ranking and the mixed-precision planner."""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig
+from memopt_core.errors import ConfigError
+from memopt_core.layers import QuantLinear, weight_storage_bytes
+from memopt_core.mixed_precision import (apply_plan, measure_candidates, plan_bits, plan_from_sensitivity,
+                                         plan_outcome, weight_bytes)
+from memopt_core.models import load_model, weights_checksum
+from memopt_core.sensitivity import QualityProbe, measure_sensitivity, units_of
+from memopt_core.walk import target_linears
+
+SMALL_EVAL = EvalConfig(max_tokens=256, seq_len=128, gen_tokens=0, zero_shot=False)
+FRAGILE = "model.layers.1.self_attn.o_proj"
+PER_TENSOR_4 = QuantConfig(bits=4, granularity="per-tensor")
+
+
+def _make_fragile(model: nn.Module, name: str) -> None:
+    """One huge weight: a per-tensor grid stretched to hold it rounds every other weight to 0."""
+    layer = model.get_submodule(name)
+    weight = layer.weight.detach().clone()
+    weight[0, 0] = 200 * weight.abs().max()
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+
+
+@pytest.fixture(scope="module")
+def fragile_llama():
+    loaded = load_model(ModelSpec("tiny-llama"))
+    _make_fragile(loaded.model, FRAGILE)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def probe(fragile_llama):
+    return QualityProbe(fragile_llama, SMALL_EVAL)
+
+
+def test_the_fragile_layer_ranks_first_and_the_original_is_untouched(fragile_llama, probe):
+    before = weights_checksum(fragile_llama.model)
+    result = measure_sensitivity(fragile_llama, PER_TENSOR_4, probe=probe)
+    assert weights_checksum(fragile_llama.model) == before
+    assert result.ranking()[0] == FRAGILE and result.metric == "nll"
+    assert len(result.rows) == len(target_linears(fragile_llama.model)) and result.seconds > 0
+    top, second = result.rows[0], result.rows[1]
+    assert top.delta > 5 * abs(second.delta) and top.kl == max(r.kl for r in result.rows)
+    # The delta is the change of the probe's own score: re-measure the fragile layer compressed alone.
+    assert abs(top.score - probe.baseline - top.delta) < 1e-9
+
+
+def test_blocks_rank_too(fragile_llama, probe):
+    result = measure_sensitivity(fragile_llama, PER_TENSOR_4, by="block", probe=probe)
+    assert result.ranking() == ["model.layers.1", "model.layers.0"]
+    assert FRAGILE in result.rows[0].layers and len(result.rows[0].layers) == 7
+
+
+def test_pruning_sensitivity_and_bad_requests(fragile_llama, probe):
+    result = measure_sensitivity(fragile_llama, None, PruneConfig("magnitude", 0.5), probe=probe)
+    assert result.setting == "magnitude 50%" and all(np.isfinite(r.delta) for r in result.rows)
+    with pytest.raises(ConfigError, match="calibration"):
+        measure_sensitivity(fragile_llama, QuantConfig(method="gptq", bits=4), probe=probe)
+    with pytest.raises(ConfigError, match="unit"):
+        units_of(["a.0.b"], "row")
+
+
+def test_encoders_rank_by_cosine_drop():
+    loaded = load_model(ModelSpec("tiny-bert"))
+    fragile = "encoder.layer.0.attention.output.dense"
+    _make_fragile(loaded.model, fragile)
+    result = measure_sensitivity(loaded, PER_TENSOR_4)
+    assert result.metric == "cosine" and result.ranking()[0] == fragile and result.rows[0].delta > 0
+
+
+@pytest.mark.parametrize("cfg", [QuantConfig(bits=3), QuantConfig(bits=4, granularity="group", group_size=48),
+                                 QuantConfig(bits=2, symmetric=False, granularity="group", group_size=32),
+                                 QuantConfig(bits=8, granularity="per-tensor")])
+def test_weight_bytes_match_what_quantlinear_stores(cfg):
+    linear = nn.Linear(100, 24)
+    assert weight_bytes((24, 100), cfg) == weight_storage_bytes(QuantLinear.from_linear(linear, cfg))
+
+
+def test_plan_is_the_best_combination_within_budget():
+    rng = np.random.default_rng(0)
+    shapes = {f"l{i}": (int(rng.integers(8, 64)), int(rng.integers(8, 64))) for i in range(5)}
+    units = {name: [name] for name in shapes}
+    bits = (2, 3, 4, 8)
+    deltas = {b: {u: float(rng.exponential(1.0) / b ** 2) for u in units} for b in bits}
+    base = QuantConfig(bits=4)
+    numel = sum(o * i for o, i in shapes.values())
+    for budget in (3.0, 3.7, 4.5, 6.0):
+        plan = plan_bits(deltas, units, shapes, base, budget)
+        best = min((sum(deltas[b][u] for b, u in zip(combo, units)), combo)
+                   for combo in itertools.product(bits, repeat=len(units))
+                   if sum(weight_bytes(shapes[u], QuantConfig(bits=b)) for b, u in zip(combo, units)) * 8 <= budget * numel)
+        assert plan.bits_per_weight <= budget
+        assert plan.predicted_delta == pytest.approx(best[0], rel=0.05)  # the budget grid may cost a sliver
+    with pytest.raises(ConfigError, match="below the smallest plan"):
+        plan_bits(deltas, units, shapes, base, 2.0)
+
+
+def test_plan_applies_and_reports_predicted_against_measured(fragile_llama, probe):
+    base = QuantConfig(bits=4, granularity="per-tensor")
+    results = measure_candidates(fragile_llama, base, bits=(2, 4, 8), probe=probe)
+    plan = plan_from_sensitivity(results, fragile_llama, base, budget_bpw=4.2)
+    assert plan.bits[FRAGILE] == 8  # the one layer that cannot take a coarse grid gets the wide one
+    compressed = apply_plan(fragile_llama.model, plan)
+    for name, bits in plan.bits.items():
+        layer = compressed.model.get_submodule(name)
+        assert isinstance(layer, QuantLinear) and layer.bits == bits
+    outcome = plan_outcome(probe, compressed, plan)
+    assert outcome["stored_weight_bytes"] == plan.stored_bytes and plan.bits_per_weight <= 4.2
+    assert {"predicted_perplexity", "measured_perplexity", "predicted_delta", "measured_delta"} <= set(outcome)
+    assert json.dumps(plan.to_dict())
+
+
+def test_cli(capsys):
+    from memopt_core import cli_sensitivity
+    from memopt_core.cli import OneLineParser
+
+    parser = OneLineParser(prog="memopt")
+    cli_sensitivity.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["sensitivity", "--model", "tiny-llama", "--bits", "4", "--by", "block",
+                              "--max-tokens", "128", "--seq-len", "64", "--plan-bpw", "4.5", "--json"])
+    assert args.handler(args) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert [r["unit"] for r in output["sensitivity"]["rows"]] and output["sensitivity"]["by"] == "block"
+    assert output["plan"]["bits_per_weight"] <= 4.5 and "measured_delta" in output["outcome"]
+    bad = parser.parse_args(["sensitivity", "--model", "tiny-llama"])
+    with pytest.raises(ConfigError, match="--bits"):
+        bad.handler(bad)
