@@ -187,10 +187,10 @@ def test_to_dict_is_json_ready():
 
 def test_fits_on_verdicts():
     rows = {r["name"].split(" (")[0]: r for r in fits_on(24 * GIB, available_bytes=32 * GIB)}
-    assert [rows[n]["fits"] for n in ("16 GiB GPU", "24 GIB GPU", "40 GIB GPU", "48 GIB GPU", "80 GIB GPU")] == \
+    assert [rows[n]["fits"] for n in ("16 GiB GPU", "24 GiB GPU", "40 GiB GPU", "48 GiB GPU", "80 GiB GPU")] == \
         [False, True, True, True, True]   # exactly full still fits
     assert rows["16 GiB GPU"]["headroom_bytes"] == -8 * GIB
-    assert rows["80 GIB GPU"]["capacity_bytes"] == 80 * 2**30
+    assert rows["80 GiB GPU"]["capacity_bytes"] == 80 * 2**30
     assert rows["this machine"]["fits"] and rows["this machine"]["headroom_bytes"] == 8 * GIB
 
 
