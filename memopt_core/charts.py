@@ -48,11 +48,11 @@ def _layer_frame(layers: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 
 def sparsity_by_layer(layers: Sequence[dict[str, Any]]) -> go.Figure:
-    """One bar per targeted layer (x grouped by block), coloured by module type."""
+    """One bar per targeted layer: x is the block, one bar (and colour) per module type in it."""
     frame = _layer_frame(layers)
     figure = go.Figure()
     for index, (module_type, part) in enumerate(frame.groupby("module_type", sort=False)):
-        figure.add_bar(x=[part["block_label"], part["module_type"]], y=part["sparsity"], name=module_type,
+        figure.add_bar(x=part["block_label"], y=part["sparsity"], name=module_type,
                        marker_color=_color(index), customdata=part[["name"]],
                        hovertemplate="%{customdata[0]}<br>sparsity %{y:.1%}<extra></extra>")
     figure.update_layout(title="Sparsity per layer (zeros counted from the weights)", barmode="group",
@@ -146,10 +146,12 @@ def tradeoff_memory(table: pd.DataFrame, group_by: str = "pruning") -> go.Figure
     if group_by == "pruning" and "pruning" not in table:
         table = table.assign(pruning=table.apply(_prune_label, axis=1))
     figure = go.Figure()
+    # A pruning setting's points form a curve (more bits, more bytes); a sweep's points are a cloud.
+    mode = "lines+markers" if group_by == "pruning" else "markers"
     for index, (name, part) in enumerate(table.groupby(group_by, sort=False, dropna=False)):
         part = part.sort_values("stored_bytes")
         customdata, template = _hover(part)
-        figure.add_scatter(x=part["stored_bytes"] / GIB, y=finite(part[metric]), mode="lines+markers",
+        figure.add_scatter(x=part["stored_bytes"] / GIB, y=finite(part[metric]), mode=mode,
                            name=str(name), marker_color=_color(index), customdata=customdata,
                            hovertemplate=template)
     if "pareto" in table:
@@ -162,8 +164,8 @@ def tradeoff_memory(table: pd.DataFrame, group_by: str = "pruning") -> go.Figure
     values = pd.Series(finite(table[metric]), dtype=float).dropna()
     log_y = metric == "perplexity" and not values.empty and values.max() > 10 * max(values.min(), 1e-9)
     figure.update_layout(title=f"{metric.replace('_', ' ').capitalize()} against stored memory",
-                         xaxis_title="stored model size (GiB)", yaxis_title=label, yaxis_type="log" if log_y else "linear",
-                         hoverlabel=dict(align="left"))
+                         xaxis_title="stored model size (GiB)", yaxis_title=label,
+                         yaxis_type="log" if log_y else "linear", hoverlabel=dict(align="left"))
     return figure
 
 

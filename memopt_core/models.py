@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from memopt_core import bundled
+from memopt_core import bundled, guard
 from memopt_core.config import BUNDLED_MODELS, ModelSpec
 from memopt_core.devices import resolve_device
-from memopt_core.errors import ModelLoadError, ResourceError, UnsupportedModelError, choices
+from memopt_core.errors import ModelLoadError, UnsupportedModelError, choices
 
 KINDS = ("causal-lm", "encoder", "sequence-classifier")
 # Encoder-only families whose base model (``AutoModel``) memopt evaluates as a sentence encoder.
@@ -31,6 +32,9 @@ ENCODER_TYPES = frozenset({"bert", "roberta", "distilbert", "xlm-roberta", "albe
 _ENCODER_HEADS = ("Model", "ForMaskedLM", "ForPreTraining")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
 bundled_models = bundled.bundled_models  # re-exported: the model list belongs with loading
+REMOTE_CODE_WARNING = ("trust_remote_code is on: loading {location!r} may run Python code written by the "
+                       "model's author, with your permissions; use it only for authors you trust")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,7 +58,8 @@ class LoadedModel:
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load the model ``spec`` names. Raises DeviceError, ModelLoadError or UnsupportedModelError."""
+    """Load the model ``spec`` names. Raises DeviceError, ModelLoadError, UnsupportedModelError or
+    ResourceError (it would not fit in free memory: checked from the config before any weight is read)."""
     device = resolve_device(spec.device)  # fail before spending time on loading
     if spec.origin == "bundled":
         return _load_bundled(spec, device)
@@ -80,11 +85,11 @@ def weights_checksum(model: nn.Module) -> str:
 
 def _finish(model: nn.Module, tokenizer: Any, kind: str, spec: ModelSpec, device: torch.device,
             name: str, source: str, is_random: bool = False) -> LoadedModel:
-    try:
+    if device.type == "cuda":  # loaded on the host first; the accelerator has its own, smaller budget
+        guard.check_fits(guard.model_bytes(model), f"model {name!r} in {spec.dtype} on {device}",
+                         available=lambda: guard.device_available_bytes(device))
+    with guard.out_of_memory_as_resource_error(f"moving model {name!r} in {spec.dtype}", device):
         model.to(device)  # right after loading, before anything else holds the tensors
-    except torch.OutOfMemoryError:
-        raise ResourceError(f"{name} does not fit in the memory of {device} in {spec.dtype}; "
-                            "choose a smaller model, a 16-bit dtype or the cpu") from None
     model.eval()
     model.requires_grad_(False)
     if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
@@ -96,6 +101,9 @@ def _finish(model: nn.Module, tokenizer: Any, kind: str, spec: ModelSpec, device
 def _load_bundled(spec: ModelSpec, device: torch.device) -> LoadedModel:
     info = bundled.bundled_info(spec.source)
     if info.is_random:
+        size = guard.dtype_bytes(spec.dtype)
+        guard.check_fits(info.params * size, f"model {info.name!r} in {spec.dtype}",
+                         detail=f"{info.params:,} parameters x {size} bytes")
         model, tokenizer = bundled.build_tiny(info.key)
         model.to(getattr(torch, spec.dtype))
         source = f"random initialisation (seed {bundled.TINY_SEED}) of a {type(model).__name__} config"
@@ -134,6 +142,8 @@ def load_pretrained(location: str, spec: ModelSpec, device: torch.device, name: 
     from transformers import AutoConfig, AutoTokenizer
 
     options = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    if spec.trust_remote_code:
+        logger.warning(REMOTE_CODE_WARNING.format(location=location))
     with _load_errors(location, spec):
         config = AutoConfig.from_pretrained(location, **options)
     kind, auto_class = model_class(config)
@@ -142,7 +152,9 @@ def load_pretrained(location: str, spec: ModelSpec, device: torch.device, name: 
         raise ModelLoadError(f"folder {local} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); "
                              "save the tokenizer next to the model")
     prefer_safetensors = True if local.is_dir() and any(local.glob("*.safetensors*")) else None
-    with _load_errors(location, spec):
+    # Before any weight is read: a model larger than free memory would otherwise end in swap or the OOM killer.
+    guard.check_load_fits(config, spec.dtype, name)
+    with _load_errors(location, spec), guard.out_of_memory_as_resource_error(f"loading model {name!r}"):
         model = auto_class.from_pretrained(location, config=config, dtype=getattr(torch, spec.dtype),
                                            use_safetensors=prefer_safetensors, **options)
         tokenizer = AutoTokenizer.from_pretrained(location, **options)
@@ -189,8 +201,9 @@ def _explain(location: str, spec: ModelSpec, error: BaseException) -> str:
 
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if "trust_remote_code" in str(error):
-        return (f"model {location!r} needs to run its own code from the hub; load it only if you trust it, "
-                "with trust_remote_code=True")
+        return (f"model {location!r} comes with its own Python code (auto_map in its config), which memopt "
+                "does not run by default; load it only if you trust its author, with trust_remote_code=True "
+                "(--trust-remote-code)")
     if spec.origin != "hub":
         return f"could not read the model in {location}: {first_line}"
     where = f"could not load {location!r} from the Hugging Face Hub"

@@ -115,8 +115,9 @@ def test_tradeoff_uses_a_log_axis_for_a_wide_range_of_perplexities():
 
 def test_tradeoff_can_overlay_sweeps():
     table = sweep_table().assign(sweep=["a"] * 4 + ["b"] * 3)
-    names = [trace.name for trace in charts.tradeoff_memory(table, group_by="sweep").data]
-    assert names == ["a", "b", "Pareto front"]
+    figure = charts.tradeoff_memory(table, group_by="sweep")
+    assert [trace.name for trace in figure.data] == ["a", "b", "Pareto front"]
+    assert figure.data[0].mode == "markers"  # a sweep's points are a cloud, not a curve
 
 
 def test_quality_vs_bits_has_one_line_per_pruning_and_group_size():

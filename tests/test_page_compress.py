@@ -32,7 +32,8 @@ def test_run_on_a_causal_lm_shows_quality_memory_charts_and_generations(app_cach
     assert no_exception(at) and not errors(at)
     labels = metric_labels(at)
     for label in ("Perplexity, original", "Perplexity, compressed", "KL from original", "Top-1 agreement",
-                  "Dense (original)", "Stored (compressed)", "Measured", "Bits per weight", "Smaller by"):
+                  "Dense, original (GiB)", "Stored, compressed (GiB)", "Measured (GiB)", "Bits per weight",
+                  "Smaller by"):
         assert label in labels
     compressed = at.metric[labels.index("Perplexity, compressed")]
     assert compressed.delta is not None  # the change from the original

@@ -42,6 +42,7 @@ def table_saving_phrase(table) -> str:
         return "stored sizes are the bytes of the tensors each compressed model holds"
     simulated = int(table["simulated"].astype(bool).sum())
     if simulated == 0:
-        return "stored sizes are real: the bytes of the tensors each compressed model holds (packed codes, scales, masks)"
+        return ("stored sizes are real: the bytes of the tensors each compressed model holds "
+                "(packed codes, scales, masks)")
     return (f"{simulated} of {len(table)} points use fake quantization: their memory saving is simulated, "
             "the rest are real stored bytes")

@@ -111,9 +111,12 @@ def fits_table(total_bytes: int) -> pd.DataFrame:
 
 def show_estimate(estimate: dict[str, Any], name: str) -> None:
     st.subheader(f"{name}: {estimate['plan']['label']}")
-    cards = [("Total", gib(estimate["total_bytes"])), ("Weights", gib(estimate["weights_bytes"])),
-             ("KV cache", gib(estimate["kv_cache_bytes"])), ("Activations (rough)", gib(estimate["activation_bytes"])),
-             ("Bits per weight", f"{estimate['bits_per_weight']:.3f}"), ("Parameters", f"{estimate['params'] / 1e9:.3g} B")]
+    cards = [("Total (GiB)", gib(estimate["total_bytes"], unit=False)),
+             ("Weights (GiB)", gib(estimate["weights_bytes"], unit=False)),
+             ("KV cache (GiB)", gib(estimate["kv_cache_bytes"], unit=False)),
+             ("Activations, rough (GiB)", gib(estimate["activation_bytes"], unit=False)),
+             ("Bits per weight", f"{estimate['bits_per_weight']:.3f}"),
+             ("Parameters", f"{estimate['params'] / 1e9:.3g} B")]
     for column, (label, value) in zip(st.columns(len(cards)), cards):
         column.metric(label, value, border=True)
     left, right = st.columns([2, 3])

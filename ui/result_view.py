@@ -11,12 +11,13 @@ from memopt_core import charts
 from ui.chart_glue import saving_phrase, show_chart
 
 
-def gib(n_bytes: float | None) -> str:
+def gib(n_bytes: float | None, unit: bool = True) -> str:
     """Binary GiB with enough digits for tiny models too (0.0120 GiB, 12.3 GiB)."""
     if n_bytes is None:
         return "-"
     value = n_bytes / 2**30
-    return f"{value:.2f} GiB" if value >= 1 else f"{value:.3g} GiB"
+    text = f"{value:.2f}" if value >= 1 else f"{value:.3g}"
+    return f"{text} GiB" if unit else text
 
 
 def _number(value: Any, pattern: str) -> str:
@@ -84,13 +85,16 @@ def show_quality(result: dict) -> None:
 def show_memory(result: dict) -> None:
     memory = result["memory"]
     st.subheader("Memory")
-    cards = [("Dense (original)", gib(memory["dense_bytes"]), "every tensor of the original as loaded"),
-             ("Stored (compressed)", gib(memory["stored_bytes"]), "bytes of the tensors the compressed copy "
-                                                                  "really holds: codes, scales, masks, the rest"),
-             ("Measured", gib(memory.get("measured_bytes")), memory.get("measured_method") or ""),
+    cards = [("Dense, original (GiB)", gib(memory["dense_bytes"], unit=False),
+              "every tensor of the original as loaded"),
+             ("Stored, compressed (GiB)", gib(memory["stored_bytes"], unit=False),
+              "bytes of the tensors the compressed copy really holds: codes, scales, masks, the rest"),
+             ("Measured (GiB)", gib(memory.get("measured_bytes"), unit=False),
+              f"memory the compressed copy took when it was built: {memory.get('measured_method') or '-'}"),
              ("Bits per weight", f"{memory['bits_per_weight']:.3f}",
               f"targeted layers, scales and zero points included; {memory['dense_bits_per_weight']:.0f} before"),
              ("Smaller by", f"{memory['ratio']:.2f}x", "dense bytes / stored bytes of the whole model")]
+    # GiB are binary (2**30 bytes), as DESIGN.md asks; the unit sits in the label so values fit the cards.
     for column, (label, value, help_text) in zip(st.columns(len(cards)), cards):
         column.metric(label, value, help=help_text, border=True)
     st.caption(f"Whole-model sizes (embeddings and other untargeted tensors included); {saving_phrase(result)}.")

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -57,6 +59,19 @@ class GPTQOptions:
             raise ConfigError(f"GPTQ block size {self.block_size!r} must be a positive whole number (default 128)")
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run tiny per-column tensor ops on one thread. Worker threads only add hand-off cost there,
+    and on a busy machine they spin waiting for a core: measured 25x slower on 2 shared cores.
+    (torch's thread count is process-wide; it is restored on exit.)"""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def hessian_order(h: Tensor) -> Tensor:
     """Activation order: input columns by decreasing Hessian diagonal (dead inputs count as 1,
     as in the reference), ties in index order. ``h [in, in]`` -> long ``[in]``."""
@@ -82,9 +97,10 @@ def prepare_hessian(h: Tensor, damp: float, dtype: torch.dtype = torch.float32,
     eye = torch.eye(h.shape[0], dtype=dtype, device=h.device)
     damping = damp * mean
     for _ in range(_MAX_DAMP_RETRIES):
-        factor, info = torch.linalg.cholesky_ex(h + eye * damping)
-        if int(info) == 0:
-            return torch.linalg.cholesky(torch.cholesky_inverse(factor), upper=True), dead
+        with one_thread():  # a few ms on one core; far longer when two threads fight for busy cores
+            factor, info = torch.linalg.cholesky_ex(h + eye * damping)
+            if int(info) == 0:
+                return torch.linalg.cholesky(torch.cholesky_inverse(factor), upper=True), dead
         damping = torch.maximum(damping * 10, mean * 1e-4)
     raise ConfigError("the calibration Hessian is not positive definite even with strong dampening; "
                       "use more calibration samples or a larger dampening")
@@ -123,6 +139,12 @@ class OBSSweep:
             on_block: Callable[[int, int], None] | None = None) -> Tensor:
         """Visit every column; returns the new weight ``[out, in]`` (sweep order)."""
         out = torch.zeros_like(self.w)
+        with one_thread():
+            self._sweep(out, step, on_block)
+        return out
+
+    def _sweep(self, out: Tensor, step: Callable[[int, Tensor], Tensor],
+               on_block: Callable[[int, int], None] | None) -> None:
         columns = self.w.shape[1]
         for start in range(0, columns, self.block_size):
             end = min(start + self.block_size, columns)
@@ -141,7 +163,6 @@ class OBSSweep:
                 self.errors[:, i] = error
                 self.done = i + 1
             self.w[:, end:] -= self.errors @ self.u[start:end, end:]  # [out, in - end]
-        return out
 
 
 class ColumnQuantizer:
