@@ -68,21 +68,17 @@ class SensitivityResult:
 
 
 class QualityProbe:
-    """Scores a model against the original on a small fixed budget (built once, reused per unit)."""
+    """Scores a model against the original on a small fixed budget (built once, reused per unit).
 
-    def __init__(self, loaded: LoadedModel, eval_config: EvalConfig = DEFAULT_EVAL) -> None:
+    Causal LMs are scored on the first ``eval_config.max_tokens`` tokens of ``eval_config.text``,
+    or on ``windows`` (LongTensor ``[n, seq_len]``) when given."""
+
+    def __init__(self, loaded: LoadedModel, eval_config: EvalConfig = DEFAULT_EVAL,
+                 windows: torch.Tensor | None = None) -> None:
         self.loaded, self.eval_config = loaded, eval_config
         self.causal = loaded.kind == "causal-lm"
         if self.causal:
-            from memopt_core.datasets import load_text, token_windows
-            from memopt_core.evaluate import evaluate_causal_lm
-
-            text = load_text(eval_config.text)
-            self.windows = token_windows(loaded.tokenizer, text.text, eval_config.seq_len, eval_config.max_tokens)
-            metrics, self.reference = evaluate_causal_lm(loaded.model, self.windows, kl_top_k=64)
-            self.baseline = metrics.mean_nll
-            self.protocol = {"text": text.name, "tokens": int(self.windows.numel()), "window": eval_config.seq_len,
-                             "metric": "mean token NLL increase (nats); KL over the original's top 64 + rest"}
+            self._prepare_causal(windows)
         else:
             from memopt_core.datasets import load_labelled_sentences
             from memopt_core.evaluate_encoder import sentence_embeddings
@@ -91,6 +87,23 @@ class QualityProbe:
             self.reference = sentence_embeddings(loaded.model, loaded.tokenizer, self.sentences)
             self.baseline = 1.0
             self.protocol = {"sentences": len(self.sentences), "metric": "drop of mean cosine similarity"}
+
+    def _prepare_causal(self, windows: torch.Tensor | None) -> None:
+        from memopt_core.evaluate import evaluate_causal_lm
+
+        text = "given windows"
+        if windows is None:
+            from memopt_core.datasets import load_text, token_windows
+
+            source = load_text(self.eval_config.text)
+            text = source.name
+            windows = token_windows(self.loaded.tokenizer, source.text, self.eval_config.seq_len,
+                                    self.eval_config.max_tokens)
+        self.windows = windows  # [n, seq_len]
+        metrics, self.reference = evaluate_causal_lm(self.loaded.model, windows, kl_top_k=64)
+        self.baseline = metrics.mean_nll
+        self.protocol = {"text": text, "tokens": int(windows.numel()), "window": int(windows.shape[1]),
+                         "metric": "mean token NLL increase (nats); KL over the original's top 64 + rest"}
 
     @property
     def metric(self) -> str:

@@ -15,49 +15,89 @@ from memopt_core.errors import ConfigError
 from memopt_core.layers import QuantLinear, weight_storage_bytes
 from memopt_core.mixed_precision import (apply_plan, measure_candidates, plan_bits, plan_from_sensitivity,
                                          plan_outcome, weight_bytes)
-from memopt_core.models import load_model, weights_checksum
+from memopt_core.models import LoadedModel, load_model, weights_checksum
 from memopt_core.sensitivity import QualityProbe, measure_sensitivity, units_of
 from memopt_core.walk import target_linears
 
 SMALL_EVAL = EvalConfig(max_tokens=256, seq_len=128, gen_tokens=0, zero_shot=False)
-FRAGILE = "model.layers.1.self_attn.o_proj"
-PER_TENSOR_4 = QuantConfig(bits=4, granularity="per-tensor")
+FRAGILE = "model.layers.1.mlp.down_proj"
+FEEDS_FRAGILE = "model.layers.1.mlp.up_proj"
+INT4 = QuantConfig(bits=4)
 
 
-def _make_fragile(model: nn.Module, name: str) -> None:
-    """One huge weight: a per-tensor grid stretched to hold it rounds every other weight to 0."""
-    layer = model.get_submodule(name)
+def _make_fragile(model: nn.Module, feeding: str, fragile: str) -> None:
+    """Input 0 of ``fragile`` is made always 0 (``feeding`` Linear's row 0 zeroed: silu(g) * 0 and
+    gelu(0) are 0), then ``fragile``'s column 0 gets huge weights. The function barely changes,
+    but every row's quantization grid is stretched to hold them and the other weights round to 0."""
+    feed = model.get_submodule(feeding)
+    weight = feed.weight.detach().clone()
+    weight[0] = 0
+    feed.weight = nn.Parameter(weight, requires_grad=False)
+    if feed.bias is not None:
+        bias = feed.bias.detach().clone()
+        bias[0] = 0
+        feed.bias = nn.Parameter(bias, requires_grad=False)
+    layer = model.get_submodule(fragile)
     weight = layer.weight.detach().clone()
-    weight[0, 0] = 200 * weight.abs().max()
+    weight[:, 0] = 20 * weight.abs().max()  # 4 bits round the rest to 0; 8 bits keep ~13 levels
     layer.weight = nn.Parameter(weight, requires_grad=False)
+
+
+def _loaded(model: nn.Module, kind: str = "causal-lm") -> LoadedModel:
+    return LoadedModel(model=model, tokenizer=None, kind=kind, spec=ModelSpec("tiny-llama"), name="tiny",
+                       is_random=True, num_params=sum(p.numel() for p in model.parameters()), source="test",
+                       architecture=type(model).__name__)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Hundreds of tiny forwards: on two shared cores, extra threads only wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def fragile_llama():
-    loaded = load_model(ModelSpec("tiny-llama"))
-    _make_fragile(loaded.model, FRAGILE)
-    return loaded
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    # Weights 5x the usual init scale: layers then shape the predictions enough to be measured.
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=256, max_position_embeddings=256,
+                         tie_word_embeddings=True, initializer_range=0.1)
+    model = LlamaForCausalLM(config).eval()
+    _make_fragile(model, FEEDS_FRAGILE, FRAGILE)
+    return _loaded(model)
 
 
 @pytest.fixture(scope="module")
 def probe(fragile_llama):
-    return QualityProbe(fragile_llama, SMALL_EVAL)
+    """Text sampled from the model itself: a random model predicts random text no better than any
+    other model, but on its own samples any change raises the expected NLL (it equals the KL)."""
+    generator = torch.Generator().manual_seed(0)
+    windows = torch.zeros(4, 1, dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(95):
+            probs = fragile_llama.model(windows).logits[:, -1].softmax(-1)  # [4, vocab]
+            windows = torch.cat([windows, torch.multinomial(probs, 1, generator=generator)], dim=1)
+    return QualityProbe(fragile_llama, windows=windows)
 
 
 def test_the_fragile_layer_ranks_first_and_the_original_is_untouched(fragile_llama, probe):
     before = weights_checksum(fragile_llama.model)
-    result = measure_sensitivity(fragile_llama, PER_TENSOR_4, probe=probe)
+    result = measure_sensitivity(fragile_llama, INT4, probe=probe)
     assert weights_checksum(fragile_llama.model) == before
     assert result.ranking()[0] == FRAGILE and result.metric == "nll"
     assert len(result.rows) == len(target_linears(fragile_llama.model)) and result.seconds > 0
     top, second = result.rows[0], result.rows[1]
     assert top.delta > 5 * abs(second.delta) and top.kl == max(r.kl for r in result.rows)
-    # The delta is the change of the probe's own score: re-measure the fragile layer compressed alone.
-    assert abs(top.score - probe.baseline - top.delta) < 1e-9
+    assert abs(top.score - probe.baseline - top.delta) < 1e-9 and probe.protocol["tokens"] == 4 * 96
 
 
 def test_blocks_rank_too(fragile_llama, probe):
-    result = measure_sensitivity(fragile_llama, PER_TENSOR_4, by="block", probe=probe)
+    result = measure_sensitivity(fragile_llama, INT4, by="block", probe=probe)
     assert result.ranking() == ["model.layers.1", "model.layers.0"]
     assert FRAGILE in result.rows[0].layers and len(result.rows[0].layers) == 7
 
@@ -73,9 +113,9 @@ def test_pruning_sensitivity_and_bad_requests(fragile_llama, probe):
 
 def test_encoders_rank_by_cosine_drop():
     loaded = load_model(ModelSpec("tiny-bert"))
-    fragile = "encoder.layer.0.attention.output.dense"
-    _make_fragile(loaded.model, fragile)
-    result = measure_sensitivity(loaded, PER_TENSOR_4)
+    fragile = "encoder.layer.0.output.dense"
+    _make_fragile(loaded.model, "encoder.layer.0.intermediate.dense", fragile)
+    result = measure_sensitivity(loaded, INT4)
     assert result.metric == "cosine" and result.ranking()[0] == fragile and result.rows[0].delta > 0
 
 
@@ -107,16 +147,23 @@ def test_plan_is_the_best_combination_within_budget():
 
 
 def test_plan_applies_and_reports_predicted_against_measured(fragile_llama, probe):
-    base = QuantConfig(bits=4, granularity="per-tensor")
-    results = measure_candidates(fragile_llama, base, bits=(2, 4, 8), probe=probe)
-    plan = plan_from_sensitivity(results, fragile_llama, base, budget_bpw=4.2)
+    base = QuantConfig(bits=4)
+    results = measure_candidates(fragile_llama, base, probe=probe)  # 2, 3, 4 and 8 bits
+    uniform = results[4]
+    budget = 8 * sum(weight_bytes(fragile_llama.model.get_submodule(r.unit).weight.shape, base)
+                     for r in uniform.rows) / sum(r.params for r in uniform.rows)  # uniform 4-bit's own size
+    plan = plan_from_sensitivity(results, fragile_llama, base, budget_bpw=budget)
     assert plan.bits[FRAGILE] == 8  # the one layer that cannot take a coarse grid gets the wide one
+    assert plan.predicted_delta < 0.7 * sum(uniform.deltas().values())
     compressed = apply_plan(fragile_llama.model, plan)
     for name, bits in plan.bits.items():
         layer = compressed.model.get_submodule(name)
         assert isinstance(layer, QuantLinear) and layer.bits == bits
     outcome = plan_outcome(probe, compressed, plan)
-    assert outcome["stored_weight_bytes"] == plan.stored_bytes and plan.bits_per_weight <= 4.2
+    assert outcome["stored_weight_bytes"] == plan.stored_bytes and plan.bits_per_weight <= budget
+    uniform_model = apply_plan(fragile_llama.model, plan_bits({4: {u: 0.0 for u in plan.units}}, plan.units,
+                                                              plan.shapes, base, budget))
+    assert outcome["measured_delta"] < probe.measure(uniform_model.model)[1]
     assert {"predicted_perplexity", "measured_perplexity", "predicted_delta", "measured_delta"} <= set(outcome)
     assert json.dumps(plan.to_dict())
 
@@ -128,7 +175,7 @@ def test_cli(capsys):
     parser = OneLineParser(prog="memopt")
     cli_sensitivity.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["sensitivity", "--model", "tiny-llama", "--bits", "4", "--by", "block",
-                              "--max-tokens", "128", "--seq-len", "64", "--plan-bpw", "4.5", "--json"])
+                              "--max-tokens", "64", "--seq-len", "64", "--plan-bpw", "4.5", "--json"])
     assert args.handler(args) == 0
     output = json.loads(capsys.readouterr().out)
     assert [r["unit"] for r in output["sensitivity"]["rows"]] and output["sensitivity"]["by"] == "block"
