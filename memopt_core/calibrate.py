@@ -1,30 +1,32 @@
-"""Calibrated compression: collect statistics block by block and apply GPTQ, Wanda or SparseGPT.
+"""Calibrated compression: statistics block by block, then GPTQ, Wanda or SparseGPT on each layer.
 
 The walk (as in the GPTQ reference code): run the calibration tokens up to the first transformer
 block and keep its inputs (hidden states plus the arguments the model passed, e.g. Llama's
 rotary ``position_embeddings`` and attention mask); then, for each block:
 
-1. forward the block with hooks on its target Linears, accumulating ``X^T X`` (GPTQ, SparseGPT)
-   or the squared input-column norms (Wanda) in float32;
-2. compress the block's Linears (prune, then quantize);
-3. forward the COMPRESSED block to get the next block's inputs, so later blocks calibrate on the
-   errors of earlier ones.
+run the whole calibration batch through the block ONCE with its target Linears replaced by
+stand-ins. When a stand-in is first called it takes its input ``X``'s statistics (``2/n X^T X``
+for GPTQ and SparseGPT, squared column norms for Wanda; float32), compresses its layer (prune,
+then quantize), puts the compressed layer in the model and returns its output. So every layer
+calibrates on the outputs of the compressed layers before it, in its own block and in earlier
+blocks ("true sequential" in the GPTQ reference), and the block's output is the next block's input.
 
-Memory stays near one block's activations for the calibration batch. Like every walker, this one
-never writes into a tensor the model holds: compressed layers are new modules.
+Cost: one forward of the calibration tokens per block, plus the statistics and the solves. Memory:
+the activations of all calibration tokens through one block (SmolLM2-135M, 64 x 512 tokens:
+under 1 GiB). Like every walker, this one never writes into a tensor the model holds: compressed
+layers are new modules.
 """
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
+from memopt_core.calibration_data import BlockInputs, LayerStatistics, capture_block_inputs, forward_block
 from memopt_core.config import PruneConfig, QuantConfig, RunConfig
 from memopt_core.errors import ConfigError
 from memopt_core.layers import QuantLinear, weight_storage_bytes
@@ -47,146 +49,6 @@ class CalibrationReport:
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
-
-
-class _Stop(Exception):
-    """Raised by the capture hook once block 0's inputs are in hand: the rest of the model is skipped."""
-
-
-@dataclass
-class BlockInputs:
-    """One calibration batch as a block receives it: ``hidden [B, L, H]`` plus the other arguments
-    the model passed (Llama: ``position_embeddings``, ``attention_mask``; BERT: a positional mask)."""
-
-    hidden: Tensor
-    args: tuple
-    kwargs: dict[str, Any]
-
-
-def capture_block_inputs(model: nn.Module, first_block: nn.Module, tokens: Tensor,
-                         batch_tokens: int = 4096) -> list[BlockInputs]:
-    """Run ``tokens [N, L]`` through ``model`` up to ``first_block`` and keep its inputs, per batch."""
-    captured: list[BlockInputs] = []
-
-    def grab(module, args, kwargs):
-        kwargs = dict(kwargs)
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append(BlockInputs(hidden, tuple(args[1:]), kwargs))
-        raise _Stop
-
-    device = next(model.parameters()).device
-    extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
-    handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        for batch in tokens.split(max(1, batch_tokens // tokens.shape[1])):
-            try:
-                model(input_ids=batch.to(device), **extra)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return captured
-
-
-def forward_block(block: nn.Module, inputs: list[BlockInputs]) -> list[BlockInputs]:
-    """The block's outputs as the next block's inputs (same extra arguments)."""
-    outputs = []
-    for batch in inputs:
-        out = block(batch.hidden, *batch.args, **batch.kwargs)
-        outputs.append(BlockInputs(out[0] if isinstance(out, tuple) else out, batch.args, batch.kwargs))
-    return outputs
-
-
-class _Collector:
-    """Forward pre-hooks that accumulate each layer's input statistics over the calibration batches.
-
-    Layers fed the very same tensor (Llama's q/k/v, gate/up) share one accumulator: ``X^T X`` is the
-    costly part. After the first batch, each batch stops right after the last hooked layer has
-    its input: the rest of the block (e.g. the MLP's down projection itself) is not needed."""
-
-    def __init__(self, modules: dict[str, nn.Module], hessian: bool) -> None:
-        self.hessian = hessian
-        self.sums: dict[str, Tensor] = {}
-        self.counts: dict[str, int] = {}
-        self.alias: dict[str, str] = {}
-        self.seen: list[tuple[Tensor, str]] = []  # this batch's inputs; held so no address is reused
-        self.calls: list[str] = []  # hooked calls of the first batch, in order
-        self.stop_at: str | None = None
-        self.handles = [module.register_forward_pre_hook(self._hook(name)) for name, module in modules.items()]
-
-    def _hook(self, name: str):
-        def accumulate(module, args):
-            self._add(name, args[0])
-            if name == self.stop_at:
-                raise _Stop
-        return accumulate
-
-    def _add(self, name: str, x: Tensor) -> None:
-        if self.stop_at is None:
-            self.calls.append(name)
-        owner = next((n for t, n in self.seen if t is x), None)
-        if owner is not None:
-            self.alias[name] = owner
-            return
-        self.seen.append((x, name))
-        rows = x.detach().reshape(-1, x.shape[-1]).float()  # [tokens, in]
-        if name not in self.sums:
-            size = (rows.shape[1],) * (2 if self.hessian else 1)
-            self.sums[name] = torch.zeros(size, dtype=torch.float32, device=rows.device)
-        if self.hessian:
-            self.sums[name].addmm_(rows.T, rows)  # [in, in]
-        else:
-            self.sums[name] += rows.pow(2).sum(0)  # [in]
-        self.counts[name] = self.counts.get(name, 0) + rows.shape[0]
-
-    def run(self, block: nn.Module, inputs: list[BlockInputs]) -> None:
-        try:
-            for batch in inputs:
-                self.seen.clear()
-                try:
-                    block(batch.hidden, *batch.args, **batch.kwargs)
-                except _Stop:
-                    pass
-                # Stopping early is safe only when each layer runs once per forward.
-                if self.stop_at is None and self.calls and len(set(self.calls)) == len(self.calls):
-                    self.stop_at = self.calls[-1]
-        finally:
-            self.seen.clear()
-            for handle in self.handles:
-                handle.remove()
-
-
-@dataclass
-class LayerStatistics:
-    """One layer's calibration statistics: ``hessian`` ``2/n X^T X [in, in]`` (float32) or
-    ``sq_norms`` ``sum_t x_tj^2 [in]``, over ``tokens`` rows of inputs ``X [n, in]``."""
-
-    tokens: int
-    hessian: Tensor | None = None
-    sq_norms: Tensor | None = None
-
-    @staticmethod
-    def collect(block: nn.Module, modules: dict[str, nn.Module], inputs: list[BlockInputs],
-                hessian: bool) -> dict[str, "LayerStatistics"]:
-        """Forward ``inputs`` through ``block`` with hooks on ``modules``; statistics by layer name
-        (layers that read the same tensor get the same object)."""
-        collector = _Collector(modules, hessian)
-        collector.run(block, inputs)
-        return LayerStatistics._finish(modules, collector.sums, collector.counts, collector.alias, hessian)
-
-    @staticmethod
-    def _finish(modules, sums, counts, alias, hessian: bool) -> dict[str, "LayerStatistics"]:
-        owned = {}
-        for name, total in sums.items():
-            n = counts[name]
-            owned[name] = LayerStatistics(n, hessian=total.mul_(2.0 / n)) if hessian else LayerStatistics(n, sq_norms=total)
-        result = {}
-        for name in modules:
-            owner = name if name in owned else alias.get(name)
-            if owner is None:
-                raise ConfigError(f"layer {name!r} received no input during calibration; exclude it from the targets")
-            result[name] = owned[owner]
-        return result
 
 
 def _bias_of(source: nn.Module) -> nn.Parameter | None:
@@ -281,21 +143,6 @@ def compress_layer_(model: nn.Module, name: str, config: RunConfig, stats: Layer
     return info
 
 
-@contextmanager
-def _dense_twins(model: nn.Module, names: list[str]) -> Iterator[None]:
-    """Swap the compressed layers ``names`` for dense Linears of the same effective weight while the
-    calibration batches pass: packed layers would rebuild their weight for every batch."""
-    saved = {name: model.get_submodule(name) for name in names}
-    for name, module in saved.items():
-        if callable(getattr(module, "dequantized_weight", None)):
-            set_module(model, name, _dense_from(module.dequantized_weight(), module))
-    try:
-        yield
-    finally:
-        for name, module in saved.items():
-            set_module(model, name, module)
-
-
 def _needs_hessian(config: RunConfig) -> bool:
     return (config.quant is not None and config.quant.method == "gptq") or \
         (config.prune is not None and config.prune.method == "sparsegpt")
@@ -336,38 +183,80 @@ def _pre_prune(model: nn.Module, config: RunConfig, names: list[str]) -> dict[st
     return prune_(model, config.prune, names)
 
 
+class _StandIn(nn.Module):
+    """Takes a target Linear's place while its block runs the calibration batch once. On its first
+    call it hands its input to ``compress(name, x)``, which puts the compressed layer in the model
+    (replacing this stand-in), and returns that layer's output: the layers after it in the block
+    see compressed outputs (GPTQ's "true sequential" order) and each block runs only once."""
+
+    def __init__(self, name: str, original: nn.Module, compress: Callable[[str, Tensor], nn.Module]) -> None:
+        super().__init__()
+        self.name, self.original, self.compress = name, original, compress
+        self.in_features, self.out_features = original.in_features, original.out_features
+
+    @property
+    def weight(self) -> Tensor:  # model code may read a projection's weight (e.g. for its dtype)
+        return effective_weight(self.original)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.compress(self.name, x)(x)
+
+
+class _Walk:
+    """Compresses the layers of one block after another (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, config: RunConfig, options: GPTQOptions, masks: dict[str, Tensor]) -> None:
+        self.model, self.config, self.options, self.masks = model, config, options, masks
+        self.hessian = _needs_hessian(config)
+        self.report = CalibrationReport(options=dataclasses.asdict(options))
+        self.clock = dict.fromkeys(("capture_s", "statistics_s", "solve_s", "forward_s"), 0.0)
+        self.last: tuple[Tensor | None, LayerStatistics | None] = (None, None)
+
+    def compress(self, name: str, x: Tensor) -> nn.Module:
+        start = time.perf_counter()
+        if self.last[0] is not x:  # q/k/v (gate/up) read the very same tensor: one X^T X serves them
+            self.last = (x, LayerStatistics.of(x, self.hessian))
+        middle = time.perf_counter()
+        set_module(self.model, name, self.model.get_submodule(name).original)
+        self.report.layers[name] = compress_layer_(self.model, name, self.config, self.last[1], self.options,
+                                                   self.masks.get(name))
+        self.clock["statistics_s"] += middle - start
+        self.clock["solve_s"] += time.perf_counter() - middle
+        return self.model.get_submodule(name)
+
+    def block(self, block: nn.Module, names: list[str], inputs: BlockInputs) -> BlockInputs:
+        """Run the batch through ``block`` once, compressing ``names`` on the way; its output."""
+        start, before = time.perf_counter(), self.clock["statistics_s"] + self.clock["solve_s"]
+        for name in names:
+            set_module(self.model, name, _StandIn(name, self.model.get_submodule(name), self.compress))
+        try:
+            outputs = forward_block(block, inputs)
+        finally:
+            unused = [n for n in names if isinstance(self.model.get_submodule(n), _StandIn)]
+            for name in unused:
+                set_module(self.model, name, self.model.get_submodule(name).original)
+            self.last = (None, None)
+        if unused:
+            raise ConfigError(f"layer {unused[0]!r} received no input during calibration; exclude it from the targets")
+        spent = self.clock["statistics_s"] + self.clock["solve_s"] - before
+        self.clock["forward_s"] += time.perf_counter() - start - spent
+        return outputs
+
+
 @torch.no_grad()
 def compress_calibrated_(model: nn.Module, config: RunConfig, names: list[str], tokens: Tensor,
-                         options: GPTQOptions | None = None, batch_tokens: int = 4096) -> CalibrationReport:
+                         options: GPTQOptions | None = None) -> CalibrationReport:
     """Compress the Linears ``names`` of ``model`` as ``config`` says, using calibration ``tokens``
-    (LongTensor ``[samples, length]``). ``model`` changes in place (modules replaced, no tensor
-    written). Batches hold about ``batch_tokens`` tokens. Returns per-layer info and timings."""
-    options = options or GPTQOptions()
+    (LongTensor ``[samples, length]``, run as one batch). ``model`` changes in place (modules
+    replaced, no tensor written). Returns per-layer info, timings and the solver options."""
     _check_tokens(model, tokens)
-    report = CalibrationReport(options={"act_order": options.act_order, "damp": options.damp,
-                                        "block_size": options.block_size, "static_groups": options.static_groups})
     blocks, by_block = _layers_by_block(model, names)
-    masks = _pre_prune(model, config, names)
-    clock = dict.fromkeys(("capture_s", "statistics_s", "solve_s", "propagate_s"), 0.0)
+    walk = _Walk(model, config, options or GPTQOptions(), _pre_prune(model, config, names))
     start = time.perf_counter()
-    inputs: list[BlockInputs] = capture_block_inputs(model, blocks[0], tokens, batch_tokens)
-    clock["capture_s"] = time.perf_counter() - start
-    hessian = _needs_hessian(config)
+    inputs = capture_block_inputs(model, blocks[0], tokens)
+    walk.clock["capture_s"] = time.perf_counter() - start
     last = max(i for i, layer_names in enumerate(by_block) if layer_names)
     for block, layer_names in zip(blocks[:last + 1], by_block):
-        if layer_names:
-            start = time.perf_counter()
-            stats = LayerStatistics.collect(block, {n: model.get_submodule(n) for n in layer_names}, inputs, hessian)
-            clock["statistics_s"] += time.perf_counter() - start
-            start = time.perf_counter()
-            for name in layer_names:
-                report.layers[name] = compress_layer_(model, name, config, stats[name], options, masks.get(name))
-            del stats
-            clock["solve_s"] += time.perf_counter() - start
-        if block is not blocks[last]:
-            start = time.perf_counter()
-            with _dense_twins(model, layer_names):
-                inputs = forward_block(block, inputs)
-            clock["propagate_s"] += time.perf_counter() - start
-    report.timings = {**clock, "calibrate_s": sum(clock.values())}
-    return report
+        inputs = walk.block(block, layer_names, inputs)
+    walk.report.timings = {**walk.clock, "calibrate_s": sum(walk.clock.values())}
+    return walk.report

@@ -1,6 +1,7 @@
-"""Calibration tokens for GPTQ, Wanda and SparseGPT, never the tokens being evaluated.
+"""What calibration reads: token windows, the inputs of the first transformer block, and each
+target layer's input statistics. ``calibrate.py`` drives the block-by-block walk over them.
 
-Evaluation reads the first ``EvalConfig.max_tokens`` tokens of its text (``datasets.token_windows``),
+Tokens, never the evaluated ones. Evaluation reads the first ``EvalConfig.max_tokens`` tokens of its text (``datasets.token_windows``),
 so calibration windows start after a protected prefix:
 
 - bundled texts (``wikipedia``, ``news``): after ``max(eval max_tokens, 16,384)`` tokens (+ a
@@ -11,18 +12,24 @@ so calibration windows start after a protected prefix:
 ``samples`` windows of ``seq_len`` tokens start at random positions (seeded; they may overlap,
 as in the GPTQ reference) in a pool of tokens following the protected prefix. ``both`` draws half
 the windows (rounded up) from Wikipedia, the rest from the news text.
+
+Block inputs: a pre-hook on block 0 keeps the hidden states and the other arguments the model
+passes (Llama's rotary ``position_embeddings`` and mask; BERT's mask), then stops the forward
+(the GPTQ reference's trick). Statistics: ``X^T X`` or ``sum x^2`` per input column, float32.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from memopt_core.config import BUNDLED_TEXTS, CalibConfig, EvalConfig
 from memopt_core.datasets import load_text, token_windows
-from memopt_core.errors import DataError
+from memopt_core.errors import ConfigError, DataError
 
 PROTECTED_TOKENS = 16_384
 # Tokens after the protected prefix that are also skipped: a prefix cut can only change the
@@ -101,3 +108,65 @@ def calibration_set(tokenizer, calib: CalibConfig, eval_config: EvalConfig | Non
                    "seed": calib.seed, "tokens": int(tokens.numel()),
                    "rule": "random windows after the tokens kept for evaluation"}
     return CalibrationSet(tokens=tokens, description=description)
+
+
+class _Stop(Exception):
+    """Raised by the capture hook once block 0's inputs are in hand: the rest of the model is skipped."""
+
+
+@dataclass
+class BlockInputs:
+    """The calibration batch as a block receives it: ``hidden [N, L, H]`` plus the other arguments
+    the model passed (Llama: ``position_embeddings``, ``attention_mask``; BERT: a positional mask)."""
+
+    hidden: Tensor
+    args: tuple
+    kwargs: dict[str, Any]
+
+
+def capture_block_inputs(model: nn.Module, first_block: nn.Module, tokens: Tensor) -> BlockInputs:
+    """Run ``tokens [N, L]`` through ``model`` up to ``first_block`` (embeddings only) and keep its inputs."""
+    captured: list[BlockInputs] = []
+
+    def grab(module, args, kwargs):
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append(BlockInputs(hidden, tuple(args[1:]), kwargs))
+        raise _Stop
+
+    device = next(model.parameters()).device
+    extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+    handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model(input_ids=tokens.to(device), **extra)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise ConfigError(f"{type(model).__name__} never called its first transformer block; it cannot be calibrated")
+    return captured[0]
+
+
+def forward_block(block: nn.Module, inputs: BlockInputs) -> BlockInputs:
+    """The block's output as the next block's input (same extra arguments)."""
+    out = block(inputs.hidden, *inputs.args, **inputs.kwargs)
+    return BlockInputs(out[0] if isinstance(out, tuple) else out, inputs.args, inputs.kwargs)
+
+
+@dataclass
+class LayerStatistics:
+    """One layer's calibration statistics over the ``tokens`` rows of its input ``X [n, in]``:
+    ``hessian`` ``2/n X^T X [in, in]`` or ``sq_norms`` ``sum_t x_tj^2 [in]``, float32."""
+
+    tokens: int
+    hessian: Tensor | None = None
+    sq_norms: Tensor | None = None
+
+    @classmethod
+    def of(cls, x: Tensor, hessian: bool) -> "LayerStatistics":
+        """Statistics of a layer input ``x [..., in]`` (any float dtype; not changed)."""
+        rows = x.detach().reshape(-1, x.shape[-1]).float()  # [n, in]
+        if hessian:
+            return cls(rows.shape[0], hessian=(rows.T @ rows).mul_(2.0 / rows.shape[0]))  # [in, in]
+        return cls(rows.shape[0], sq_norms=rows.pow(2).sum(0))  # [in]

@@ -80,14 +80,16 @@ def weight_histogram(before: Sequence[float], after: Sequence[float], grid: Sequ
     the quantization grid of its first group as dotted lines and a marker trace at zero height.
 
     Counts are computed here (numpy), so the figure carries ``bins`` numbers per trace instead of
-    every weight. Grids finer than :data:`MAX_GRID_LINES` levels are drawn as markers only."""
+    every weight. The axis spans the central 99.8% of the original weights (and the grid); the few
+    outliers beyond are counted in the end bins, so every weight is in a bar. Grids finer than
+    :data:`MAX_GRID_LINES` levels are drawn as markers only."""
     before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
-    values = np.concatenate([before, after, np.asarray(grid, dtype=float)])
-    edges = np.histogram_bin_edges(values[np.isfinite(values)], bins=bins)
+    low, high = _histogram_range(before, np.asarray(grid, dtype=float))
+    edges = np.linspace(low, high, bins + 1)
     centres, width = (edges[:-1] + edges[1:]) / 2, float(edges[1] - edges[0])
     figure = go.Figure()
     for index, (name, data) in enumerate((("original", before), ("compressed", after))):
-        counts, _ = np.histogram(data, bins=edges)
+        counts, _ = np.histogram(np.clip(data, low, high), bins=edges)
         figure.add_bar(x=centres, y=counts, width=width, name=name, opacity=0.6, marker_color=_color(index),
                        hovertemplate=f"{name}: %{{y:,}} weights near %{{x:.4g}}<extra></extra>")
     if len(grid):
@@ -100,6 +102,18 @@ def weight_histogram(before: Sequence[float], after: Sequence[float], grid: Sequ
     figure.update_layout(title=f"Weights of {layer} before and after (dotted: quantization grid of its first group)",
                          barmode="overlay", bargap=0, xaxis_title="weight value", yaxis_title="count")
     return figure
+
+
+def _histogram_range(values: np.ndarray, grid: np.ndarray) -> tuple[float, float]:
+    """The central 99.8% of ``values``, widened to hold the grid, with a 5% margin."""
+    finite_values = values[np.isfinite(values)]
+    low, high = np.percentile(finite_values, [0.1, 99.9]) if finite_values.size else (-1.0, 1.0)
+    if grid.size:
+        low, high = min(low, grid.min()), max(high, grid.max())
+    if high <= low:
+        low, high = low - 1.0, high + 1.0
+    margin = 0.05 * (high - low)
+    return float(low - margin), float(high + margin)
 
 
 def _quality_axis(table: pd.DataFrame) -> tuple[str, str]:

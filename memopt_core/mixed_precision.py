@@ -94,34 +94,45 @@ def measure_candidates(source, base: QuantConfig, bits: tuple[int, ...] = CANDID
             for b in bits}
 
 
+def _backtrack(picks: np.ndarray, steps: np.ndarray, j: int) -> list[int]:
+    chosen = []
+    for u in range(picks.shape[0] - 1, -1, -1):
+        o = int(picks[u, j])
+        chosen.append(o)
+        j -= steps[u, o]
+    return chosen[::-1]
+
+
 def _choose(costs: np.ndarray, losses: np.ndarray, budget: float) -> list[int] | None:
     """Multiple-choice knapsack: one option per row of ``costs``/``losses`` ``[units, options]``,
-    total cost <= ``budget``, least total loss. None when even the cheapest choice is over budget."""
+    total cost <= ``budget``, least total loss. None when even the cheapest choice is over budget.
+
+    Costs are counted in steps of ``budget / RESOLUTION``, rounded up; the table reaches a few steps
+    past the budget (one per unit, what rounding can add) and such plans are checked exactly."""
     step = budget / RESOLUTION
-    units = np.ceil(costs / step).astype(np.int64)  # [units, options], rounded up: never over budget
-    best = np.full(RESOLUTION + 1, np.inf)  # best[j]: least loss of the units so far using exactly j steps
+    steps = np.ceil(costs / step).astype(np.int64)  # [units, options]
+    size = RESOLUTION + costs.shape[0] + 1
+    best = np.full(size, np.inf)  # best[j]: least loss of the units so far using exactly j steps
     best[0] = 0.0
-    picks = np.zeros((costs.shape[0], RESOLUTION + 1), dtype=np.int8)
+    picks = np.zeros((costs.shape[0], size), dtype=np.int8)
     for u in range(costs.shape[0]):
         new = np.full_like(best, np.inf)
         for o in range(costs.shape[1]):
-            c = units[u, o]
-            if c > RESOLUTION:
+            c = steps[u, o]
+            if c >= size:
                 continue
             candidate = np.full_like(best, np.inf)
-            candidate[c:] = best[:RESOLUTION + 1 - c] + losses[u, o]
+            candidate[c:] = best[:size - c] + losses[u, o]
             better = candidate < new
             new[better], picks[u, better] = candidate[better], o
         best = new
-    j = int(np.argmin(best))  # the least loss; among equals the fewest bytes
-    if not np.isfinite(best[j]):
-        return None
-    chosen = []
-    for u in range(costs.shape[0] - 1, -1, -1):
-        o = int(picks[u, j])
-        chosen.append(o)
-        j -= units[u, o]
-    return chosen[::-1]
+    for j in np.argsort(best, kind="stable"):  # least loss first; among equals the fewest bytes
+        if not np.isfinite(best[j]):
+            return None
+        chosen = _backtrack(picks, steps, int(j))
+        if j <= RESOLUTION or sum(costs[u, o] for u, o in enumerate(chosen)) <= budget:
+            return chosen
+    return None
 
 
 def plan_bits(deltas: dict[int, dict[str, float]], units: dict[str, list[str]], shapes: dict[str, tuple[int, int]],

@@ -27,6 +27,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 PLOT = ".js-plotly-plot"
 EXCEPTION = '[data-testid="stException"]'
 WAIT_MS = 300_000
+RUN_WAIT_MS = 1_800_000  # a SmolLM2 sweep on a busy 2-core machine can take many minutes
 
 
 def free_port() -> int:
@@ -124,10 +125,10 @@ def open_page(tab, title: str) -> None:
     settle(tab)
 
 
-def wait_for_plots(tab, count: int) -> None:
+def wait_for_plots(tab, count: int, timeout_ms: int = WAIT_MS) -> None:
     """Until ``count`` plotly charts have drawn their SVG."""
     drawn = f"[...document.querySelectorAll('{PLOT}')].filter(e => e.querySelector('.main-svg')).length"
-    tab.wait_for_function(f"{drawn} >= {count}", timeout=WAIT_MS)
+    tab.wait_for_function(f"{drawn} >= {count}", timeout=timeout_ms)
 
 
 def screenshot(tab, path: Path, width: int = 1400) -> None:
@@ -160,12 +161,12 @@ def shoot_all(tab, out: Path, model: str, max_tokens: str) -> None:
     set_slider(tab, "Prune ratio", "0.25")
     pick(tab, "Scale per", "groups of 64")
     tab.get_by_role("button", name="Run", exact=True).click()
-    wait_for_plots(tab, 3)
+    wait_for_plots(tab, 3, RUN_WAIT_MS)
     tab.get_by_text("How it works: magnitude pruning").click()
     screenshot(tab, out / "compress.png")
     open_page(tab, "Trade-offs")
     tab.get_by_role("button", name="Run sweep").click()
-    wait_for_plots(tab, 3)
+    wait_for_plots(tab, 3, RUN_WAIT_MS)
     screenshot(tab, out / "tradeoffs.png")
     open_page(tab, "Layers")
     wait_for_plots(tab, 3)

@@ -1,10 +1,12 @@
 """Shared helpers of the page tests (AppTest): a fresh results store per test, small budgets."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -57,12 +59,8 @@ def errors(at: AppTest) -> list[str]:
     return [error.value for error in at.error]
 
 
-def array(value) -> "np.ndarray":
+def array(value) -> np.ndarray:
     """A figure array from its JSON: a plain list, or plotly's typed-array form {dtype, bdata, shape}."""
-    import base64
-
-    import numpy as np
-
     if isinstance(value, dict) and "bdata" in value:
         data = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
         shape = value.get("shape")

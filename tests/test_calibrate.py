@@ -5,15 +5,18 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
-from memopt_core.calibrate import (LayerStatistics, capture_block_inputs, compress_calibrated_, forward_block)
-from memopt_core.calibration_data import PROTECTED_TOKENS, CalibrationSet, calibration_set, protected_prefix
+from memopt_core.calibrate import compress_calibrated_
+from memopt_core.calibration_data import (PROTECTED_TOKENS, CalibrationSet, LayerStatistics, calibration_set,
+                                          capture_block_inputs, forward_block, protected_prefix)
 from memopt_core.compress import compress_copy
 from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig
 from memopt_core.datasets import load_text, token_windows
 from memopt_core.errors import ConfigError, DataError
 from memopt_core.layers import QuantLinear, SparseLinear
 from memopt_core.models import weights_checksum
+from memopt_core.primitives.gptq import GPTQOptions, gptq_quantize
 from memopt_core.primitives.wanda import wanda_mask
 from memopt_core.walk import effective_weight, find_blocks, target_linears
 
@@ -74,38 +77,48 @@ def test_a_user_file_skips_its_evaluated_prefix_only_when_it_is_evaluated(tmp_pa
 def test_captured_inputs_replay_the_model(tiny_llama):
     tokens = _tokens()
     _, blocks = find_blocks(tiny_llama)
-    inputs = capture_block_inputs(tiny_llama, blocks[0], tokens, batch_tokens=64)
-    assert len(inputs) == 3 and inputs[0].hidden.shape == (2, 32, 64)
+    inputs = capture_block_inputs(tiny_llama, blocks[0], tokens)
+    assert inputs.hidden.shape == (6, 32, 64) and "position_embeddings" in inputs.kwargs
     with torch.no_grad():
         expected = tiny_llama(tokens, output_hidden_states=True).hidden_states  # embeddings, block 0, block 1...
         outputs = forward_block(blocks[0], inputs)
-    assert torch.allclose(torch.cat([b.hidden for b in inputs]), expected[0])
-    assert torch.allclose(torch.cat([b.hidden for b in outputs]), expected[1], atol=1e-5)
+    assert torch.allclose(inputs.hidden, expected[0])
+    assert torch.allclose(outputs.hidden, expected[1], atol=1e-5)
 
 
-def test_statistics_are_the_inputs_gram_matrix_and_norms(tiny_llama):
-    tokens = _tokens()
-    _, blocks = find_blocks(tiny_llama)
+def test_statistics_of_an_input():
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    rows = x.reshape(15, 8)
+    stats = LayerStatistics.of(x.float(), hessian=True)
+    assert stats.tokens == 15 and stats.hessian.dtype == torch.float32
+    assert torch.allclose(stats.hessian.double(), 2 / 15 * rows.T @ rows, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(LayerStatistics.of(x, hessian=False).sq_norms.double(), (rows ** 2).sum(0), rtol=1e-5)
+
+
+def _layer_inputs(model: nn.Module, names: list[str], tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each named layer's input when ``model`` runs ``tokens`` as one batch."""
     seen = {}
-    hooks = [tiny_llama.get_submodule(n).register_forward_pre_hook(
-        lambda m, a, n=n: seen.setdefault(n, []).append(a[0].reshape(-1, a[0].shape[-1])))
-        for n in ("model.layers.0.self_attn.k_proj", "model.layers.0.mlp.down_proj")]
+    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: seen.setdefault(n, a[0]))
+             for n in names]
     with torch.no_grad():
-        tiny_llama(tokens)
-    for h in hooks:
-        h.remove()
-    modules = {n: m for n, m in target_linears(tiny_llama).items() if n.startswith("model.layers.0.")}
-    inputs = capture_block_inputs(tiny_llama, blocks[0], tokens, batch_tokens=64)
-    with torch.no_grad():
-        hessians = LayerStatistics.collect(blocks[0], modules, inputs, hessian=True)
-        norms = LayerStatistics.collect(blocks[0], modules, inputs, hessian=False)
-    for name, parts in seen.items():
-        x = torch.cat(parts).double()  # [192, in]
-        assert hessians[name].tokens == 192
-        assert torch.allclose(hessians[name].hessian.double(), 2 / 192 * x.T @ x, rtol=1e-4, atol=1e-6)
-        assert torch.allclose(norms[name].sq_norms.double(), (x ** 2).sum(0), rtol=1e-4)
-    # q, k and v read the same tensor: one accumulator serves the three.
-    assert hessians["model.layers.0.self_attn.q_proj"] is hessians["model.layers.0.self_attn.k_proj"]
+        model(tokens)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def test_every_layer_is_gptq_of_its_input_in_the_compressed_model(tiny_llama):
+    """True sequential: each layer calibrates on what the layers before it, already compressed,
+    feed it, i.e. on its input in the finished compressed model."""
+    tokens = _tokens()
+    quant = QuantConfig(method="gptq", bits=3, granularity="group", group_size=32)
+    compressed = compress_copy(tiny_llama, RunConfig(model=SPEC, quant=quant), calibration=CalibrationSet(tokens, {}))
+    inputs = _layer_inputs(compressed.model, compressed.target_names, tokens)
+    for name in compressed.target_names:
+        hessian = LayerStatistics.of(inputs[name], hessian=True).hessian
+        expected = gptq_quantize(tiny_llama.get_submodule(name).weight, hessian, quant, GPTQOptions())
+        layer = compressed.model.get_submodule(name)
+        assert torch.equal(layer.codes(), expected.codes) and torch.equal(layer.scale, expected.scale), name
 
 
 def test_wanda_through_the_walker_uses_block_inputs(tiny_llama):

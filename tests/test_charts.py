@@ -162,3 +162,12 @@ def test_memory_stack_sums_to_the_total():
     figure = charts.memory_stack(estimate)
     assert sum(trace.y[0] for trace in figure.data) == pytest.approx(4.5)
     assert "4.50 GiB" in figure.layout.title.text
+
+
+def test_weight_histogram_keeps_outliers_in_the_end_bins():
+    before = np.concatenate([np.random.default_rng(1).normal(0, 0.01, 9990), [5.0] * 10])
+    figure = charts.weight_histogram(before, before, (), "layer")
+    original = figure.data[0]
+    assert sum(original.y) == len(before)  # every weight is counted ...
+    assert max(original.x) < 1.0  # ... yet the axis shows the bulk, not the outliers
+    assert original.y[-1] == 10

@@ -144,3 +144,17 @@ def test_wrong_settings_show_an_error_and_keep_the_page(app_cache):
     assert any("below the sequence length" in message for message in errors(at))
     assert at.button(key="compress.run").disabled
     assert Path(app_cache).is_dir()
+
+
+def test_two_sessions_keep_their_own_results(app_cache):
+    alice = use_tiny_model(new_app(), "tiny-bert")
+    alice.select_slider(key="quant.bits").set_value(8).run()
+    alice.button(key="compress.run").click().run()
+    bob = use_tiny_model(new_app(), "tiny-bert")
+    bob.select_slider(key="quant.bits").set_value(3).run()
+    assert not bob.metric  # alice's result is not bob's: his settings were never run
+    bob.button(key="compress.run").click().run()
+    alice.run()
+    assert any("W8A16" in header.value for header in alice.header)
+    assert any("W3A16" in header.value for header in bob.header)
+    assert not any("W3A16" in header.value for header in alice.header)

@@ -1,7 +1,6 @@
 """Sensitivity ranking and the mixed-precision planner."""
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 

@@ -11,7 +11,6 @@ from memopt_core.calibrate import quant_linear_from
 from memopt_core.config import QuantConfig
 from memopt_core.errors import ConfigError
 from memopt_core.primitives.gptq import GPTQOptions, gptq_quantize
-from memopt_core.primitives.quant import dequantize
 from memopt_core.primitives.sparsegpt import sparsegpt_prune
 from memopt_core.primitives.sparsity import magnitude_mask
 from memopt_core.primitives.wanda import input_sq_norms_from_hessian, wanda_mask, wanda_scores

@@ -41,7 +41,14 @@ def _forget(bench: Any) -> None:
         _loaded.discard(bench.loaded.spec)
 
 
-@st.cache_resource(max_entries=max_models(), show_spinner=False, on_release=_forget)
+def _cache_size() -> int:
+    try:
+        return max_models()
+    except ConfigError:  # a typo in the environment must not stop the dashboard from starting
+        return DEFAULT_MAX_MODELS
+
+
+@st.cache_resource(max_entries=_cache_size(), show_spinner=False, on_release=_forget)
 def _cached_workbench(spec: ModelSpec):
     from memopt_core.runner import Workbench  # torch + transformers: imported on first load only
 

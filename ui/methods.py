@@ -10,15 +10,16 @@ PRUNING = {
     "magnitude": ("magnitude pruning",
                   "In each layer the weights with the smallest absolute value are set to zero: a weight "
                   "that is small is assumed to matter little. No data is needed.",
-                  r"M_{ij} = \mathbb{1}\big[\,|W_{ij}| > \tau\,\big],\quad \tau = \text{the } r\text{-quantile "
-                  r"of } |W| \text{ in the layer},\quad W' = M \odot W"),
+                  r"W' = M \odot W,\qquad M_{ij} = \mathbb{1}\big[\,|W_{ij}| > \tau\,\big],\qquad "
+                  r"\tau = \mathrm{quantile}_r\,|W|"),
     "magnitude-global": ("global magnitude pruning",
                          "Like magnitude pruning, but one threshold for all targeted layers: layers with "
                          "many small weights lose more of them.",
-                         r"\tau = \text{the } r\text{-quantile of } |W| \text{ over all targeted layers}"),
+                         r"\tau = \mathrm{quantile}_r \big(|W^{(1)}|, \dots, |W^{(L)}|\big)"),
     "l2-structured": ("structured (row) pruning",
                       "Whole output rows with the smallest L2 norm are removed, which a dense kernel could skip.",
-                      r"\text{drop row } i \text{ when } \lVert W_{i,:} \rVert_2 \text{ is among the smallest } r"),
+                      r"\text{drop row } i \text{ if } \lVert W_{i,:} \rVert_2 \le \mathrm{quantile}_r "
+                      r"\lVert W_{k,:} \rVert_2"),
     "wanda": ("Wanda",
               "Weights are scored by their size times the norm of the input feature they multiply, measured "
               "on calibration text; the lowest scores in each output row are pruned.",
@@ -30,7 +31,7 @@ PRUNING = {
 }
 N_M = ("In every block of M consecutive input weights only the N largest scores survive "
        "(2:4 is what sparse tensor cores accelerate).", r"\text{keep the top } N \text{ of } "
-       r"\{S_{i,j}, \dots, S_{i,j+M-1}\} \text{ for every } j \equiv 0 \pmod M")
+       r"S_{i,j}, \dots, S_{i,j+M-1},\quad j = 0, M, 2M, \dots")
 QUANT_GRIDS = {
     "symmetric": (r"s = \frac{\max_g |w|}{2^{b-1}-1},\quad q = \mathrm{round}(w/s),\quad \hat w = q\,s",
                   "Symmetric: the grid is centred on zero, so zero is exact."),

@@ -42,7 +42,7 @@ def _compressed_weight(bench, config: RunConfig, layer: str) -> torch.Tensor:
     one_layer = dataclasses.replace(config, targets=TargetConfig(include=(layer,)))
     calibration = bench.calibration(one_layer) if one_layer.needs_calibration else None
     compressed = compress_copy(bench.loaded.model, one_layer, calibration=calibration)
-    return effective_weight(compressed.model.get_submodule(layer)).detach().float()
+    return effective_weight(compressed.model.get_submodule(layer)).detach().float().cpu()
 
 
 def layer_weights(bench, config: RunConfig, layer: str, max_points: int = MAX_POINTS) -> LayerWeights:
@@ -50,7 +50,7 @@ def layer_weights(bench, config: RunConfig, layer: str, max_points: int = MAX_PO
 
     ``bench`` is a :class:`memopt_core.runner.Workbench`; its original is not changed:
     compression works on a structural copy."""
-    before = effective_weight(bench.loaded.model.get_submodule(layer)).detach().float()  # [out, in]
+    before = effective_weight(bench.loaded.model.get_submodule(layer)).detach().float().cpu()  # [out, in]
     after = _compressed_weight(bench, config, layer)
     grid: list[float] = []
     quant = config.quant

@@ -8,7 +8,6 @@ from memopt_core.config import RunConfig
 from ui.chart_glue import saving_phrase, show_chart
 from ui.errors import user_errors
 from ui import loaders  # looked up at call time: tests replace the loader
-from ui.teaching import layer_weights
 
 
 def _caption(data, result: dict, quant) -> str:
@@ -34,6 +33,8 @@ def show_weight_view(result: dict, key: str) -> None:
         if not st.button("Load the model to show its weights", key=f"{key}.load_weights"):
             return
     with user_errors("weight view"):
+        from ui.teaching import layer_weights  # the engine's compression code: imported when used
+
         with st.spinner(f"Reading {layer} ..."):
             bench = loaders.workbench(config.model)
             data = layer_weights(bench, config, layer)
