@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from memopt_core import runner, sweep
+from memopt_core import memory, runner, sweep
 from memopt_core.cli import main
 from memopt_core.config import CalibConfig
 from memopt_core.models import REMOTE_CODE_WARNING
@@ -61,12 +61,13 @@ def places(tmp_path_factory) -> dict[str, str]:
          "intermediate_size": 10**6, "vocab_size": 10**6}))
     (root / "list-config.json").write_text("[1, 2, 3]")
     (root / "garbage.db").write_bytes(b"not a database" * 100)
+    (root / "out-file").write_text("a file an --out may overwrite")
     _tiny_local_folder(root / "local")
     return {name: str(root / name) for name in ("empty", "text.txt", "short.txt", "latin1.txt", "big.txt",
                                                 "bad-config", "absurd-config", "list-config.json", "garbage.db",
-                                                "local")} | {
+                                                "local", "out-file")} | {
         "missing": str(root / "missing" / "nowhere"), "root": str(root), "db": str(root / "runs.db"),
-        "csv": str(root / "out" / "table.csv"), "save": str(root / "saved")}
+        "csv": str(root / "table.csv"), "save": str(root / "saved")}
 
 
 # value strategies --------------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def option_values(places: dict[str, str]) -> dict[str, dict[str, Option]]:
                      "--quant-method": opt(["rtn", "gptq", "rtn,gptq"], csv(st.sampled_from(["rtn", "gptq", "awq"]))),
                      "--prune-ratios": opt(["0", "0,0.5"], csv(FLOATS)), "--group-sizes": opt(["32", "32,64"], csv(INTS)),
                      "--db": opt([places["db"]], paths("garbage.db", "empty", "text.txt", "missing")),
-                     "--name": opt(["fuzz"], TEXT), "--out": opt([places["csv"]], paths("empty", "text.txt", "root"))}
+                     "--name": opt(["fuzz"], TEXT), "--out": opt([places["csv"]], paths("empty", "out-file", "root", "missing"))}
     estimate = {"--preset": opt(["llama-3-8b", "gpt2", "minilm-l6"], st.sampled_from(["llama", "LLAMA-3-8B"])),
                 "--config": opt([places["local"]], paths("bad-config", "absurd-config", "list-config.json",
                                                          "text.txt", "empty", "missing", "latin1.txt")),
@@ -185,6 +186,8 @@ def cheap_runs(monkeypatch):
     def run_sweep(spec, grid, eval_config=None, *args, **kwargs):
         return real_sweep(spec, grid, _cheap_eval(eval_config), *args, **kwargs)
 
+    monkeypatch.setattr(memory, "_release_freed_heap", lambda: None)  # a full gc per copy: slow, and only
+    # sharpens the RSS figure, which no assertion here reads
     monkeypatch.setattr(runner, "run", run)
     monkeypatch.setattr(sweep, "run_sweep", run_sweep)
     # sweeps calibrate with the default CalibConfig: make that default small too

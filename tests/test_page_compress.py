@@ -44,6 +44,8 @@ def test_run_on_a_causal_lm_shows_quality_memory_charts_and_generations(app_cach
     assert any("saving is real" in caption.value for caption in at.caption)
     assert len(at.code) == 2  # original and compressed generations side by side
     assert any("random weights" in info.value for info in at.info)
+    how = [expander.label for expander in at.expander if expander.label.startswith("How it works")]
+    assert how == ["How it works: magnitude pruning", "How it works: W4A16 g128 sym"] and at.latex
 
 
 def test_run_on_an_encoder_shows_similarity_and_accuracy_with_intervals(app_cache):

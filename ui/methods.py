@@ -5,43 +5,48 @@ import streamlit as st
 
 from memopt_core.config import PruneConfig, QuantConfig
 
-# method -> (title, explanation in markdown, formula in LaTeX)
+# method -> (title, explanation in markdown, formula lines in LaTeX: short enough for a column)
 PRUNING = {
     "magnitude": ("magnitude pruning",
                   "In each layer the weights with the smallest absolute value are set to zero: a weight "
                   "that is small is assumed to matter little. No data is needed.",
-                  r"W' = M \odot W,\qquad M_{ij} = \mathbb{1}\big[\,|W_{ij}| > \tau\,\big],\qquad "
-                  r"\tau = \mathrm{quantile}_r\,|W|"),
+                  (r"W' = M \odot W,\quad M_{ij} = \mathbb{1}\big[\,|W_{ij}| > \tau\,\big]",
+                   r"\tau = \mathrm{quantile}_r\,|W|")),
     "magnitude-global": ("global magnitude pruning",
                          "Like magnitude pruning, but one threshold for all targeted layers: layers with "
                          "many small weights lose more of them.",
-                         r"\tau = \mathrm{quantile}_r \big(|W^{(1)}|, \dots, |W^{(L)}|\big)"),
+                         (r"\tau = \mathrm{quantile}_r \big(|W^{(1)}|, \dots, |W^{(L)}|\big)",)),
     "l2-structured": ("structured (row) pruning",
                       "Whole output rows with the smallest L2 norm are removed, which a dense kernel could skip.",
-                      r"\text{drop row } i \text{ if } \lVert W_{i,:} \rVert_2 \le \mathrm{quantile}_r "
-                      r"\lVert W_{k,:} \rVert_2"),
+                      (r"\text{drop row } i \text{ if } \lVert W_{i,:} \rVert_2 \le \mathrm{quantile}_r "
+                       r"\lVert W_{k,:} \rVert_2",)),
     "wanda": ("Wanda",
               "Weights are scored by their size times the norm of the input feature they multiply, measured "
               "on calibration text; the lowest scores in each output row are pruned.",
-              r"S_{ij} = |W_{ij}| \cdot \lVert X_{:,j} \rVert_2"),
+              (r"S_{ij} = |W_{ij}| \cdot \lVert X_{:,j} \rVert_2",)),
     "sparsegpt": ("SparseGPT",
                   "Prunes column by column and updates the remaining weights to cancel the error, using the "
                   "inverse Hessian of the layer's inputs from calibration text.",
-                  r"H = X X^\top,\quad \delta_{:,F} = -\frac{w_p}{[H^{-1}]_{pp}}\,[H^{-1}]_{p,F}"),
+                  (r"H = X X^\top", r"\delta_{:,F} = -\frac{w_p}{[H^{-1}]_{pp}}\,[H^{-1}]_{p,F}")),
 }
 N_M = ("In every block of M consecutive input weights only the N largest scores survive "
-       "(2:4 is what sparse tensor cores accelerate).", r"\text{keep the top } N \text{ of } "
-       r"S_{i,j}, \dots, S_{i,j+M-1},\quad j = 0, M, 2M, \dots")
+       "(2:4 is what sparse tensor cores accelerate).",
+       (r"\text{keep the top } N \text{ of } S_{i,j}, \dots, S_{i,j+M-1}", r"j = 0, M, 2M, \dots"))
 QUANT_GRIDS = {
-    "symmetric": (r"s = \frac{\max_g |w|}{2^{b-1}-1},\quad q = \mathrm{round}(w/s),\quad \hat w = q\,s",
+    "symmetric": ((r"s = \frac{\max_g |w|}{2^{b-1}-1}", r"q = \mathrm{round}(w/s),\quad \hat w = q\,s"),
                   "Symmetric: the grid is centred on zero, so zero is exact."),
-    "int": (r"s = \frac{\max_g w - \min_g w}{2^b - 1},\quad z = \mathrm{round}(-\min_g w / s),"
-            r"\quad \hat w = (q - z)\,s", "Asymmetric with an integer zero point (GPTQ): the grid fits the "
+    "int": ((r"s = \frac{\max_g w - \min_g w}{2^b - 1},\quad z = \mathrm{round}(-\min_g w / s)",
+             r"\hat w = (q - z)\,s"), "Asymmetric with an integer zero point (GPTQ): the grid fits the "
                                           "range and still holds zero exactly."),
-    "float": (r"s = \frac{\max_g w - \min_g w}{2^b - 1},\quad \hat w = q\,s + \min_g w",
+    "float": ((r"s = \frac{\max_g w - \min_g w}{2^b - 1}", r"\hat w = q\,s + \min_g w"),
               "Asymmetric with a float minimum (GGUF Q4_1): the grid fits the range tightly but zero is "
               "usually not on it, so small weights (and pruned zeros) move."),
 }
+
+
+def _latex(lines: tuple[str, ...]) -> None:
+    for line in lines:
+        st.latex(line)
 
 
 def explain_prune(config: PruneConfig | None) -> None:
@@ -50,10 +55,10 @@ def explain_prune(config: PruneConfig | None) -> None:
     title, text, formula = PRUNING[config.method]
     with st.expander(f"How it works: {title}"):
         st.markdown(text)
-        st.latex(formula)
+        _latex(formula)
         if config.pattern != "unstructured":
             st.markdown(N_M[0])
-            st.latex(N_M[1])
+            _latex(N_M[1])
         st.markdown("Pruned weights save memory only when they are stored sparsely (a bitmask plus the "
                     "non-zero values); quantized after pruning, the zeros are codes like any other.")
 
@@ -73,7 +78,7 @@ def explain_quant(config: QuantConfig | None) -> None:
     with st.expander(f"How it works: {config.label}"):
         st.markdown(f"Each group $g$ of weights (here: {grain}) gets an fp16 scale $s$; every weight "
                     f"becomes a {config.bits}-bit code $q$. {text}")
-        st.latex(formula)
+        _latex(formula)
         if config.range_method == "clip-search":
             st.markdown("Clip search tries ranges shrunk by $\\alpha \\in [0.5, 1]$ and keeps the one with "
                         "the least squared error: outliers are clipped so the rest get a finer grid.")
