@@ -154,6 +154,20 @@ def forward_block(block: nn.Module, inputs: BlockInputs) -> BlockInputs:
     return BlockInputs(out[0] if isinstance(out, tuple) else out, inputs.args, inputs.kwargs)
 
 
+def gram(rows: Tensor, parts: int = 8) -> Tensor:
+    """``rows.T @ rows`` for ``rows [n, d]`` -> ``[d, d]``, computing only the blocks on and above
+    the diagonal (in ``parts`` column bands) and mirroring the rest: about 56% of the products for
+    8 bands. Bit-identical to the plain product on CPU (each entry sums over ``n`` the same way)."""
+    d = rows.shape[1]
+    edges = [round(d * i / parts) for i in range(parts + 1)] if d >= 32 * parts else [0, d]
+    out = rows.new_empty(d, d)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        band = rows[:, lo:hi].T @ rows[:, lo:]  # [hi - lo, d - lo]
+        out[lo:hi, lo:] = band
+        out[hi:, lo:hi] = band[:, hi - lo:].T
+    return out
+
+
 @dataclass
 class LayerStatistics:
     """One layer's calibration statistics over the ``tokens`` rows of its input ``X [n, in]``:
@@ -168,5 +182,5 @@ class LayerStatistics:
         """Statistics of a layer input ``x [..., in]`` (any float dtype; not changed)."""
         rows = x.detach().reshape(-1, x.shape[-1]).float()  # [n, in]
         if hessian:
-            return cls(rows.shape[0], hessian=(rows.T @ rows).mul_(2.0 / rows.shape[0]))  # [in, in]
+            return cls(rows.shape[0], hessian=gram(rows).mul_(2.0 / rows.shape[0]))  # [in, in]
         return cls(rows.shape[0], sq_norms=rows.pow(2).sum(0))  # [in]

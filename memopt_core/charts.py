@@ -158,7 +158,9 @@ def tradeoff_memory(table: pd.DataFrame, group_by: str = "pruning") -> go.Figure
     metric, label = _quality_axis(table)
     table = _with_hover_columns(table)
     if group_by == "pruning" and "pruning" not in table:
+        # Unpruned first, then by ratio: the same colour per pruning setting as in quality_vs_bits.
         table = table.assign(pruning=table.apply(_prune_label, axis=1))
+        table = table.sort_values(["prune_ratio", "pruning"], kind="stable")
     figure = go.Figure()
     # A pruning setting's points form a curve (more bits, more bytes); a sweep's points are a cloud.
     mode = "lines+markers" if group_by == "pruning" else "markers"
@@ -177,10 +179,19 @@ def tradeoff_memory(table: pd.DataFrame, group_by: str = "pruning") -> go.Figure
                            hovertemplate=template.replace("<extra></extra>", "<extra>Pareto</extra>"))
     values = pd.Series(finite(table[metric]), dtype=float).dropna()
     log_y = metric == "perplexity" and not values.empty and values.max() > 10 * max(values.min(), 1e-9)
+    yaxis = dict(title=label, type="log", tickvals=log_ticks(values.min(), values.max())) if log_y else \
+        dict(title=label, type="linear")
     figure.update_layout(title=f"{metric.replace('_', ' ').capitalize()} against stored memory",
-                         xaxis_title="stored model size (GiB)", yaxis_title=label,
-                         yaxis_type="log" if log_y else "linear", hoverlabel=dict(align="left"))
+                         xaxis_title="stored model size (GiB)", yaxis=yaxis, hoverlabel=dict(align="left"))
     return figure
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 ticks covering [low, high] for a log axis (plotly's own show bare mantissas: '2', '5')."""
+    ticks = [m * 10.0**k for k in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+             for m in (1, 2, 5)]
+    inside = [t for t in ticks if low / 1.5 <= t <= high * 1.5]
+    return inside or ticks
 
 
 def _prune_label(row: pd.Series) -> str:
@@ -196,33 +207,48 @@ def _grain_label(row: pd.Series) -> str:
     return "per-channel" if group is None or pd.isna(group) else f"g{int(group)}"
 
 
-def _bits_lines(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(name, rows) of each line: one per pruning setting and, when several were run, group size.
-    Unquantized (16-bit) points carry no group size, so they join every line of their pruning."""
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+
+
+def _bits_lines(frame: pd.DataFrame) -> list[tuple[str, str | None, pd.DataFrame]]:
+    """(pruning, group size or None, rows) of each line: one per pruning setting and, when several
+    were run, group size. Unquantized (16-bit) points carry no group size, so they join every line
+    of their pruning."""
     quantized, dense = frame[frame["bits"] < 16], frame[frame["bits"] >= 16]
     if quantized["grain"].nunique() <= 1:
-        return [(label, part) for label, part in frame.groupby("prune_label", sort=True)]
+        return [(label, None, part) for label, part in frame.groupby("prune_label", sort=False)]
     lines = []
-    for (label, grain), part in quantized.groupby(["prune_label", "grain"], sort=True):
-        lines.append((f"{label}, {grain}", pd.concat([part, dense[dense["prune_label"] == label]])))
-    for label, part in dense[~dense["prune_label"].isin(quantized["prune_label"])].groupby("prune_label"):
-        lines.append((label, part))
+    for (label, grain), part in quantized.groupby(["prune_label", "grain"], sort=False):
+        lines.append((label, grain, pd.concat([part, dense[dense["prune_label"] == label]])))
+    unquantized_only = dense[~dense["prune_label"].isin(quantized["prune_label"])]
+    for label, part in unquantized_only.groupby("prune_label", sort=False):
+        lines.append((label, None, part))
     return lines
 
 
 def quality_vs_bits(table: pd.DataFrame) -> go.Figure:
-    """Quality against bit width: one line per pruning setting (and group size, when several)."""
+    """Quality against bit width: one line per pruning setting (colour) and, when several were
+    run, group size (dash)."""
     metric, label = _quality_axis(table)
     frame = table.assign(prune_label=table.apply(_prune_label, axis=1), grain=table.apply(_grain_label, axis=1))
+    frame = frame.sort_values(["prune_ratio", "prune_label"], kind="stable")  # unpruned first, as elsewhere
+    colours = {name: _color(i) for i, name in enumerate(dict.fromkeys(frame["prune_label"]))}
+    grains = sorted(set(frame.loc[frame["bits"] < 16, "grain"]), key=_grain_order)
+    dashes = {name: _DASHES[i % len(_DASHES)] for i, name in enumerate(grains)}
     figure = go.Figure()
-    for index, (name, part) in enumerate(_bits_lines(frame)):
+    for pruning, grain, part in _bits_lines(frame):
         part = part.sort_values("bits")
-        figure.add_scatter(x=part["bits"], y=finite(part[metric]), mode="lines+markers", name=name,
-                           marker_color=_color(index), text=part["setting"],
+        figure.add_scatter(x=part["bits"], y=finite(part[metric]), mode="lines+markers",
+                           name=pruning if grain is None else f"{pruning}, {grain}", marker_color=colours[pruning],
+                           line=dict(dash=dashes.get(grain, "solid")), text=part["setting"],
                            hovertemplate="%{text}<br>" + metric.replace("_", " ") + " %{y:.4g}<extra></extra>")
     figure.update_layout(title=f"{metric.replace('_', ' ').capitalize()} against bit width", xaxis_title="bits",
                          yaxis_title=label, xaxis=dict(tickmode="array", tickvals=sorted(table["bits"].unique())))
     return figure
+
+
+def _grain_order(grain: str) -> int:
+    return int(grain[1:]) if grain.startswith("g") else 0
 
 
 def ratio_bits_heatmap(table: pd.DataFrame) -> go.Figure:
@@ -240,8 +266,8 @@ def ratio_bits_heatmap(table: pd.DataFrame) -> go.Figure:
                                   customdata=z, colorscale="Viridis_r" if log_colour else "Viridis",
                                   colorbar_title=f"log10 {metric}" if log_colour else metric,
                                   hovertemplate="bits %{x}, %{y}: " + metric + " %{customdata:.4g}<extra></extra>"))
-    figure.update_layout(title=f"{label.capitalize()} by pruning and bit width", xaxis_title="bits",
-                         yaxis_title="pruning")
+    figure.update_layout(title=f"{label.capitalize()} by pruning and bit width", yaxis_title="pruning",
+                         xaxis=dict(title="bits", type="category"))  # '4', '8', '16' are labels, not a scale
     return figure
 
 

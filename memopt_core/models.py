@@ -117,11 +117,26 @@ def _load_bundled(spec: ModelSpec, device: torch.device) -> LoadedModel:
     return load_pretrained(str(folder), spec, device, name=info.name, source=source)
 
 
-def _load_local(spec: ModelSpec, device: torch.device) -> LoadedModel:
-    path = Path(spec.source).expanduser().resolve()
-    if not path.is_dir():
-        raise ModelLoadError(f"folder {spec.source!r} does not exist; give a bundled model "
+def _local_folder(source: str) -> Path:
+    """The existing folder ``source`` names; ModelLoadError (one line) for anything else, including
+    names the operating system refuses outright (too long, NUL, '~' of an unknown user)."""
+    shown = repr(source if len(source) <= 80 else source[:77] + "...")
+    try:
+        path = Path(source).expanduser().resolve()
+        exists = path.is_dir()
+    except RuntimeError:  # Path.expanduser of '~someone' who does not exist
+        raise ModelLoadError(f"folder {shown} starts with '~' but names no user on this machine") from None
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"folder {shown} is not a usable path: {getattr(error, 'strerror', None) or error}") \
+            from None
+    if not exists:
+        raise ModelLoadError(f"folder {shown} does not exist; give a bundled model "
                              f"({choices(BUNDLED_MODELS)}), an existing folder or a Hugging Face id")
+    return path
+
+
+def _load_local(spec: ModelSpec, device: torch.device) -> LoadedModel:
+    path = _local_folder(spec.source)
     if (path / "memopt.json").is_file():  # a compressed model that memopt saved itself
         from memopt_core.saving import load_saved
 

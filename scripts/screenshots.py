@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -188,10 +189,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", default="1024")
     args = parser.parse_args()
     source = Path(os.environ.get("MEMOPT_CACHE") or Path.home() / ".cache" / "memopt")
-    env = {**os.environ, "MEMOPT_CACHE": str(throwaway_cache(source)), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1"}
-    with dashboard(env) as url, browser_tab(url) as tab:
-        shoot_all(tab, args.out, args.model, args.max_tokens)
+    cache = throwaway_cache(source)
+    env = {**os.environ, "MEMOPT_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    try:
+        with dashboard(env) as url, browser_tab(url) as tab:
+            shoot_all(tab, args.out, args.model, args.max_tokens)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)  # removes the links, never the shared models they point to
     print(f"screenshots written to {args.out}")
 
 

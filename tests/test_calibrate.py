@@ -9,7 +9,7 @@ from torch import nn
 
 from memopt_core.calibrate import compress_calibrated_
 from memopt_core.calibration_data import (PROTECTED_TOKENS, CalibrationSet, LayerStatistics, calibration_set,
-                                          capture_block_inputs, forward_block, protected_prefix)
+                                          capture_block_inputs, forward_block, gram, protected_prefix)
 from memopt_core.compress import compress_copy
 from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig
 from memopt_core.datasets import load_text, token_windows
@@ -84,6 +84,12 @@ def test_captured_inputs_replay_the_model(tiny_llama):
         outputs = forward_block(blocks[0], inputs)
     assert torch.allclose(inputs.hidden, expected[0])
     assert torch.allclose(outputs.hidden, expected[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("width", [8, 300, 1000])
+def test_gram_is_the_plain_product(width):
+    rows = torch.randn(64, width)
+    assert torch.allclose(gram(rows), rows.T @ rows, rtol=1e-5, atol=1e-4)
 
 
 def test_statistics_of_an_input():

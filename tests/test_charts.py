@@ -171,3 +171,20 @@ def test_weight_histogram_keeps_outliers_in_the_end_bins():
     assert sum(original.y) == len(before)  # every weight is counted ...
     assert max(original.x) < 1.0  # ... yet the axis shows the bulk, not the outliers
     assert original.y[-1] == 10
+
+
+def test_log_ticks_are_round_numbers_around_the_data():
+    assert charts.log_ticks(11.8, 270) == [10, 20, 50, 100, 200]
+    table = sweep_table()
+    table.loc[5, "perplexity"] = 1500.0
+    assert list(charts.tradeoff_memory(table).layout.yaxis.tickvals) == [10, 20, 50, 100, 200, 500, 1000, 2000]
+
+
+def test_pruning_settings_keep_their_colour_across_charts():
+    table = sweep_table()
+    memory = {t.name: t.marker.color for t in charts.tradeoff_memory(table).data if t.name != "Pareto front"}
+    lines = charts.quality_vs_bits(table).data
+    bits = {t.name.split(",")[0]: t.marker.color for t in lines}
+    assert memory == bits == {"not pruned": charts._color(0), "magnitude 50%": charts._color(1)}
+    dashes = {t.name.split(", ")[1]: t.line.dash for t in lines}
+    assert dashes == {"g32": "solid", "g128": "dash"}  # group size by dash, pruning by colour
