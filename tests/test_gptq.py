@@ -14,7 +14,7 @@ import torch
 from memopt_core.config import QuantConfig
 from memopt_core.errors import ConfigError
 from memopt_core.calibrate import quant_linear_from
-from memopt_core.primitives.gptq import GPTQOptions, gptq_quantize
+from memopt_core.primitives.gptq import GPTQOptions, decode_column, encode_column, gptq_quantize
 from memopt_core.primitives.quant import dequantize, quantize_weight
 
 
@@ -102,6 +102,22 @@ def test_output_error_below_round_to_nearest(cfg, act_order):
     qw = gptq_quantize(w, hessian(x), cfg, GPTQOptions(act_order=act_order))
     rtn = quantize_weight(w, cfg)
     assert output_error(x, w, dequantize(qw, torch.float64)) < 0.95 * output_error(x, w, dequantize(rtn, torch.float64))
+
+
+@pytest.mark.parametrize("cfg", [QuantConfig(bits=3), QuantConfig(bits=4, symmetric=False),
+                                 QuantConfig(bits=2, symmetric=False, zero_point="float"),
+                                 QuantConfig(bits=8, granularity="per-tensor")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_column_coding_is_rtns(cfg, dtype):
+    """The sweep's one-column encode/decode give RTN's codes and RTN's dequantized values."""
+    w = weight(16, 1, seed=20).to(dtype) * torch.logspace(-2, 1, 16, dtype=dtype)[:, None]  # [16, 1]
+    rtn = quantize_weight(w, cfg)
+    scale = rtn.scale.reshape(-1).float()
+    zero = None if rtn.zero is None else rtn.zero.reshape(-1).float()
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+    codes = encode_column(w[:, 0], safe, zero, cfg.bits, rtn.zero_kind)
+    assert torch.equal(codes, rtn.codes[:, 0])
+    assert torch.equal(decode_column(codes, scale, zero, cfg.bits, rtn.zero_kind), dequantize(rtn)[:, 0])
 
 
 def test_result_does_not_depend_on_the_block_size():

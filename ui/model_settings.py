@@ -18,7 +18,8 @@ TEXTS = {"wikipedia": "Wikipedia lead paragraphs (bundled)", "news": "News artic
          "upload": "My own .txt file"}
 MAX_TOKENS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 SEQ_LENS = (32, 64, 128, 256, 512, 1024, 2048)
-UPLOAD_PATH, UPLOAD_NAME = "eval.upload_path", "eval.upload_name"
+# The validated upload outlives its widget (which forgets files on a page switch).
+UPLOAD_PATH, UPLOAD_NAME, UPLOAD_ID = "eval.upload_path", "eval.upload_name", "eval.upload_id"
 
 
 def _bundled() -> dict[str, dict]:
@@ -67,9 +68,9 @@ def _uploaded_text(where) -> str | None:
     """Path of the uploaded evaluation text (validated), kept across reruns and page switches."""
     upload = where.file_uploader(f"UTF-8 text file, at most {MAX_TEXT_BYTES // 1_000_000} MB", type=["txt"],
                                  key="eval.upload")
-    if upload is not None and upload.name != st.session_state.get(UPLOAD_NAME):
+    if upload is not None and upload.file_id != st.session_state.get(UPLOAD_ID):
         st.session_state.pop(UPLOAD_PATH, None)  # a new file replaces the old one, valid or not
-        st.session_state[UPLOAD_NAME] = upload.name
+        st.session_state[UPLOAD_ID], st.session_state[UPLOAD_NAME] = upload.file_id, upload.name
         with user_errors(where=where):
             st.session_state[UPLOAD_PATH] = save_text_upload(upload.name, upload.getvalue())
     path = st.session_state.get(UPLOAD_PATH)

@@ -31,8 +31,7 @@ from torch import Tensor
 
 from memopt_core.config import QuantConfig
 from memopt_core.errors import ConfigError
-# The grid's encode/decode are RTN's own, so GPTQ codes decode bit for bit like RTN codes.
-from memopt_core.primitives.quant import QuantizedWeight, _decode, _encode, quantize_weight, zero_kind_of
+from memopt_core.primitives.quant import QuantizedWeight, quantize_weight, zero_kind_of
 
 _MAX_DAMP_RETRIES = 6
 
@@ -165,6 +164,27 @@ class OBSSweep:
             self.w[:, end:] -= self.errors @ self.u[start:end, end:]  # [out, in - end]
 
 
+def encode_column(w: Tensor, safe_scale: Tensor, zero: Tensor | None, bits: int, kind: str) -> Tensor:
+    """RTN's encoding (``quant._encode``, same operations in the same order) for one column:
+    ``w [out]``, float32 ``safe_scale`` (0 replaced by 1) and ``zero`` of shape ``[out]`` or ``[1]``
+    -> uint8 codes ``[out]``. Spelled out here because the sweep calls it once per column."""
+    if kind == "float":
+        q = (w - zero).div_(safe_scale).round_()
+    else:
+        q = (w / safe_scale).round_().add_(zero if kind == "int" else 2 ** (bits - 1))
+    return q.clamp_(0, 2 ** bits - 1).to(torch.uint8)
+
+
+def decode_column(codes: Tensor, scale: Tensor, zero: Tensor | None, bits: int, kind: str) -> Tensor:
+    """RTN's decoding (``quant._decode``) for one column of codes ``[out]`` -> float32 ``[out]``."""
+    c = codes.float()
+    if kind == "symmetric":
+        return c.sub_(2 ** (bits - 1)).mul_(scale)
+    if kind == "int":
+        return c.sub_(zero).mul_(scale)
+    return c.mul_(scale).add_(zero)
+
+
 class ColumnQuantizer:
     """Quantizes single columns on RTN's grid, fitting each group's scale/zero on first use.
 
@@ -175,7 +195,7 @@ class ColumnQuantizer:
 
     def __init__(self, cfg: QuantConfig, shape: tuple[int, int], order: Tensor, device: torch.device) -> None:
         out_f, in_f = shape
-        self.cfg, self.shape, self.order = cfg, shape, order
+        self.shape, self.order, self.columns = shape, order, order.tolist()
         self.kind, self.bits = zero_kind_of(cfg), cfg.bits
         self.per_tensor = cfg.granularity == "per-tensor"
         self.group_size = min(cfg.group_size, in_f) if cfg.granularity == "group" else in_f
@@ -185,7 +205,7 @@ class ColumnQuantizer:
         self.position[order] = torch.arange(in_f, device=order.device)  # original column -> sweep position
         self.scale = torch.zeros(rows, n_groups, dtype=torch.float16, device=device)
         self.zero = None if self.kind == "symmetric" else torch.zeros_like(self.scale)
-        self.fitted = [False] * n_groups
+        self.params: list[tuple[Tensor, Tensor, Tensor | None] | None] = [None] * n_groups  # float32, per group
         self.codes = torch.zeros(shape, dtype=torch.uint8, device=device)
         # A group is fitted on its own columns as one row-wise (or tensor-wide) range.
         self._fit_cfg = cfg if self.per_tensor else dataclasses.replace(cfg, granularity="per-channel")
@@ -197,27 +217,28 @@ class ColumnQuantizer:
         self.scale[:, group] = fitted.scale[:, 0]
         if self.zero is not None:
             self.zero[:, group] = fitted.zero[:, 0]
-        self.fitted[group] = True
+        scale = fitted.scale[:, 0].float()  # [rows]
+        zero = None if fitted.zero is None else fitted.zero[:, 0].float()
+        self.params[group] = (scale, torch.where(scale == 0, torch.ones_like(scale), scale), zero)
 
     def fit_all(self, read: Callable[[Tensor], Tensor]) -> None:
-        for group in range(len(self.fitted)):
+        for group in range(len(self.params)):
             self.fit_group(group, read)
 
     def quantize(self, position: int, column: Tensor, read: Callable[[Tensor], Tensor],
                  keep: Tensor | None = None) -> Tensor:
         """Quantize the column ``[out]`` at sweep ``position``; ``keep [out]`` bool forces pruned
         weights to exactly 0. Returns the value the stored layer will compute with ``[out]``."""
-        original = int(self.order[position])
+        original = self.columns[position]
         group = 0 if self.per_tensor else original // self.group_size
-        if not self.fitted[group]:
+        if self.params[group] is None:
             self.fit_group(group, read)
+        scale, safe_scale, zero = self.params[group]
         if keep is not None:
             column = column * keep
-        scale = self.scale[:, group:group + 1]  # [rows, 1]
-        zero = None if self.zero is None else self.zero[:, group:group + 1]
-        codes = _encode(column[:, None, None], scale, zero, self.bits, self.kind)  # [out, 1, 1]
-        self.codes[:, original] = codes[:, 0, 0]
-        value = _decode(codes, scale, zero, self.bits, self.kind)[:, 0, 0].to(column.dtype)
+        codes = encode_column(column, safe_scale, zero, self.bits, self.kind)  # [out]
+        self.codes[:, original] = codes
+        value = decode_column(codes, scale, zero, self.bits, self.kind).to(column.dtype)
         # A float-minimum grid cannot hold 0: the stored layer keeps a mask, so compute with 0 here too.
         return value if keep is None else value * keep
 
