@@ -80,9 +80,9 @@ def weight_histogram(before: Sequence[float], after: Sequence[float], grid: Sequ
     the quantization grid of its first group as dotted lines and a marker trace at zero height.
 
     Counts are computed here (numpy), so the figure carries ``bins`` numbers per trace instead of
-    every weight. The axis spans the central 99.8% of the original weights (and the grid); the few
-    outliers beyond are counted in the end bins, so every weight is in a bar. Grids finer than
-    :data:`MAX_GRID_LINES` levels are drawn as markers only."""
+    every weight. The axis spans the central 99.8% of the original weights (and the grid, when it
+    is not far wider); values beyond are counted in the end bins, so every weight is in a bar.
+    Grids finer than :data:`MAX_GRID_LINES` levels are drawn as markers only."""
     before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
     low, high = _histogram_range(before, np.asarray(grid, dtype=float))
     edges = np.linspace(low, high, bins + 1)
@@ -105,10 +105,11 @@ def weight_histogram(before: Sequence[float], after: Sequence[float], grid: Sequ
 
 
 def _histogram_range(values: np.ndarray, grid: np.ndarray) -> tuple[float, float]:
-    """The central 99.8% of ``values``, widened to hold the grid, with a 5% margin."""
+    """The central 99.8% of ``values`` with a 5% margin, widened to hold the grid unless that
+    would squeeze the weights into a few bins (an outlier in the first group stretches its grid)."""
     finite_values = values[np.isfinite(values)]
     low, high = np.percentile(finite_values, [0.1, 99.9]) if finite_values.size else (-1.0, 1.0)
-    if grid.size:
+    if grid.size and grid.max() - grid.min() <= 3 * (high - low):
         low, high = min(low, grid.min()), max(high, grid.max())
     if high <= low:
         low, high = low - 1.0, high + 1.0

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from memopt_core.config import BUNDLED_MODELS
 from memopt_core.errors import ConfigError, ModelLoadError
+from memopt_core.paths import user_path
 from memopt_core.planner import MemoryEstimate, PlanConfig, estimate, fits_on, format_gib
 from memopt_core.planner_presets import COMPONENTS, list_presets, load_preset
 
@@ -88,7 +88,7 @@ def resolve_source(args: argparse.Namespace) -> tuple[str, dict | str]:
     model = args.model.strip()
     if model in list_presets():
         return model, load_preset(model)
-    folder = Path(model).expanduser()
+    folder = user_path(model, "model")
     if folder.is_dir():
         return model, str(folder)
     if model in BUNDLED_MODELS:

@@ -115,6 +115,10 @@ def handle_run(args: argparse.Namespace) -> int:
     from memopt_core.runner import run
 
     config = run_config(args)  # validate every setting before loading anything
+    if args.save is not None:  # and where the result goes: a bad --save must not cost the run
+        from memopt_core.saving import check_save_target
+
+        check_save_target(args.save)
     result = run(config, save_dir=args.save, gptq=gptq_options(args))
     if args.json:
         print_json(result.to_dict())

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 
 from memopt_core.cli_run import add_eval_arguments, add_model_arguments, add_quant_arguments, eval_config, model_spec
-from memopt_core.errors import ConfigError
+from memopt_core.errors import ConfigError, DataError
 
 
 def _csv(kind):
@@ -37,10 +38,14 @@ def register(sub) -> None:
     parser.set_defaults(handler=handle_sweep)
 
 
+@contextmanager
 def _progress_bar():
+    """A progress callback drawing a bar on stderr, closed even when the sweep fails."""
     from tqdm import tqdm
 
-    bar = tqdm(total=None, file=sys.stderr, unit="setting", dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (pipes, logs), so an error stays one line there;
+    # leave=False: a bar closed early (the sweep failed) is wiped before the error line is printed.
+    bar = tqdm(total=None, file=sys.stderr, unit="setting", dynamic_ncols=True, disable=None, leave=False)
 
     def update(done: int, total: int, label: str, seconds_left: float | None) -> None:
         bar.total = total
@@ -50,7 +55,10 @@ def _progress_bar():
         bar.refresh()
         if done == total:
             bar.close()
-    return update
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def _integer_bits(bits: tuple[str, ...]) -> tuple[str, ...]:
@@ -67,6 +75,8 @@ def build_grids(args: argparse.Namespace) -> list:
     from memopt_core.errors import choices
     from memopt_core.sweep import SweepGrid
 
+    if not args.bits:
+        raise ConfigError("--bits is empty; give at least one bit width, e.g. 16,8,4")
     if args.group_size is not None and args.group_sizes is not None:
         raise ConfigError("give either --group-size or --group-sizes, not both")
     unknown = [m for m in args.quant_method if m not in INTEGER_QUANT_METHODS]
@@ -99,8 +109,11 @@ def _run_grids(spec, grids: list, evaluation, store, name):
         from memopt_core.runner import Workbench
 
         workbench = Workbench.load(spec)
-    results = [run_sweep(spec, grid, evaluation, store=store, progress=_progress_bar(), sweep_name=name,
-                         workbench=workbench) for grid in grids]
+    results = []
+    for grid in grids:
+        with _progress_bar() as progress:
+            results.append(run_sweep(spec, grid, evaluation, store=store, progress=progress, sweep_name=name,
+                                     workbench=workbench))
     if len(results) == 1:
         return results[0]
     table = mark_pareto(pd.concat([r.table.drop(columns="pareto") for r in results], ignore_index=True))
@@ -109,15 +122,31 @@ def _run_grids(spec, grids: list, evaluation, store, name):
                             computed=sum(r.computed for r in results))
 
 
+def check_out(path: str) -> None:
+    """Refuse an --out that cannot be a CSV file: a folder, or a file in a folder that does not exist."""
+    from memopt_core.paths import user_path
+
+    target = user_path(path, "--out")
+    if target.is_dir():
+        raise ConfigError(f"--out {path!r} is a folder; give a file name such as results.csv")
+    if not target.parent.is_dir():
+        raise ConfigError(f"--out {path!r}: the folder {str(target.parent)!r} does not exist")
+
+
 def handle_sweep(args: argparse.Namespace) -> int:
     from memopt_core.cli import print_json
     from memopt_core.store import ResultStore
 
     spec, grids, evaluation = model_spec(args), build_grids(args), eval_config(args)
+    if args.out:
+        check_out(args.out)  # before the sweep: a typo in --out must not cost the sweep's results
     store = ResultStore(args.db)
     result = _run_grids(spec, grids, evaluation, store, args.name)
     if args.out:
-        result.table.to_csv(args.out, index=False)
+        try:
+            result.table.to_csv(args.out, index=False)
+        except OSError as error:
+            raise DataError(f"cannot write {args.out!r}: {error.strerror or error}") from None
     if args.json:
         print_json({"rows": result.table.to_dict(orient="records"), "from_store": result.from_store,
                     "computed": result.computed, "seconds": result.seconds})

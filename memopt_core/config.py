@@ -236,6 +236,8 @@ class EvalConfig:
                  f"max tokens {self.max_tokens} is below the sequence length {self.seq_len}: no full window fits")
         _number("generation tokens", self.gen_tokens, int)
         _require(0 <= self.gen_tokens <= 512, f"generation tokens {self.gen_tokens} is out of range; choose 0 to 512")
+        _require(isinstance(self.prompt, str) and (self.gen_tokens == 0 or self.prompt.strip() != ""),
+                 "the generation prompt is empty; give a prompt or set generation tokens to 0")
         if self.kl_top_k is not None:
             _require(isinstance(self.kl_top_k, int) and self.kl_top_k > 0, f"kl_top_k {self.kl_top_k!r} must be a positive integer or None")
 

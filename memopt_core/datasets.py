@@ -66,7 +66,9 @@ def _bundled_text(name: str) -> TextSource:
 
 
 def _read_user_file(name: str, max_bytes: int) -> TextSource:
-    path = Path(name).expanduser()
+    from memopt_core.paths import user_path
+
+    path = user_path(name, "evaluation text")
     if not path.exists():
         raise DataError(f"evaluation text {name!r} is neither {choices(BUNDLED_TEXTS)} nor an existing file")
     if not path.is_file():

@@ -60,7 +60,9 @@ def preset_info(name: str) -> dict:
 
 def _read_json(path: str | os.PathLike) -> dict:
     """Read a config.json (or the config.json inside a model folder); weights are never touched."""
-    file = Path(path).expanduser()
+    from memopt_core.paths import user_path
+
+    file = user_path(path, "config file")
     if file.is_dir():
         file = file / "config.json"
     if not file.is_file():

@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from memopt_core import guard
 from memopt_core.calibration_data import CalibrationSet, calibration_set
 from memopt_core.compress import CompressedModel, compress_copy, layer_errors
 from memopt_core.config import CalibConfig, EvalConfig, RunConfig
@@ -109,7 +110,11 @@ class Workbench:
         device = resolve_device(self.loaded.spec.device)
         # Drawn before measuring, so the cached tokens do not count as the copy's memory.
         calibration = self.calibration(config) if config.needs_calibration else None
-        with measure_growth(device) as measured:
+        # The copy is at most as large as the original while it is built: refuse before the OS kills us.
+        what = f"a compressed copy of {self.loaded.name!r}"
+        guard.check_fits(guard.model_bytes(self.loaded.model), what,
+                         available=lambda: guard.device_available_bytes(device))
+        with measure_growth(device) as measured, guard.out_of_memory_as_resource_error(what, device):
             compressed = compress_copy(self.loaded.model, config, calibration=calibration, gptq=gptq)
         original, copy = self.loaded.model, compressed.model
         report = memory_report(original, copy, {n: original.get_submodule(n) for n in compressed.target_names},

@@ -41,16 +41,30 @@ def _manifest(compressed, loaded, result) -> dict[str, Any]:
             "simulated": compressed.simulated, "modules": modules, "run": summary}
 
 
+def check_save_target(directory: str | os.PathLike) -> Path:
+    """The resolved folder a save would write; one-line errors for a file, or a folder holding
+    something other than a memopt save. The CLI calls it before a run, so a bad --save fails fast."""
+    from memopt_core.paths import user_path
+
+    final = user_path(directory, "save folder").resolve()
+    if final.exists() and not final.is_dir():
+        raise ModelLoadError(f"{str(final)!r} is a file; give a new or empty folder to save the model in")
+    if final.exists() and not (final / MANIFEST).is_file() and any(final.iterdir()):
+        raise ModelLoadError(f"folder {str(final)!r} exists and is not a memopt save; choose an empty or new folder")
+    return final
+
+
 def save_compressed(compressed, loaded, result, directory: str | os.PathLike) -> Path:
     """Write ``compressed.model`` (a :class:`memopt_core.compress.CompressedModel`) to ``directory``.
 
     Written into a temporary folder next to it and renamed into place, so a crash never leaves a
     folder that looks like a saved model. An existing memopt folder there is replaced."""
-    final = Path(directory).expanduser().resolve()
-    if final.exists() and not (final / MANIFEST).is_file() and any(final.iterdir()):
-        raise ModelLoadError(f"folder {str(final)!r} exists and is not a memopt save; choose an empty or new folder")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    final = check_save_target(directory)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    except OSError as error:
+        raise ModelLoadError(f"cannot save the model in {str(final)!r}: {error.strerror or error}") from None
     try:
         config = compressed.model.config  # the copy's own config object (structural_copy deep-copies it)
         if not getattr(config, "architectures", None):  # models built from a config have none recorded

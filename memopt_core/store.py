@@ -49,7 +49,9 @@ class ResultStore:
     """A thread-safe handle on the results database (one connection per thread)."""
 
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path is not None else default_db_path()
+        from memopt_core.paths import user_path
+
+        self.path = user_path(path, "results database") if path is not None else default_db_path()
         self._local = threading.local()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

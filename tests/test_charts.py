@@ -188,3 +188,10 @@ def test_pruning_settings_keep_their_colour_across_charts():
     assert memory == bits == {"not pruned": charts._color(0), "magnitude 50%": charts._color(1)}
     dashes = {t.name.split(", ")[1]: t.line.dash for t in lines}
     assert dashes == {"g32": "solid", "g128": "dash"}  # group size by dash, pruning by colour
+
+
+def test_weight_histogram_zooms_on_the_weights_when_the_grid_is_far_wider():
+    weights = np.random.default_rng(2).normal(0, 0.01, 2000)
+    wide_grid = np.linspace(-1.5, 1.5, 16)  # one outlier in the first group stretched its range
+    bars = charts.weight_histogram(weights, weights, wide_grid, "layer").data[0]
+    assert max(bars.x) < 0.1 and sum(bars.y) == len(weights)

@@ -32,7 +32,7 @@ def test_run_on_a_causal_lm_shows_quality_memory_charts_and_generations(app_cach
     assert no_exception(at) and not errors(at)
     labels = metric_labels(at)
     for label in ("Perplexity, original", "Perplexity, compressed", "KL from original", "Top-1 agreement",
-                  "Dense, original (GiB)", "Stored, compressed (GiB)", "Measured (GiB)", "Bits per weight",
+                  "Dense (GiB)", "Stored (GiB)", "Measured (GiB)", "Bits per weight",
                   "Smaller by"):
         assert label in labels
     compressed = at.metric[labels.index("Perplexity, compressed")]

@@ -153,3 +153,13 @@ def test_a_model_larger_than_the_free_accelerator_memory_is_refused(fake_cuda, m
     monkeypatch.setattr(guard, "device_available_bytes", lambda device: 64 * 2**20)
     with pytest.raises(ResourceError, match=r"^model 'tiny-llama' in float32 on cuda:0 needs about .* only 0\.06 GiB"):
         load_model(ModelSpec("tiny-llama", device="cuda"))
+
+
+def test_a_compressed_copy_is_refused_when_memory_is_short(monkeypatch):
+    from memopt_core.config import QuantConfig, RunConfig
+    from memopt_core.runner import Workbench
+
+    bench = Workbench.load(ModelSpec("tiny-llama"))
+    monkeypatch.setattr(guard, "device_available_bytes", lambda device: 100 * 2**20)
+    with pytest.raises(ResourceError, match=r"^a compressed copy of 'tiny-llama' needs about 0\.01 GiB"):
+        bench.compress(RunConfig(ModelSpec("tiny-llama"), quant=QuantConfig(bits=4)))

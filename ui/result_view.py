@@ -85,10 +85,10 @@ def show_quality(result: dict) -> None:
 def show_memory(result: dict) -> None:
     memory = result["memory"]
     st.subheader("Memory")
-    cards = [("Dense, original (GiB)", gib(memory["dense_bytes"], unit=False),
-              "every tensor of the original as loaded"),
-             ("Stored, compressed (GiB)", gib(memory["stored_bytes"], unit=False),
-              "bytes of the tensors the compressed copy really holds: codes, scales, masks, the rest"),
+    cards = [("Dense (GiB)", gib(memory["dense_bytes"], unit=False),
+              "every tensor of the original, as loaded"),
+             ("Stored (GiB)", gib(memory["stored_bytes"], unit=False),
+              "the compressed copy: bytes of the tensors it really holds (codes, scales, masks, the rest)"),
              ("Measured (GiB)", gib(memory.get("measured_bytes"), unit=False),
               f"memory the compressed copy took when it was built: {memory.get('measured_method') or '-'}"),
              ("Bits per weight", f"{memory['bits_per_weight']:.3f}",

@@ -39,4 +39,8 @@ def show_weight_view(result: dict, key: str) -> None:
             bench = loaders.workbench(config.model)
             data = layer_weights(bench, config, layer)
         figure = charts.weight_histogram(data.before, data.after, data.grid, layer)
+        low, high = figure.data[0].x[0], figure.data[0].x[-1]
+        if data.grid and (min(data.grid) < low or max(data.grid) > high):
+            st.caption("This group's grid is much wider than most weights (an outlier sets its range): "
+                       "the axis shows the bulk of the weights and the grid levels inside it.")
         show_chart(figure, _caption(data, result, config.quant), key=f"{key}.histogram")
