@@ -178,13 +178,18 @@ def tradeoff_memory(table: pd.DataFrame, group_by: str = "pruning") -> go.Figure
                            name="Pareto front", line=dict(color="black", dash="dash"),
                            marker=dict(symbol="star", size=12, color="gold"), customdata=customdata,
                            hovertemplate=template.replace("<extra></extra>", "<extra>Pareto</extra>"))
-    values = pd.Series(finite(table[metric]), dtype=float).dropna()
-    log_y = metric == "perplexity" and not values.empty and values.max() > 10 * max(values.min(), 1e-9)
-    yaxis = dict(title=label, type="log", tickvals=log_ticks(values.min(), values.max())) if log_y else \
-        dict(title=label, type="linear")
     figure.update_layout(title=f"{metric.replace('_', ' ').capitalize()} against stored memory",
-                         xaxis_title="stored model size (GiB)", yaxis=yaxis, hoverlabel=dict(align="left"))
+                         xaxis_title="stored model size (GiB)", yaxis=_quality_yaxis(table, metric, label),
+                         hoverlabel=dict(align="left"))
     return figure
+
+
+def _quality_yaxis(table: pd.DataFrame, metric: str, label: str) -> dict:
+    """A log axis with round ticks for perplexities spanning more than 10x, else a linear one."""
+    values = pd.Series(finite(table[metric]), dtype=float).dropna()
+    if metric == "perplexity" and not values.empty and values.max() > 10 * max(values.min(), 1e-9):
+        return dict(title=label, type="log", tickvals=log_ticks(values.min(), values.max()))
+    return dict(title=label, type="linear")
 
 
 def log_ticks(low: float, high: float) -> list[float]:
@@ -243,8 +248,9 @@ def quality_vs_bits(table: pd.DataFrame) -> go.Figure:
                            name=pruning if grain is None else f"{pruning}, {grain}", marker_color=colours[pruning],
                            line=dict(dash=dashes.get(grain, "solid")), text=part["setting"],
                            hovertemplate="%{text}<br>" + metric.replace("_", " ") + " %{y:.4g}<extra></extra>")
-    figure.update_layout(title=f"{metric.replace('_', ' ').capitalize()} against bit width", xaxis_title="bits",
-                         yaxis_title=label, xaxis=dict(tickmode="array", tickvals=sorted(table["bits"].unique())))
+    figure.update_layout(title=f"{metric.replace('_', ' ').capitalize()} against bit width",
+                         yaxis=_quality_yaxis(table, metric, label),
+                         xaxis=dict(title="bits", tickmode="array", tickvals=sorted(table["bits"].unique())))
     return figure
 
 
@@ -263,8 +269,10 @@ def ratio_bits_heatmap(table: pd.DataFrame) -> go.Figure:
     z = grid.to_numpy(dtype=float)
     log_colour = metric == "perplexity"
     colour = np.log10(z) if log_colour else z
+    text = [["" if np.isnan(v) else f"{v:.4g}" for v in row] for row in z]
     figure = go.Figure(go.Heatmap(z=colour, x=[str(b) for b in grid.columns], y=list(grid.index),
-                                  customdata=z, colorscale="Viridis_r" if log_colour else "Viridis",
+                                  customdata=z, text=text, texttemplate="%{text}",
+                                  colorscale="Viridis_r" if log_colour else "Viridis",
                                   colorbar_title=f"log10 {metric}" if log_colour else metric,
                                   hovertemplate="bits %{x}, %{y}: " + metric + " %{customdata:.4g}<extra></extra>"))
     figure.update_layout(title=f"{label.capitalize()} by pruning and bit width", yaxis_title="pruning",

@@ -195,3 +195,15 @@ def test_weight_histogram_zooms_on_the_weights_when_the_grid_is_far_wider():
     wide_grid = np.linspace(-1.5, 1.5, 16)  # one outlier in the first group stretched its range
     bars = charts.weight_histogram(weights, weights, wide_grid, "layer").data[0]
     assert max(bars.x) < 0.1 and sum(bars.y) == len(weights)
+
+
+def test_quality_vs_bits_switches_to_a_log_axis_for_diverging_settings():
+    table = sweep_table()
+    assert charts.quality_vs_bits(table).layout.yaxis.type == "linear"
+    table.loc[5, "perplexity"] = 1500.0
+    assert charts.quality_vs_bits(table).layout.yaxis.type == "log"
+
+
+def test_ratio_bits_heatmap_writes_the_value_in_each_cell():
+    heatmap = charts.ratio_bits_heatmap(sweep_table()).data[0]
+    assert heatmap.text[0][0] == "11.5" and heatmap.text[1][1] == ""

@@ -5,9 +5,9 @@ import streamlit as st
 
 from memopt_core import charts
 from memopt_core.config import RunConfig
+from ui import loaders  # looked up at call time: tests replace the loader
 from ui.chart_glue import saving_phrase, show_chart
 from ui.errors import user_errors
-from ui import loaders  # looked up at call time: tests replace the loader
 
 
 def _caption(data, result: dict, quant) -> str:
