@@ -21,13 +21,15 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig  # noqa: E402
 from memopt_core.datasets import load_text, token_windows  # noqa: E402
 from memopt_core.evaluate import evaluate_causal_lm  # noqa: E402
-from memopt_core.mixed_precision import (apply_plan, measure_candidates, plan_from_sensitivity,  # noqa: E402
-                                         plan_outcome, weight_bytes)
+from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, measure_candidates,  # noqa: E402
+                                         plan_from_sensitivity, plan_outcome, weight_bytes)
 from memopt_core.primitives.gptq import GPTQOptions  # noqa: E402
 from memopt_core.runner import Workbench  # noqa: E402
 from memopt_core.sensitivity import QualityProbe  # noqa: E402
@@ -100,11 +102,11 @@ def mixed_precision(bench: Workbench, windows: dict, by: str, tokens: int) -> di
     base = QuantConfig(bits=4)
     probe = QualityProbe(bench.loaded, EvalConfig(max_tokens=tokens, seq_len=512, gen_tokens=0, zero_shot=False))
     start = time.perf_counter()
-    candidates = measure_candidates(bench, base, by=by, probe=probe)
+    candidates = measure_candidates(bench, base, bits=(3, 4), by=by, probe=probe)  # 2 and 8: extrapolated
     modules = {row.unit: row.layers for row in candidates[4].rows}
     shapes = [bench.loaded.model.get_submodule(n).weight.shape for names in modules.values() for n in names]
     budget = 8 * sum(weight_bytes(tuple(s), base) for s in shapes) / sum(s[0] * s[1] for s in shapes)
-    plan = plan_from_sensitivity(candidates, bench, base, budget)
+    plan = plan_from_sensitivity(candidates, bench, base, budget, bits=CANDIDATE_BITS)
     compressed = apply_plan(bench.loaded.model, plan)
     outcome = plan_outcome(probe, compressed, plan)
     seconds = time.perf_counter() - start
@@ -151,10 +153,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer settings, 16 x 512 calibration, 1,024 tokens")
     parser.add_argument("--max-tokens", type=int, default=None, help="evaluated tokens per text (default 4096)")
-    parser.add_argument("--mp-by", default="block", choices=("layer", "block"), help="mixed-precision unit")
-    parser.add_argument("--mp-tokens", type=int, default=1024, help="tokens scored per sensitivity probe")
+    parser.add_argument("--mp-by", default="layer", choices=("layer", "block"), help="mixed-precision unit")
+    parser.add_argument("--mp-tokens", type=int, default=512, help="tokens scored per sensitivity probe")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (on a machine shared with other jobs, 1 avoids threads spinning "
+                             "for a busy core; default: torch's)")
     parser.add_argument("--json-out", default=None, help="write every figure to this JSON file")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     max_tokens = args.max_tokens or (1024 if args.quick else 4096)
     calib = CalibConfig(samples=16 if args.quick else 64, seq_len=512)
     eval_config = EvalConfig(max_tokens=max_tokens, gen_tokens=0, zero_shot=False)
@@ -162,11 +169,12 @@ def main() -> None:
     bench = Workbench.load(SPEC)
     windows = eval_windows(bench.loaded.tokenizer, max_tokens)
     print(f"SmolLM2-135M fp32 (load {time.perf_counter() - start:.1f}s); perplexity over the first {max_tokens} "
-          f"tokens, 512-token windows; calibration {calib.samples} x {calib.seq_len} tokens '{calib.text}', seed 0")
+          f"tokens, 512-token windows; calibration {calib.samples} x {calib.seq_len} tokens '{calib.text}', seed 0; "
+          f"{torch.get_num_threads()} torch threads")
     dense = perplexities(bench.loaded.model, windows)
     show("dense", dense)
     results = run_settings(bench, windows, calib, args.quick, eval_config)
-    results["mixed"] = mixed_precision(bench, windows, args.mp_by, 512 if args.quick else args.mp_tokens)
+    results["mixed"] = mixed_precision(bench, windows, args.mp_by, args.mp_tokens)
     summary(dense, results)
     print(f"total {time.perf_counter() - start:.0f}s")
     if args.json_out:

@@ -1,7 +1,8 @@
 """``sensitivity``: compress one layer (or block) at a time and rank them by the quality they lose.
 
-With ``--plan-bpw B`` it also measures every candidate width and plans mixed precision under an
-average of B stored bits per weight, then applies the plan and reports predicted vs measured.
+With ``--plan-bpw B`` it also plans mixed precision (2/3/4/8 bits; 3 and 4 measured, 2 and 8
+extrapolated from the weight error) under an average of B stored bits per weight, then applies the
+plan and reports predicted vs measured quality.
 """
 from __future__ import annotations
 
@@ -61,11 +62,13 @@ def _table(result, top: int) -> str:
 
 
 def _plan(args: argparse.Namespace, bench, probe) -> dict:
-    from memopt_core.mixed_precision import apply_plan, measure_candidates, plan_from_sensitivity, plan_outcome
+    from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, measure_candidates, plan_from_sensitivity,
+                                             plan_outcome)
 
     base = QuantConfig(**{k: v for k, v in quant_kwargs(_plan_args(args)).items() if k != "method"})
-    results = measure_candidates(bench, base, by=args.by, probe=probe)
-    plan = plan_from_sensitivity(results, bench, base, args.plan_bpw)
+    # 3 and 4 bits are measured (the widths a budget near 4 trades between); 2 and 8 are extrapolated.
+    results = measure_candidates(bench, base, bits=(3, 4), by=args.by, probe=probe)
+    plan = plan_from_sensitivity(results, bench, base, args.plan_bpw, bits=CANDIDATE_BITS)
     outcome = plan_outcome(probe, apply_plan(bench.loaded.model, plan), plan)
     return {"plan": plan.to_dict(), "outcome": outcome}
 

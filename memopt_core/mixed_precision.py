@@ -28,7 +28,8 @@ from memopt_core.errors import ConfigError
 from memopt_core.primitives.packing import packed_nbytes
 from memopt_core.quantize import quantize_
 from memopt_core.sensitivity import DEFAULT_EVAL, QualityProbe, SensitivityResult, measure_sensitivity
-from memopt_core.walk import target_linears
+from memopt_core.primitives.quant import dequantize, quantize_weight
+from memopt_core.walk import effective_weight, target_linears
 
 CANDIDATE_BITS = (2, 3, 4, 8)
 RESOLUTION = 1 << 15  # budget grid steps: rounding costs up loses at most units/RESOLUTION of the budget
@@ -156,16 +157,47 @@ def plan_bits(deltas: dict[int, dict[str, float]], units: dict[str, list[str]], 
                               stored_bytes=int(sum(cost[i, o] for i, o in enumerate(chosen))))
 
 
+def error_energy(weight, cfg: QuantConfig) -> float:
+    """``||W - Q(W)||^2`` of round-to-nearest with ``cfg`` for ``weight [out, in]`` (not changed)."""
+    return float((dequantize(quantize_weight(weight, cfg)) - weight.detach().float()).pow(2).sum())
+
+
+def extrapolate(deltas: dict[int, dict[str, float]], units: dict[str, list[str]], weights: dict[str, Any],
+                base: QuantConfig, bits: tuple[int, ...]) -> dict[int, dict[str, float]]:
+    """Deltas at every width of ``bits``: measured ones as they are; an unmeasured width scales the
+    nearest measured width's delta (ties: the lower) by the unit's ratio of weight error energy,
+    ``sum ||W - Q_b(W)||^2`` over its layers (``weights``: name -> ``[out, in]``). A proxy: it
+    assumes the loss grows in proportion to the weight noise."""
+    out = {b: dict(deltas[b]) for b in deltas}
+    for b in bits:
+        if b in out:
+            continue
+        ref = min(deltas, key=lambda m: (abs(m - b), m))
+        out[b] = {}
+        for unit, names in units.items():
+            e_b = sum(error_energy(weights[n], dataclasses.replace(base, bits=b)) for n in names)
+            e_ref = sum(error_energy(weights[n], dataclasses.replace(base, bits=ref)) for n in names)
+            out[b][unit] = deltas[ref][unit] * (e_b / e_ref if e_ref > 0 else 1.0)
+    return out
+
+
 def plan_from_sensitivity(results: dict[int, SensitivityResult], source, base: QuantConfig, budget_bpw: float,
-                          targets: TargetConfig | None = None) -> MixedPrecisionPlan:
-    """:func:`plan_bits` from :func:`measure_candidates`' results on ``source``'s model."""
+                          targets: TargetConfig | None = None, bits: tuple[int, ...] | None = None) -> MixedPrecisionPlan:
+    """:func:`plan_bits` over the widths ``bits`` (default: those measured) from
+    :func:`measure_candidates`' results on ``source``'s model; widths not measured are
+    :func:`extrapolate`-d."""
     loaded = getattr(source, "loaded", source)
     modules = target_linears(loaded.model, targets)
     shapes = {n: (m.out_features, m.in_features) for n, m in modules.items()}
     first = next(iter(results.values()))
     units = {row.unit: row.layers for row in first.rows}
-    plan = plan_bits({b: r.deltas() for b, r in results.items()}, units, shapes, base, budget_bpw)
-    plan.extra.update(metric=first.metric, by=first.by, baseline=first.baseline,
+    bits = tuple(sorted(bits or results))
+    measured = {b: r.deltas() for b, r in results.items()}
+    weights = {n: effective_weight(modules[n]).detach() for names in units.values() for n in names}
+    deltas = {b: d for b, d in extrapolate(measured, units, weights, base, bits).items() if b in bits}
+    plan = plan_bits(deltas, units, shapes, base, budget_bpw)
+    plan.extra.update(metric=first.metric, by=first.by, baseline=first.baseline, measured_bits=sorted(results),
+                      extrapolated_bits=[b for b in bits if b not in results],
                       sensitivity_seconds=sum(r.seconds for r in results.values()))
     return plan
 

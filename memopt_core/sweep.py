@@ -97,6 +97,13 @@ class _Eta:
         return remaining_to_compute * sum(self.computed_seconds) / len(self.computed_seconds)
 
 
+def config_key(config: RunConfig, identity: str | None = None) -> str:
+    """The results-store key of ``config``, computed without loading the model."""
+    calib = config.calib if config.needs_calibration else None
+    return run_key(identity or model_identity(config.model), setting_identity(config.prune, config.quant, calib),
+                   eval_identity(config.model, config.eval, config.targets))
+
+
 def stored_run(config: RunConfig, store: ResultStore | None, workbench=None,
                sweep_name: str | None = None) -> tuple[dict[str, Any], bool, Any]:
     """The result of ``config`` from the store if it is there, else run it and store it.
@@ -104,9 +111,7 @@ def stored_run(config: RunConfig, store: ResultStore | None, workbench=None,
     Returns (``RunResult.to_dict()``, whether it came from the store, the workbench used or None).
     ``workbench`` is loaded only when a run is really needed."""
     identity = model_identity(config.model)
-    calib = config.calib if config.needs_calibration else None
-    key = run_key(identity, setting_identity(config.prune, config.quant, calib),
-                  eval_identity(config.model, config.eval, config.targets))
+    key = config_key(config, identity)
     found = store.get(key) if store is not None else None
     if found is not None:
         return found, True, workbench

@@ -14,7 +14,7 @@ import torch
 from memopt_core.config import QuantConfig
 from memopt_core.errors import ConfigError
 from memopt_core.calibrate import quant_linear_from
-from memopt_core.primitives.gptq import GPTQOptions, decode_column, encode_column, gptq_quantize
+from memopt_core.primitives.gptq import GPTQOptions, decode_column, encode_column, gptq_quantize, one_thread
 from memopt_core.primitives.quant import dequantize, quantize_weight
 
 
@@ -181,3 +181,12 @@ def test_rank_deficient_hessian_still_factorises():
     qw = gptq_quantize(weight(4, 32).float(), hessian(x).float(), QuantConfig(method="gptq", bits=4),
                        GPTQOptions(damp=0.0))
     assert torch.isfinite(dequantize(qw)).all()
+
+
+def test_one_thread_restores_the_count_after_nested_use():
+    before = torch.get_num_threads()
+    with one_thread():
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

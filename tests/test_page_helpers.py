@@ -14,7 +14,7 @@ from page_support import app_cache  # noqa: F401
 from ui import loaders
 from ui.chart_glue import saving_kind, saving_phrase
 from ui.saved_models import zip_folder
-from ui.teaching import grid_levels
+from memopt_core.teaching import grid_levels
 from ui.uploads import read_config_upload, save_text_upload
 
 

@@ -12,8 +12,9 @@ from torch import nn
 from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig
 from memopt_core.errors import ConfigError
 from memopt_core.layers import QuantLinear, weight_storage_bytes
-from memopt_core.mixed_precision import (apply_plan, measure_candidates, plan_bits, plan_from_sensitivity,
-                                         plan_outcome, weight_bytes)
+from memopt_core.mixed_precision import (apply_plan, extrapolate, measure_candidates, plan_bits,
+                                         plan_from_sensitivity, plan_outcome, weight_bytes)
+from memopt_core.primitives.quant import dequantize, quantize_weight
 from memopt_core.models import LoadedModel, load_model, weights_checksum
 from memopt_core.sensitivity import QualityProbe, measure_sensitivity, units_of
 from memopt_core.walk import target_linears
@@ -143,6 +144,22 @@ def test_plan_is_the_best_combination_within_budget():
         assert plan.predicted_delta == pytest.approx(best[0], rel=0.05)  # the budget grid may cost a sliver
     with pytest.raises(ConfigError, match="below the smallest plan"):
         plan_bits(deltas, units, shapes, base, 2.0)
+
+
+def test_unmeasured_widths_scale_with_the_weight_error():
+    g = torch.Generator().manual_seed(3)
+    weights = {"a": torch.randn(8, 40, generator=g), "b": torch.randn(16, 40, generator=g)}
+    units = {"u": ["a", "b"]}
+    measured = {3: {"u": 0.5}, 4: {"u": 0.2}}
+    out = extrapolate(measured, units, weights, QuantConfig(bits=4), (2, 3, 4, 8))
+
+    def energy(bits):
+        return sum(float((dequantize(quantize_weight(w, QuantConfig(bits=bits))) - w).pow(2).sum())
+                   for w in weights.values())
+
+    assert out[3] == {"u": 0.5} and out[4] == {"u": 0.2}
+    assert out[2]["u"] == pytest.approx(0.5 * energy(2) / energy(3), rel=1e-5)
+    assert out[8]["u"] == pytest.approx(0.2 * energy(8) / energy(4), rel=1e-5)
 
 
 def test_plan_applies_and_reports_predicted_against_measured(fragile_llama, probe):

@@ -14,7 +14,7 @@ import streamlit as st
 
 from memopt_core.config import ModelSpec, RunConfig
 from memopt_core.errors import ConfigError
-from memopt_core.store import ResultStore, default_db_path, run_key
+from memopt_core.store import ResultStore, default_db_path
 
 MAX_MODELS_ENV = "MEMOPT_MAX_MODELS"
 DEFAULT_MAX_MODELS = 2
@@ -104,11 +104,9 @@ def result_store() -> ResultStore:
 
 def store_key(config: RunConfig) -> str:
     """The store key of ``config``, as ``sweep.stored_run`` computes it (no model is loaded)."""
-    from memopt_core.identity import eval_identity, model_identity, setting_identity
+    from memopt_core.sweep import config_key
 
-    calib = config.calib if config.needs_calibration else None
-    return run_key(model_identity(config.model), setting_identity(config.prune, config.quant, calib),
-                   eval_identity(config.model, config.eval, config.targets))
+    return config_key(config)
 
 
 def peek_stored(config: RunConfig) -> dict | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,17 +59,27 @@ class GPTQOptions:
             raise ConfigError(f"GPTQ block size {self.block_size!r} must be a positive whole number (default 128)")
 
 
+_THREADS = {"lock": threading.Lock(), "depth": 0, "saved": 1}
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """Run tiny per-column tensor ops on one thread. Worker threads only add hand-off cost there,
     and on a busy machine they spin waiting for a core: measured 25x slower on 2 shared cores.
-    (torch's thread count is process-wide; it is restored on exit.)"""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch's thread count is process-wide, so nested and concurrent users (dashboard sessions)
+    share one count: the first to enter lowers it, the last to leave restores it."""
+    with _THREADS["lock"]:
+        if _THREADS["depth"] == 0:
+            _THREADS["saved"] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _THREADS["depth"] += 1
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _THREADS["lock"]:
+            _THREADS["depth"] -= 1
+            if _THREADS["depth"] == 0:
+                torch.set_num_threads(_THREADS["saved"])
 
 
 def hessian_order(h: Tensor) -> Tensor:

@@ -1,12 +1,12 @@
-"""Data for the weight-histogram teaching view (pure torch, no Streamlit; a candidate for
-memopt_core): one layer of the original, compressed alone with the engine's own code, and the
-quantization grid of its first group."""
+"""Data for the weight-histogram teaching view: one layer of the original, compressed alone with
+the engine's own code, and the quantization grid of its first group (pure torch, no Streamlit)."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
 import torch
+
 from memopt_core.compress import compress_copy
 from memopt_core.config import QuantConfig, RunConfig, TargetConfig
 from memopt_core.primitives.quant import dequantize_codes, quantize_weight
