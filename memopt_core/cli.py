@@ -1,4 +1,4 @@
-"""Command line: ``python -m memopt_core {run,sweep,estimate,models} ...``.
+"""Command line: ``python -m memopt_core {run,sweep,estimate,sensitivity,models} ...``.
 
 Every known failure ends with one line ``error: <message>`` on stderr and exit status 2;
 nothing prints a traceback unless ``MEMOPT_DEBUG=1``.
@@ -26,12 +26,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from memopt_core import cli_estimate, cli_models, cli_run, cli_sweep
+    from memopt_core import cli_estimate, cli_models, cli_run, cli_sensitivity, cli_sweep
 
     parser = OneLineParser(prog="python -m memopt_core",
                            description="Prune and quantize language models; measure quality and memory.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    for module in (cli_run, cli_sweep, cli_estimate, cli_models):
+    for module in (cli_run, cli_sweep, cli_estimate, cli_sensitivity, cli_models):
         module.register(sub)
     return parser
 
