@@ -102,11 +102,13 @@ def layer_bits(out_features: int, in_features: int, plan: PlanConfig) -> dict[st
     """Bits one ``[out, in]`` weight takes under ``plan``: ``values``, ``scales`` (incl. zero points), ``mask``.
 
     values = out*in*bits, or (1 - sparsity)*out*in*bits with a bitmask; mask = out*in with a bitmask;
-    scales = out*groups*16, doubled when asymmetric (fp16 zero point); none at 16 bits.
+    scales = out*groups*16, doubled when asymmetric (fp16 zero point); none at 16 bits, where the
+    values stay at the base precision (``base_dtype_bytes``) like the untargeted parts.
     """
     numel = out_features * in_features
     bitmask = plan.sparsity_format == "bitmask"
-    values = numel * plan.bits * ((1.0 - plan.sparsity) if bitmask else 1.0)
+    value_bits = plan.bits if plan.bits < 16 else 8 * plan.base_dtype_bytes
+    values = numel * value_bits * ((1.0 - plan.sparsity) if bitmask else 1.0)
     scales = 0
     if plan.bits < 16:
         per_group = SCALE_BITS * (1 if plan.symmetric else 2)
