@@ -53,7 +53,8 @@ def perplexities(model, windows: dict) -> dict:
     return {name: evaluate_causal_lm(model, w, kl_top_k=1)[0].perplexity for name, w in windows.items()}
 
 
-def settings(quick: bool) -> list[tuple[str, PruneConfig | None, QuantConfig | None, GPTQOptions | None]]:
+def settings(quick: bool, mixed_only: bool = False) -> list[tuple[str, PruneConfig | None, QuantConfig | None,
+                                                                  GPTQOptions | None]]:
     g64 = dict(granularity="group", group_size=64)
     rows = [("RTN W4 per-channel", None, QuantConfig(bits=4), None),
             ("GPTQ W4 per-channel act-order", None, QuantConfig(method="gptq", bits=4), ACT),
@@ -67,6 +68,8 @@ def settings(quick: bool) -> list[tuple[str, PruneConfig | None, QuantConfig | N
             ("magnitude 2:4", PruneConfig("magnitude", pattern="2:4"), None, None),
             ("wanda 2:4", PruneConfig("wanda", pattern="2:4"), None, None),
             ("sparsegpt 2:4", PruneConfig("sparsegpt", pattern="2:4"), None, None)]
+    if mixed_only:
+        return rows[:1]  # the uniform RTN W4 the plan is compared with
     if quick:
         keep = {"RTN W4 per-channel", "GPTQ W4 per-channel act-order", "RTN W3 g64", "GPTQ W3 g64 act-order",
                 "magnitude 50%", "wanda 50%", "sparsegpt 50%"}
@@ -79,9 +82,10 @@ def show(label: str, ppl: dict, extra: str = "") -> None:
     print(f"{label:<34} {figures}  {extra}", flush=True)
 
 
-def run_settings(bench: Workbench, windows: dict, calib: CalibConfig, quick: bool, eval_config: EvalConfig) -> dict:
+def run_settings(bench: Workbench, windows: dict, calib: CalibConfig, quick: bool, eval_config: EvalConfig,
+                 mixed_only: bool = False) -> dict:
     results = {}
-    for label, prune, quant, options in settings(quick):
+    for label, prune, quant, options in settings(quick, mixed_only):
         config = RunConfig(SPEC, prune=prune, quant=quant, eval=eval_config, calib=calib)
         start = time.perf_counter()
         compressed, memory = bench.compress(config, gptq=options)
@@ -102,7 +106,7 @@ def mixed_precision(bench: Workbench, windows: dict, by: str, tokens: int) -> di
     base = QuantConfig(bits=4)
     probe = QualityProbe(bench.loaded, EvalConfig(max_tokens=tokens, seq_len=512, gen_tokens=0, zero_shot=False))
     start = time.perf_counter()
-    candidates = measure_candidates(bench, base, bits=(3, 4), by=by, probe=probe)  # 2 and 8: extrapolated
+    candidates = measure_candidates(bench, base, bits=(2, 3, 4), by=by, probe=probe)  # 8: extrapolated from 4
     modules = {row.unit: row.layers for row in candidates[4].rows}
     shapes = [bench.loaded.model.get_submodule(n).weight.shape for names in modules.values() for n in names]
     budget = 8 * sum(weight_bytes(tuple(s), base) for s in shapes) / sum(s[0] * s[1] for s in shapes)
@@ -113,8 +117,9 @@ def mixed_precision(bench: Workbench, windows: dict, by: str, tokens: int) -> di
     ppl = perplexities(compressed.model, windows)
     show(f"mixed 2/3/4/8 by {by} (RTN)", ppl, f"{plan.bits_per_weight:5.3f} bpw  planning {seconds:6.1f}s")
     print(f"  plan weights by bits {plan.histogram()}; budget {budget:.4f} bpw; probe {tokens} tokens: predicted "
-          f"ppl {outcome['predicted_perplexity']:.2f}, measured {outcome['measured_perplexity']:.2f} "
-          f"(baseline {outcome['baseline_perplexity']:.2f}); stored weight bytes {outcome['stored_weight_bytes']:,}")
+          f"{outcome['loss']} {outcome['predicted_loss']:.4f}, measured {outcome['measured_loss']:.4f}; predicted ppl "
+          f"{outcome['predicted_perplexity']:.2f}, measured {outcome['measured_perplexity']:.2f} (baseline "
+          f"{outcome['baseline_perplexity']:.2f}); stored weight bytes {outcome['stored_weight_bytes']:,}")
     return {"perplexity": ppl, "plan": plan.to_dict(), "outcome": outcome, "seconds": seconds}
 
 
@@ -158,6 +163,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (on a machine shared with other jobs, 1 avoids threads spinning "
                              "for a busy core; default: torch's)")
+    parser.add_argument("--mixed-only", action="store_true", help="only uniform RTN W4 and the mixed-precision plan")
     parser.add_argument("--json-out", default=None, help="write every figure to this JSON file")
     args = parser.parse_args()
     if args.threads:
@@ -173,7 +179,7 @@ def main() -> None:
           f"{torch.get_num_threads()} torch threads")
     dense = perplexities(bench.loaded.model, windows)
     show("dense", dense)
-    results = run_settings(bench, windows, calib, args.quick, eval_config)
+    results = run_settings(bench, windows, calib, args.quick, eval_config, args.mixed_only)
     results["mixed"] = mixed_precision(bench, windows, args.mp_by, args.mp_tokens)
     summary(dense, results)
     print(f"total {time.perf_counter() - start:.0f}s")

@@ -1,7 +1,7 @@
 """``sensitivity``: compress one layer (or block) at a time and rank them by the quality they lose.
 
-With ``--plan-bpw B`` it also plans mixed precision (2/3/4/8 bits; 3 and 4 measured, 2 and 8
-extrapolated from the weight error) under an average of B stored bits per weight, then applies the
+With ``--plan-bpw B`` it also plans mixed precision (2/3/4/8 bits; 8 extrapolated from 4 by the
+weight error) under an average of B stored bits per weight, then applies the
 plan and reports predicted vs measured quality.
 """
 from __future__ import annotations
@@ -66,8 +66,8 @@ def _plan(args: argparse.Namespace, bench, probe) -> dict:
                                              plan_outcome)
 
     base = QuantConfig(**{k: v for k, v in quant_kwargs(_plan_args(args)).items() if k != "method"})
-    # 3 and 4 bits are measured (the widths a budget near 4 trades between); 2 and 8 are extrapolated.
-    results = measure_candidates(bench, base, bits=(3, 4), by=args.by, probe=probe)
+    # 2, 3 and 4 bits are measured; 8 bits (nearly lossless) is extrapolated from 4 by the weight error.
+    results = measure_candidates(bench, base, bits=(2, 3, 4), by=args.by, probe=probe)
     plan = plan_from_sensitivity(results, bench, base, args.plan_bpw, bits=CANDIDATE_BITS)
     outcome = plan_outcome(probe, apply_plan(bench.loaded.model, plan), plan)
     return {"plan": plan.to_dict(), "outcome": outcome}
@@ -104,6 +104,6 @@ def handle_sensitivity(args: argparse.Namespace) -> int:
         plan, outcome = output["plan"], output["outcome"]
         print(f"mixed precision at <= {plan['budget_bpw']:.3f} bits/weight: {plan['bits_per_weight']:.3f} bits/weight, "
               f"weights by bits {plan['weights_by_bits']}")
-        print(f"predicted loss {outcome['predicted_delta']:+.4f}, measured {outcome['measured_delta']:+.4f} "
+        print(f"predicted {outcome['loss']} {outcome['predicted_loss']:+.4f}, measured {outcome['measured_loss']:+.4f} "
               f"({outcome['stored_weight_bytes']:,} weight bytes)")
     return 0

@@ -164,15 +164,19 @@ def error_energy(weight, cfg: QuantConfig) -> float:
 
 def extrapolate(deltas: dict[int, dict[str, float]], units: dict[str, list[str]], weights: dict[str, Any],
                 base: QuantConfig, bits: tuple[int, ...]) -> dict[int, dict[str, float]]:
-    """Deltas at every width of ``bits``: measured ones as they are; an unmeasured width scales the
-    nearest measured width's delta (ties: the lower) by the unit's ratio of weight error energy,
-    ``sum ||W - Q_b(W)||^2`` over its layers (``weights``: name -> ``[out, in]``). A proxy: it
-    assumes the loss grows in proportion to the weight noise."""
+    """Deltas at every width of ``bits``: measured ones as they are; a width above the lowest
+    measured one scales the nearest lower measured width's delta by the unit's ratio of weight error
+    energy, ``sum ||W - Q_b(W)||^2`` over its layers (``weights``: name -> ``[out, in]``). A proxy
+    assuming the loss grows in proportion to the weight noise: fair where the loss is small (more
+    bits), badly optimistic below (2-bit damage grows much faster), so lower widths must be measured."""
     out = {b: dict(deltas[b]) for b in deltas}
     for b in bits:
         if b in out:
             continue
-        ref = min(deltas, key=lambda m: (abs(m - b), m))
+        below = [m for m in deltas if m < b]
+        if not below:
+            raise ConfigError(f"{b} bits lies below every measured width ({sorted(deltas)}); measure it")
+        ref = max(below)
         out[b] = {}
         for unit, names in units.items():
             e_b = sum(error_energy(weights[n], dataclasses.replace(base, bits=b)) for n in names)
@@ -182,21 +186,24 @@ def extrapolate(deltas: dict[int, dict[str, float]], units: dict[str, list[str]]
 
 
 def plan_from_sensitivity(results: dict[int, SensitivityResult], source, base: QuantConfig, budget_bpw: float,
-                          targets: TargetConfig | None = None, bits: tuple[int, ...] | None = None) -> MixedPrecisionPlan:
+                          targets: TargetConfig | None = None, bits: tuple[int, ...] | None = None,
+                          loss: str = "kl") -> MixedPrecisionPlan:
     """:func:`plan_bits` over the widths ``bits`` (default: those measured) from
     :func:`measure_candidates`' results on ``source``'s model; widths not measured are
-    :func:`extrapolate`-d."""
+    :func:`extrapolate`-d. ``loss``: what is summed, ``kl`` (causal LMs) or ``delta`` (see
+    ``SensitivityResult.losses``; both floored at 0 so measurement noise is never "gained")."""
     loaded = getattr(source, "loaded", source)
     modules = target_linears(loaded.model, targets)
     shapes = {n: (m.out_features, m.in_features) for n, m in modules.items()}
     first = next(iter(results.values()))
     units = {row.unit: row.layers for row in first.rows}
     bits = tuple(sorted(bits or results))
-    measured = {b: r.deltas() for b, r in results.items()}
+    measured = {b: r.losses(loss) for b, r in results.items()}
     weights = {n: effective_weight(modules[n]).detach() for names in units.values() for n in names}
     deltas = {b: d for b, d in extrapolate(measured, units, weights, base, bits).items() if b in bits}
     plan = plan_bits(deltas, units, shapes, base, budget_bpw)
-    plan.extra.update(metric=first.metric, by=first.by, baseline=first.baseline, measured_bits=sorted(results),
+    used = "kl" if loss == "kl" and all(row.kl is not None for row in first.rows) else first.metric
+    plan.extra.update(metric=first.metric, loss=used, by=first.by, baseline=first.baseline, measured_bits=sorted(results),
                       extrapolated_bits=[b for b in bits if b not in results],
                       sensitivity_seconds=sum(r.seconds for r in results.values()))
     return plan
@@ -216,13 +223,17 @@ def apply_plan(original, plan: MixedPrecisionPlan) -> CompressedModel:
 
 
 def plan_outcome(probe: QualityProbe, compressed: CompressedModel, plan: MixedPrecisionPlan) -> dict[str, Any]:
-    """Predicted (baseline + summed deltas) against measured quality of the applied plan, and its bytes."""
+    """Predicted (summed unit losses) against measured loss of the applied plan, and its bytes.
+    With KL as the loss, the predicted perplexity is ``exp(baseline NLL + summed KL)``: the NLL
+    rises by the KL on average over the model's own predictions, about so on real text."""
     from memopt_core.layers import weight_storage_bytes
 
     score, delta, kl = probe.measure(compressed.model)
     stored = sum(weight_storage_bytes(compressed.model.get_submodule(n)) for n in compressed.target_names)
-    out = {"metric": probe.metric, "baseline": probe.baseline, "predicted_delta": plan.predicted_delta,
-           "measured_delta": delta, "measured_score": score, "kl": kl, "stored_weight_bytes": stored,
+    measured = kl if plan.extra.get("loss") == "kl" else delta
+    out = {"metric": probe.metric, "loss": plan.extra.get("loss", probe.metric), "baseline": probe.baseline,
+           "predicted_loss": plan.predicted_delta, "measured_loss": measured, "measured_delta": delta,
+           "measured_score": score, "kl": kl, "stored_weight_bytes": stored,
            "planned_weight_bytes": plan.stored_bytes, "bits_per_weight": plan.bits_per_weight}
     if probe.metric == "nll":
         out.update(predicted_perplexity=math.exp(probe.baseline + plan.predicted_delta),

@@ -112,6 +112,8 @@ def _kill_writer(db: Path, start: int, rows_before_kill: int, row_bytes: int, de
     finally:
         process.send_signal(signal.SIGKILL)  # the loop is writing the next row right now
         process.wait()
+        # the writer runs ahead of this reader: lines already in the pipe are runs it finished too
+        finished += [int(line) for line in process.stdout.read().split()]
         process.stdout.close()
     assert process.returncode == -signal.SIGKILL
     return finished

@@ -150,16 +150,18 @@ def test_unmeasured_widths_scale_with_the_weight_error():
     g = torch.Generator().manual_seed(3)
     weights = {"a": torch.randn(8, 40, generator=g), "b": torch.randn(16, 40, generator=g)}
     units = {"u": ["a", "b"]}
-    measured = {3: {"u": 0.5}, 4: {"u": 0.2}}
+    measured = {2: {"u": 0.5}, 4: {"u": 0.2}}
     out = extrapolate(measured, units, weights, QuantConfig(bits=4), (2, 3, 4, 8))
 
     def energy(bits):
         return sum(float((dequantize(quantize_weight(w, QuantConfig(bits=bits))) - w).pow(2).sum())
                    for w in weights.values())
 
-    assert out[3] == {"u": 0.5} and out[4] == {"u": 0.2}
-    assert out[2]["u"] == pytest.approx(0.5 * energy(2) / energy(3), rel=1e-5)
+    assert out[2] == {"u": 0.5} and out[4] == {"u": 0.2}
+    assert out[3]["u"] == pytest.approx(0.5 * energy(3) / energy(2), rel=1e-5)
     assert out[8]["u"] == pytest.approx(0.2 * energy(8) / energy(4), rel=1e-5)
+    with pytest.raises(ConfigError, match="below every measured width"):
+        extrapolate({3: {"u": 0.5}}, units, weights, QuantConfig(bits=4), (2, 3))
 
 
 def test_plan_applies_and_reports_predicted_against_measured(fragile_llama, probe):
@@ -170,7 +172,7 @@ def test_plan_applies_and_reports_predicted_against_measured(fragile_llama, prob
                      for r in uniform.rows) / sum(r.params for r in uniform.rows)  # uniform 4-bit's own size
     plan = plan_from_sensitivity(results, fragile_llama, base, budget_bpw=budget)
     assert plan.bits[FRAGILE] == 8  # the one layer that cannot take a coarse grid gets the wide one
-    assert plan.predicted_delta < 0.7 * sum(uniform.deltas().values())
+    assert plan.extra["loss"] == "kl" and plan.predicted_delta < 0.7 * sum(uniform.losses().values())
     compressed = apply_plan(fragile_llama.model, plan)
     for name, bits in plan.bits.items():
         layer = compressed.model.get_submodule(name)
@@ -179,8 +181,8 @@ def test_plan_applies_and_reports_predicted_against_measured(fragile_llama, prob
     assert outcome["stored_weight_bytes"] == plan.stored_bytes and plan.bits_per_weight <= budget
     uniform_model = apply_plan(fragile_llama.model, plan_bits({4: {u: 0.0 for u in plan.units}}, plan.units,
                                                               plan.shapes, base, budget))
-    assert outcome["measured_delta"] < probe.measure(uniform_model.model)[1]
-    assert {"predicted_perplexity", "measured_perplexity", "predicted_delta", "measured_delta"} <= set(outcome)
+    assert outcome["measured_loss"] < probe.measure(uniform_model.model)[2]  # KL against uniform 4-bit's
+    assert {"predicted_perplexity", "measured_perplexity", "predicted_loss", "measured_loss"} <= set(outcome)
     assert json.dumps(plan.to_dict())
 
 
@@ -195,7 +197,7 @@ def test_cli(capsys):
     assert args.handler(args) == 0
     output = json.loads(capsys.readouterr().out)
     assert [r["unit"] for r in output["sensitivity"]["rows"]] and output["sensitivity"]["by"] == "block"
-    assert output["plan"]["bits_per_weight"] <= 4.5 and "measured_delta" in output["outcome"]
+    assert output["plan"]["bits_per_weight"] <= 4.5 and "measured_loss" in output["outcome"]
     bad = parser.parse_args(["sensitivity", "--model", "tiny-llama"])
     with pytest.raises(ConfigError, match="--bits"):
         bad.handler(bad)
