@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig  # noqa: E402
 from memopt_core.datasets import load_text, token_windows  # noqa: E402
 from memopt_core.evaluate import evaluate_causal_lm  # noqa: E402
-from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, measure_candidates,  # noqa: E402
-                                         plan_from_sensitivity, plan_outcome, weight_bytes)
+from memopt_core.mixed_precision import apply_plan, plan_and_compare, weight_bytes  # noqa: E402
 from memopt_core.primitives.gptq import GPTQOptions  # noqa: E402
 from memopt_core.runner import Workbench  # noqa: E402
 from memopt_core.sensitivity import QualityProbe  # noqa: E402
+from memopt_core.walk import target_linears  # noqa: E402
 
 SPEC = ModelSpec("smollm2-135m")
 ACT, NO_ACT = GPTQOptions(act_order=True), GPTQOptions(act_order=False)
@@ -105,22 +105,23 @@ def mixed_precision(bench: Workbench, windows: dict, by: str, tokens: int) -> di
     """Plan 2/3/4/8-bit RTN per-channel at uniform RTN 4-bit's stored weight bytes."""
     base = QuantConfig(bits=4)
     probe = QualityProbe(bench.loaded, EvalConfig(max_tokens=tokens, seq_len=512, gen_tokens=0, zero_shot=False))
-    start = time.perf_counter()
-    candidates = measure_candidates(bench, base, bits=(2, 3, 4), by=by, probe=probe)  # 8: extrapolated from 4
-    modules = {row.unit: row.layers for row in candidates[4].rows}
-    shapes = [bench.loaded.model.get_submodule(n).weight.shape for names in modules.values() for n in names]
+    shapes = [m.weight.shape for m in target_linears(bench.loaded.model).values()]
     budget = 8 * sum(weight_bytes(tuple(s), base) for s in shapes) / sum(s[0] * s[1] for s in shapes)
-    plan = plan_from_sensitivity(candidates, bench, base, budget, bits=CANDIDATE_BITS)
-    compressed = apply_plan(bench.loaded.model, plan)
-    outcome = plan_outcome(probe, compressed, plan)
+    start = time.perf_counter()
+    comparison = plan_and_compare(bench, base, budget, by=by, probe=probe)
     seconds = time.perf_counter() - start
+    compressed = apply_plan(bench.loaded.model, comparison.plan)
+    output = comparison.to_dict()
+    plan, outcome, uniform = output["plan"], output["outcome"], output["uniform"]
     ppl = perplexities(compressed.model, windows)
-    show(f"mixed 2/3/4/8 by {by} (RTN)", ppl, f"{plan.bits_per_weight:5.3f} bpw  planning {seconds:6.1f}s")
-    print(f"  plan weights by bits {plan.histogram()}; budget {budget:.4f} bpw; probe {tokens} tokens: predicted "
-          f"{outcome['loss']} {outcome['predicted_loss']:.4f}, measured {outcome['measured_loss']:.4f}; predicted ppl "
-          f"{outcome['predicted_perplexity']:.2f}, measured {outcome['measured_perplexity']:.2f} (baseline "
-          f"{outcome['baseline_perplexity']:.2f}); stored weight bytes {outcome['stored_weight_bytes']:,}")
-    return {"perplexity": ppl, "plan": plan.to_dict(), "outcome": outcome, "seconds": seconds}
+    show(f"mixed 2/3/4/8 by {by} (RTN)", ppl, f"{plan['bits_per_weight']:5.3f} bpw  planning {seconds:6.1f}s")
+    print(f"  plan weights by bits {plan['weights_by_bits']}; budget {budget:.4f} bpw; probe {tokens} tokens:")
+    for name, result in (("plan", outcome), ("uniform RTN W4", uniform)):
+        print(f"    {name}: predicted {result['loss']} {result['predicted_loss']:.4f}, measured "
+              f"{result['measured_loss']:.4f}; predicted ppl {result['predicted_perplexity']:.2f}, measured "
+              f"{result['measured_perplexity']:.2f} (baseline {result['baseline_perplexity']:.2f}); "
+              f"stored weight bytes {result['stored_weight_bytes']:,}")
+    return {"perplexity": ppl, "plan": plan, "outcome": outcome, "uniform": uniform, "seconds": seconds}
 
 
 def gap_closed(rtn: float, method: float, dense: float) -> float:

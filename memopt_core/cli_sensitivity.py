@@ -62,15 +62,10 @@ def _table(result, top: int) -> str:
 
 
 def _plan(args: argparse.Namespace, bench, probe) -> dict:
-    from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, measure_candidates, plan_from_sensitivity,
-                                             plan_outcome)
+    from memopt_core.mixed_precision import plan_and_compare
 
     base = QuantConfig(**{k: v for k, v in quant_kwargs(_plan_args(args)).items() if k != "method"})
-    # 2, 3 and 4 bits are measured; 8 bits (nearly lossless) is extrapolated from 4 by the weight error.
-    results = measure_candidates(bench, base, bits=(2, 3, 4), by=args.by, probe=probe)
-    plan = plan_from_sensitivity(results, bench, base, args.plan_bpw, bits=CANDIDATE_BITS)
-    outcome = plan_outcome(probe, apply_plan(bench.loaded.model, plan), plan)
-    return {"plan": plan.to_dict(), "outcome": outcome}
+    return plan_and_compare(bench, base, args.plan_bpw, by=args.by, probe=probe).to_dict()
 
 
 def _plan_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -104,6 +99,8 @@ def handle_sensitivity(args: argparse.Namespace) -> int:
         plan, outcome = output["plan"], output["outcome"]
         print(f"mixed precision at <= {plan['budget_bpw']:.3f} bits/weight: {plan['bits_per_weight']:.3f} bits/weight, "
               f"weights by bits {plan['weights_by_bits']}")
-        print(f"predicted {outcome['loss']} {outcome['predicted_loss']:+.4f}, measured {outcome['measured_loss']:+.4f} "
-              f"({outcome['stored_weight_bytes']:,} weight bytes)")
+        for name, result in (("plan", outcome), (f"uniform {plan['base']['bits']}-bit", output["uniform"])):
+            print(f"{name}: predicted {result['loss']} {result['predicted_loss']:+.4f}, measured "
+                  f"{result['measured_loss']:+.4f}, {result['bits_per_weight']:.3f} bits/weight "
+                  f"({result['stored_weight_bytes']:,} weight bytes)")
     return 0

@@ -27,11 +27,12 @@ from memopt_core.config import EvalConfig, QuantConfig, TargetConfig
 from memopt_core.errors import ConfigError
 from memopt_core.primitives.packing import packed_nbytes
 from memopt_core.quantize import quantize_
-from memopt_core.sensitivity import DEFAULT_EVAL, QualityProbe, SensitivityResult, measure_sensitivity
+from memopt_core.sensitivity import DEFAULT_EVAL, Progress, QualityProbe, SensitivityResult, measure_sensitivity
 from memopt_core.primitives.quant import dequantize, quantize_weight
 from memopt_core.walk import effective_weight, target_linears
 
 CANDIDATE_BITS = (2, 3, 4, 8)
+MEASURED_BITS = (2, 3, 4)  # 8 bits, nearly lossless, is extrapolated from 4 by the weight error
 RESOLUTION = 1 << 15  # budget grid steps: rounding costs up loses at most units/RESOLUTION of the budget
 
 
@@ -87,12 +88,22 @@ class MixedPrecisionPlan:
 
 def measure_candidates(source, base: QuantConfig, bits: tuple[int, ...] = CANDIDATE_BITS, by: str = "layer",
                        eval_config: EvalConfig | None = None, targets: TargetConfig | None = None,
-                       probe: QualityProbe | None = None) -> dict[int, SensitivityResult]:
-    """Sensitivity of every unit at every candidate width (one shared probe and baseline)."""
+                       probe: QualityProbe | None = None, progress: Progress | None = None
+                       ) -> dict[int, SensitivityResult]:
+    """Sensitivity of every unit at every candidate width (one shared probe and baseline).
+    ``progress(done, total, label)`` counts unit probes over all widths."""
     loaded = getattr(source, "loaded", source)
     probe = probe or QualityProbe(loaded, eval_config or DEFAULT_EVAL)
-    return {b: measure_sensitivity(loaded, dataclasses.replace(base, bits=b), by=by, targets=targets, probe=probe)
-            for b in bits}
+    results = {}
+    for index, b in enumerate(bits):
+        def step(done: int, total: int, unit: str, index=index, b=b) -> None:
+            if progress is not None and unit != "done":
+                progress(index * total + done, len(bits) * total, f"{b} bits: {unit}")
+        results[b] = measure_sensitivity(loaded, dataclasses.replace(base, bits=b), by=by, targets=targets,
+                                         probe=probe, progress=step)
+    if progress is not None:
+        progress(1, 1, "done")
+    return results
 
 
 def _backtrack(picks: np.ndarray, steps: np.ndarray, j: int) -> list[int]:
@@ -239,3 +250,49 @@ def plan_outcome(probe: QualityProbe, compressed: CompressedModel, plan: MixedPr
         out.update(predicted_perplexity=math.exp(probe.baseline + plan.predicted_delta),
                    measured_perplexity=math.exp(score), baseline_perplexity=math.exp(probe.baseline))
     return out
+
+
+def uniform_plan(plan: MixedPrecisionPlan, losses: dict[str, float]) -> MixedPrecisionPlan:
+    """Every unit of ``plan`` at the base width (``losses``: unit -> loss at that width): the plan's
+    natural competitor, uniform quantization, held to the same accounting."""
+    bits = plan.base.bits
+    stored = sum(weight_bytes(plan.shapes[n], plan.base) for names in plan.units.values() for n in names)
+    numel = sum(o * i for o, i in plan.shapes.values())
+    return MixedPrecisionPlan(unit_bits={u: bits for u in plan.units}, units=plan.units, shapes=plan.shapes,
+                              base=plan.base, budget_bpw=8 * stored / numel,
+                              predicted_delta=float(sum(losses[u] for u in plan.units)), stored_bytes=stored,
+                              extra={k: plan.extra[k] for k in ("metric", "loss", "by") if k in plan.extra})
+
+
+@dataclass
+class PlanComparison:
+    """A mixed-precision plan and uniform quantization at the base width, each applied and measured
+    by the same probe (``outcome`` / ``uniform``: :func:`plan_outcome` dicts)."""
+
+    plan: MixedPrecisionPlan
+    outcome: dict[str, Any]
+    uniform_plan: MixedPrecisionPlan
+    uniform: dict[str, Any]
+    sensitivity: dict[int, SensitivityResult]
+
+    def to_dict(self, with_sensitivity: bool = False) -> dict[str, Any]:
+        out = {"plan": self.plan.to_dict(), "outcome": self.outcome, "uniform_plan": self.uniform_plan.to_dict(),
+               "uniform": self.uniform}
+        if with_sensitivity:
+            out["sensitivity"] = {b: r.to_dict() for b, r in self.sensitivity.items()}
+        return out
+
+
+def plan_and_compare(source, base: QuantConfig, budget_bpw: float, by: str = "layer",
+                     probe: QualityProbe | None = None, targets: TargetConfig | None = None,
+                     progress: Progress | None = None) -> PlanComparison:
+    """Measure every unit at :data:`MEASURED_BITS` (and ``base.bits``), plan :data:`CANDIDATE_BITS`
+    under ``budget_bpw``, apply the plan and uniform ``base.bits`` to copies, measure both with ``probe``."""
+    loaded = getattr(source, "loaded", source)
+    probe = probe or QualityProbe(loaded, DEFAULT_EVAL)
+    measured = tuple(sorted({*MEASURED_BITS, base.bits}))
+    results = measure_candidates(loaded, base, bits=measured, by=by, targets=targets, probe=probe, progress=progress)
+    plan = plan_from_sensitivity(results, loaded, base, budget_bpw, targets=targets, bits=CANDIDATE_BITS)
+    uniform = uniform_plan(plan, results[base.bits].losses(plan.extra["loss"]))
+    return PlanComparison(plan, plan_outcome(probe, apply_plan(loaded.model, plan), plan),
+                          uniform, plan_outcome(probe, apply_plan(loaded.model, uniform), uniform), results)

@@ -12,8 +12,9 @@ from torch import nn
 from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig
 from memopt_core.errors import ConfigError
 from memopt_core.layers import QuantLinear, weight_storage_bytes
-from memopt_core.mixed_precision import (apply_plan, extrapolate, measure_candidates, plan_bits,
+from memopt_core.mixed_precision import (apply_plan, extrapolate, measure_candidates, plan_and_compare, plan_bits,
                                          plan_from_sensitivity, plan_outcome, weight_bytes)
+from memopt_core.sensitivity_charts import plan_bits_chart, sensitivity_bars
 from memopt_core.primitives.quant import dequantize, quantize_weight
 from memopt_core.models import LoadedModel, load_model, weights_checksum
 from memopt_core.sensitivity import QualityProbe, measure_sensitivity, units_of
@@ -186,6 +187,38 @@ def test_plan_applies_and_reports_predicted_against_measured(fragile_llama, prob
     assert json.dumps(plan.to_dict())
 
 
+def test_plan_beats_uniform_quantization_at_its_own_bytes(fragile_llama, probe):
+    names = list(target_linears(fragile_llama.model))
+    shapes = {n: tuple(fragile_llama.model.get_submodule(n).weight.shape) for n in names}
+    uniform_bytes = sum(weight_bytes(s, INT4) for s in shapes.values())
+    budget = 8 * uniform_bytes / sum(o * i for o, i in shapes.values())
+    steps = []
+    comparison = plan_and_compare(fragile_llama, INT4, budget, probe=probe,
+                                  progress=lambda done, total, unit: steps.append((done, total)))
+    plan, outcome, uniform = comparison.plan, comparison.outcome, comparison.uniform
+    assert plan.bits[FRAGILE] == 8 and plan.stored_bytes <= uniform_bytes
+    assert comparison.uniform_plan.bits == {n: 4 for n in names} and uniform["stored_weight_bytes"] == uniform_bytes
+    assert outcome["measured_loss"] < 0.5 * uniform["measured_loss"]  # KL of the applied models, same probe
+    assert uniform["measured_loss"] == pytest.approx(probe.measure(apply_plan(fragile_llama.model, comparison.uniform_plan)
+                                                                   .model)[2])
+    assert steps[-1] == (1, 1) and steps[0] == (0, 3 * len(names))  # 2, 3 and 4 bits, one probe per layer
+    assert sorted(comparison.sensitivity) == [2, 3, 4] and json.dumps(comparison.to_dict(with_sensitivity=True))
+
+
+def test_charts_draw_the_ranking_and_the_plan(fragile_llama, probe):
+    result = measure_sensitivity(fragile_llama, INT4, probe=probe).to_dict()
+    figure = sensitivity_bars(result)
+    drawn = {unit: kl for trace in figure.data for unit, kl in zip(trace.y, trace.x)}
+    assert drawn == {row["unit"]: row["kl"] for row in result["rows"]}
+    assert list(figure.layout.yaxis.categoryarray)[-1] == FRAGILE  # the most sensitive is drawn on top
+    assert {trace.name for trace in figure.data} == {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                    "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+                                                    "mlp.down_proj"}
+    plan = {"unit_bits": {"a": 2, "b": 8, "c": 2}, "bits_per_weight": 3.9, "budget_bpw": 4.0}
+    bars = {unit: height for trace in plan_bits_chart(plan).data for unit, height in zip(trace.x, trace.y)}
+    assert bars == plan["unit_bits"]
+
+
 def test_cli(capsys):
     from memopt_core import cli_sensitivity
     from memopt_core.cli import OneLineParser
@@ -198,6 +231,7 @@ def test_cli(capsys):
     output = json.loads(capsys.readouterr().out)
     assert [r["unit"] for r in output["sensitivity"]["rows"]] and output["sensitivity"]["by"] == "block"
     assert output["plan"]["bits_per_weight"] <= 4.5 and "measured_loss" in output["outcome"]
+    assert output["uniform_plan"]["weights_by_bits"] == {"4": sum(r["params"] for r in output["sensitivity"]["rows"])}
     bad = parser.parse_args(["sensitivity", "--model", "tiny-llama"])
     with pytest.raises(ConfigError, match="--bits"):
         bad.handler(bad)

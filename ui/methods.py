@@ -89,3 +89,18 @@ def explain_quant(config: QuantConfig | None) -> None:
         st.latex(r"\text{bpw} = b + \frac{16\,(1 + [\text{asymmetric}])}{\text{group size}}")
         st.markdown("**Packed** storage really holds the codes (two 4-bit codes per byte); **fake** keeps the "
                     "dequantized floats, so quality is the same but the memory saving is only simulated.")
+
+
+def explain_sensitivity() -> None:
+    with st.expander("How it works: sensitivity and mixed precision"):
+        st.markdown("Each unit $u$ (a layer, or a block's layers) is compressed **alone** in a copy of the model, "
+                    "the copy is scored on the probe tokens and restored. For a causal LM the loss is the KL "
+                    "divergence of its next-token distribution from the original's:")
+        st.latex(r"\ell_u(b) = \frac{1}{T}\sum_t \mathrm{KL}\big(p_t \,\|\, \hat p_t^{(u,b)}\big)")
+        st.markdown("The plan measures $\\ell_u$ at 2, 3 and 4 bits (8 bits is extrapolated from 4 by the weight "
+                    "error) and picks one width per unit, the least summed loss within the byte budget: a "
+                    "multiple-choice knapsack solved exactly by dynamic programming.")
+        st.latex(r"\min_{b_u} \sum_u \ell_u(b_u) \quad \text{s.t.} \quad \sum_u \mathrm{bytes}_u(b_u) "
+                 r"\le \text{budget}")
+        st.markdown("The sum assumes the units' losses add up; the measured result of the applied plan shows "
+                    "how far that holds.")
