@@ -62,12 +62,15 @@ def settings(quick: bool, mixed_only: bool = False) -> list[tuple[str, PruneConf
             ("RTN W3 g64", None, QuantConfig(bits=3, **g64), None),
             ("GPTQ W3 g64 act-order", None, QuantConfig(method="gptq", bits=3, **g64), ACT),
             ("GPTQ W3 g64 no act-order", None, QuantConfig(method="gptq", bits=3, **g64), NO_ACT),
+            ("RTN W4 g64", None, QuantConfig(bits=4, **g64), None),
+            ("GPTQ W4 g64 act-order", None, QuantConfig(method="gptq", bits=4, **g64), ACT),
             ("magnitude 50%", PruneConfig("magnitude", 0.5), None, None),
             ("wanda 50%", PruneConfig("wanda", 0.5), None, None),
             ("sparsegpt 50%", PruneConfig("sparsegpt", 0.5), None, None),
             ("magnitude 2:4", PruneConfig("magnitude", pattern="2:4"), None, None),
             ("wanda 2:4", PruneConfig("wanda", pattern="2:4"), None, None),
-            ("sparsegpt 2:4", PruneConfig("sparsegpt", pattern="2:4"), None, None)]
+            ("sparsegpt 2:4", PruneConfig("sparsegpt", pattern="2:4"), None, None),
+            ("sparsegpt 50% + GPTQ W4 (joint)", PruneConfig("sparsegpt", 0.5), QuantConfig(method="gptq", bits=4), ACT)]
     if mixed_only:
         return rows[:1]  # the uniform RTN W4 the plan is compared with
     if quick:
@@ -142,6 +145,9 @@ def summary(dense: dict, results: dict) -> None:
     for label in ("GPTQ W3 g64 act-order", "GPTQ W3 g64 no act-order"):
         if ppl(label):
             print(f"  {label} / RTN: {({t: round(ppl(label)[t] / rtn3[t], 3) for t in dense})} (target <= 0.65)")
+    if ppl("RTN W4 g64") and ppl("GPTQ W4 g64 act-order"):
+        print(f"  GPTQ W4 g64 / RTN W4 g64: "
+              f"{({t: round(ppl('GPTQ W4 g64 act-order')[t] / ppl('RTN W4 g64')[t], 3) for t in dense})}")
     for pattern in ("50%", "2:4"):
         magnitude = ppl(f"magnitude {pattern}")
         for method in ("wanda", "sparsegpt"):
@@ -165,6 +171,7 @@ def main() -> None:
                         help="torch threads (on a machine shared with other jobs, 1 avoids threads spinning "
                              "for a busy core; default: torch's)")
     parser.add_argument("--mixed-only", action="store_true", help="only uniform RTN W4 and the mixed-precision plan")
+    parser.add_argument("--no-mixed", action="store_true", help="skip the mixed-precision plan")
     parser.add_argument("--json-out", default=None, help="write every figure to this JSON file")
     args = parser.parse_args()
     if args.threads:
@@ -181,7 +188,8 @@ def main() -> None:
     dense = perplexities(bench.loaded.model, windows)
     show("dense", dense)
     results = run_settings(bench, windows, calib, args.quick, eval_config, args.mixed_only)
-    results["mixed"] = mixed_precision(bench, windows, args.mp_by, args.mp_tokens)
+    if not args.no_mixed:
+        results["mixed"] = mixed_precision(bench, windows, args.mp_by, args.mp_tokens)
     summary(dense, results)
     print(f"total {time.perf_counter() - start:.0f}s")
     if args.json_out:

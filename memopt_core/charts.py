@@ -25,7 +25,8 @@ _HOVER_FIGURES = (("setting", "setting", "{}"), ("perplexity", "perplexity", "{:
                   ("zero_shot_accuracy", "zero-shot accuracy", "{:.1%}"), ("stored_mib", "stored (MiB)", "{:,.2f}"),
                   ("bits_per_weight", "bits per weight", "{:.3f}"), ("x_smaller", "x smaller", "{:.2f}"),
                   ("sparsity", "sparsity", "{:.1%}"), ("measured_mib", "measured (MiB)", "{:,.1f}"),
-                  ("simulated", "memory saving simulated", "{}"), ("sweep", "sweep", "{}"))
+                  ("simulated", "memory saving simulated", "{}"), ("calibration", "calibration", "{}"),
+                  ("sweep", "sweep", "{}"))
 
 
 def _color(index: int) -> str:
@@ -160,7 +161,7 @@ def tradeoff_memory(table: pd.DataFrame, group_by: str = "pruning") -> go.Figure
     table = _with_hover_columns(table)
     if group_by == "pruning" and "pruning" not in table:
         # Unpruned first, then by ratio: the same colour per pruning setting as in quality_vs_bits.
-        table = table.assign(pruning=table.apply(_prune_label, axis=1))
+        table = table.assign(pruning=table.apply(_line_label, axis=1))
         table = table.sort_values(["prune_ratio", "pruning"], kind="stable")
     figure = go.Figure()
     # A pruning setting's points form a curve (more bits, more bytes); a sweep's points are a cloud.
@@ -200,12 +201,19 @@ def log_ticks(low: float, high: float) -> list[float]:
     return inside or ticks
 
 
-def _prune_label(row: pd.Series) -> str:
-    if row.get("prune_method", "none") == "none":
-        return "not pruned"
-    pattern = row.get("prune_pattern", "unstructured")
-    amount = pattern if pattern != "unstructured" else f"{row['prune_ratio']:.0%}"
-    return f"{row['prune_method']} {amount}"
+CALIBRATED_QUANTIZERS = {"gptq": "GPTQ"}
+
+
+def _line_label(row: pd.Series) -> str:
+    """The pruning setting, plus the quantizer when it is a calibrated one (RTN is the default):
+    'magnitude 50%', 'wanda 2:4 · GPTQ', 'not pruned'."""
+    label = "not pruned"
+    if row.get("prune_method", "none") != "none":
+        pattern = row.get("prune_pattern", "unstructured")
+        amount = pattern if pattern != "unstructured" else f"{row['prune_ratio']:.0%}"
+        label = f"{row['prune_method']} {amount}"
+    quantizer = CALIBRATED_QUANTIZERS.get(row.get("quant_method"))
+    return f"{label} · {quantizer}" if quantizer else label
 
 
 def _grain_label(row: pd.Series) -> str:
@@ -236,7 +244,7 @@ def quality_vs_bits(table: pd.DataFrame) -> go.Figure:
     """Quality against bit width: one line per pruning setting (colour) and, when several were
     run, group size (dash)."""
     metric, label = _quality_axis(table)
-    frame = table.assign(prune_label=table.apply(_prune_label, axis=1), grain=table.apply(_grain_label, axis=1))
+    frame = table.assign(prune_label=table.apply(_line_label, axis=1), grain=table.apply(_grain_label, axis=1))
     frame = frame.sort_values(["prune_ratio", "prune_label"], kind="stable")  # unpruned first, as elsewhere
     colours = {name: _color(i) for i, name in enumerate(dict.fromkeys(frame["prune_label"]))}
     grains = sorted(set(frame.loc[frame["bits"] < 16, "grain"]), key=_grain_order)
@@ -262,7 +270,7 @@ def ratio_bits_heatmap(table: pd.DataFrame) -> go.Figure:
     """Pruning setting x bit width heatmap of the quality metric (mean over other axes, such as
     group size). Perplexity is coloured on a log scale; diverged cells are left blank."""
     metric, label = _quality_axis(table)
-    frame = table.assign(prune_label=table.apply(_prune_label, axis=1),
+    frame = table.assign(prune_label=table.apply(_line_label, axis=1),
                          value=finite(table[metric]), order=table["prune_ratio"])
     grid = frame.pivot_table(index="prune_label", columns="bits", values="value", aggfunc="mean", dropna=False)
     grid = grid.loc[frame.groupby("prune_label")["order"].first().sort_values().index]

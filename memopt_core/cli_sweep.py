@@ -5,7 +5,8 @@ import argparse
 import sys
 from contextlib import contextmanager
 
-from memopt_core.cli_run import add_eval_arguments, add_model_arguments, add_quant_arguments, eval_config, model_spec
+from memopt_core.cli_run import (add_calib_arguments, add_eval_arguments, add_model_arguments, add_quant_arguments,
+                                 calib_config, eval_config, model_spec)
 from memopt_core.errors import ConfigError, DataError
 
 
@@ -24,12 +25,13 @@ def register(sub) -> None:
     parser.add_argument("--bits", type=_csv(str), default=("16", "8", "4"), help="e.g. 16,8,4,3,2 (16 = none)")
     parser.add_argument("--prune-method", type=_csv(str), default=("magnitude",),
                         help="comma-separated prune methods (magnitude, magnitude-global, l2-structured, wanda, "
-                             "sparsegpt, 2:4, 4:8); wanda and sparsegpt calibrate on the default data")
+                             "sparsegpt, 2:4, 4:8); wanda and sparsegpt calibrate (see --calib-*)")
     parser.add_argument("--quant-method", type=_csv(str), default=("rtn",),
-                        help="comma-separated quantization methods: rtn, gptq (GPTQ calibrates on the default data)")
+                        help="comma-separated quantization methods: rtn, gptq (GPTQ calibrates, see --calib-*)")
     parser.add_argument("--prune-ratios", type=_csv(float), default=(0.0,), help="e.g. 0,0.25,0.5,0.75")
     parser.add_argument("--group-sizes", type=_csv(int), default=None, help="e.g. 32,128 (default per-channel)")
     add_quant_arguments(parser)
+    add_calib_arguments(parser)
     add_eval_arguments(parser)
     parser.add_argument("--db", default=None, help="results database (default: in the memopt cache folder)")
     parser.add_argument("--name", default=None, help="a name to group this sweep's rows in the store")
@@ -61,16 +63,8 @@ def _progress_bar():
         bar.close()
 
 
-def _integer_bits(bits: tuple[str, ...]) -> tuple[str, ...]:
-    """The bit widths that are integer quantization (not none, fp16 or bf16)."""
-    from memopt_core.config import QuantConfig
-
-    return tuple(b for b in bits if (q := QuantConfig.from_bits(b)) is not None and not q.is_cast)
-
-
-def build_grids(args: argparse.Namespace) -> list:
-    """One grid per quantization method. Settings without integer quantization (16, fp16, bf16)
-    belong to the first method's grid only, so no setting is run twice."""
+def build_grid(args: argparse.Namespace):
+    """The sweep's grid; quantizers are an axis (16 bits and casts are run once, not per quantizer)."""
     from memopt_core.cli_run import INTEGER_QUANT_METHODS, quant_kwargs
     from memopt_core.errors import choices
     from memopt_core.sweep import SweepGrid
@@ -84,42 +78,12 @@ def build_grids(args: argparse.Namespace) -> list:
         raise ConfigError(f"quantization method {unknown[0] if unknown else ''!r} is not supported; "
                           f"choose {choices(INTEGER_QUANT_METHODS)}")
     groups = args.group_sizes or ((args.group_size,) if args.group_size is not None else (None,))
-    grids = []
-    for index, method in enumerate(dict.fromkeys(args.quant_method)):
-        bits = args.bits if index == 0 else _integer_bits(args.bits)
-        if not bits:
-            continue
-        options = {k: v for k, v in quant_kwargs(args).items() if k not in ("group_size", "granularity")}
-        options["method"] = method
-        if args.per_tensor:
-            options["granularity"] = "per-tensor"
-        grids.append(SweepGrid(prune_methods=args.prune_method, prune_ratios=args.prune_ratios, bits=bits,
-                               group_sizes=groups, quant_options=options))
-    return grids
-
-
-def _run_grids(spec, grids: list, evaluation, store, name):
-    """Run each grid on one loaded model (loaded up front only when there are several)."""
-    import pandas as pd
-
-    from memopt_core.sweep import mark_pareto, run_sweep
-
-    workbench = None
-    if len(grids) > 1:
-        from memopt_core.runner import Workbench
-
-        workbench = Workbench.load(spec)
-    results = []
-    for grid in grids:
-        with _progress_bar() as progress:
-            results.append(run_sweep(spec, grid, evaluation, store=store, progress=progress, sweep_name=name,
-                                     workbench=workbench))
-    if len(results) == 1:
-        return results[0]
-    table = mark_pareto(pd.concat([r.table.drop(columns="pareto") for r in results], ignore_index=True))
-    return type(results[0])(table=table, cancelled=any(r.cancelled for r in results),
-                            seconds=sum(r.seconds for r in results), from_store=sum(r.from_store for r in results),
-                            computed=sum(r.computed for r in results))
+    options = {k: v for k, v in quant_kwargs(args).items() if k not in ("group_size", "granularity", "method")}
+    if args.per_tensor:
+        options["granularity"] = "per-tensor"
+    return SweepGrid(prune_methods=args.prune_method, prune_ratios=args.prune_ratios, bits=args.bits,
+                     group_sizes=groups, quant_methods=tuple(dict.fromkeys(args.quant_method)),
+                     quant_options=options)
 
 
 def check_out(path: str) -> None:
@@ -137,11 +101,17 @@ def handle_sweep(args: argparse.Namespace) -> int:
     from memopt_core.cli import print_json
     from memopt_core.store import ResultStore
 
-    spec, grids, evaluation = model_spec(args), build_grids(args), eval_config(args)
+    from memopt_core.sweep import run_sweep
+
+    if args.no_act_order:  # the store keys sweeps by their settings; GPTQ's solver options are not among them
+        raise ConfigError("sweeps run GPTQ with activation ordering; compare --no-act-order with 'run'")
+    spec, grid, evaluation = model_spec(args), build_grid(args), eval_config(args)
     if args.out:
         check_out(args.out)  # before the sweep: a typo in --out must not cost the sweep's results
     store = ResultStore(args.db)
-    result = _run_grids(spec, grids, evaluation, store, args.name)
+    with _progress_bar() as progress:
+        result = run_sweep(spec, grid, evaluation, store=store, progress=progress, sweep_name=args.name,
+                           calib=calib_config(args))
     if args.out:
         try:
             result.table.to_csv(args.out, index=False)

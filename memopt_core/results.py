@@ -11,6 +11,12 @@ _COMPRESSED_METRICS = ("perplexity", "top1_accuracy", "kl_divergence", "top1_agr
                        "accuracy", "diverged")
 
 
+def calibration_label(calibration: dict[str, Any]) -> str:
+    """'both 64x512 seed 0': the calibration data (a run protocol's ``calibration``), shown beside
+    every calibrated result."""
+    return f"{calibration['text']} {calibration['samples']}x{calibration['seq_len']} seed {calibration['seed']}"
+
+
 def result_row(result: dict[str, Any], label: str = "", key: str = "") -> dict[str, Any]:
     """One flat row of a ``RunResult.to_dict()``: settings, quality, memory and timings."""
     config, memory = result["config"], result["memory"]
@@ -31,6 +37,8 @@ def result_row(result: dict[str, Any], label: str = "", key: str = "") -> dict[s
     if zero_shot:
         row.update(zero_shot_accuracy=zero_shot["accuracy"], zero_shot_ci_low=zero_shot["ci_low"],
                    zero_shot_ci_high=zero_shot["ci_high"])
+    calibration = (result.get("protocol") or {}).get("calibration")
+    row["calibration"] = calibration_label(calibration) if calibration else None
     row.update(sparsity=result["sparsity"], dense_bytes=memory["dense_bytes"], stored_bytes=memory["stored_bytes"],
                measured_bytes=memory["measured_bytes"], bits_per_weight=memory["bits_per_weight"],
                x_smaller=memory["ratio"], simulated=memory["simulated"],

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig
+from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig
 from memopt_core.errors import ConfigError
 from memopt_core.identity import eval_identity, model_identity, setting_identity
 from memopt_core.pareto import pareto_mask
@@ -25,16 +25,21 @@ Progress = Callable[[int, int, str, float | None], None]  # (done, total, curren
 
 @dataclass(frozen=True)
 class SweepGrid:
-    """The axes of a sweep. Ratio 0 and bits 16 mean "none"; '2:4'/'4:8' prune methods ignore ratios."""
+    """The axes of a sweep. Ratio 0 and bits 16 mean "none"; '2:4'/'4:8' prune methods ignore ratios.
+    ``quant_methods`` (rtn, gptq) applies to integer bit widths; 16 bits and fp16/bf16 casts are run
+    once whatever the quantizers. ``quant_options``: the other QuantConfig fields, shared by all."""
 
     prune_methods: tuple[str, ...] = ("magnitude",)
     prune_ratios: tuple[float, ...] = (0.0,)
     bits: tuple[int | str, ...] = (16,)
     group_sizes: tuple[int | None, ...] = (None,)
+    quant_methods: tuple[str, ...] = ("rtn",)
     quant_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
-        for axis in ("prune_methods", "prune_ratios", "bits", "group_sizes"):
+        if "method" in self.quant_options:
+            raise ConfigError("give the quantizers as quant_methods, not in quant_options")
+        for axis in ("prune_methods", "prune_ratios", "bits", "group_sizes", "quant_methods"):
             values = tuple(getattr(self, axis))
             if not values:
                 raise ConfigError(f"sweep axis {axis.replace('_', ' ')} is empty; give at least one value")
@@ -50,8 +55,8 @@ class SweepGrid:
 
     def _quants(self) -> list[QuantConfig | None]:
         quants: list[QuantConfig | None] = []
-        for bits, group in itertools.product(self.bits, self.group_sizes):
-            options = dict(self.quant_options)
+        for method, bits, group in itertools.product(self.quant_methods, self.bits, self.group_sizes):
+            options = {**self.quant_options, "method": method}
             if group is not None:
                 options.update(granularity="group", group_size=group)
             quants.append(QuantConfig.from_bits(bits, **options))
@@ -129,7 +134,7 @@ def stored_run(config: RunConfig, store: ResultStore | None, workbench=None,
 def run_sweep(spec: ModelSpec, grid: SweepGrid, eval_config: EvalConfig | None = None,
               targets: TargetConfig | None = None, store: ResultStore | None = None,
               progress: Progress | None = None, cancel: threading.Event | None = None,
-              sweep_name: str | None = None, workbench=None) -> SweepResult:
+              sweep_name: str | None = None, workbench=None, calib: CalibConfig | None = None) -> SweepResult:
     """Run every setting of ``grid`` on ``spec``; returns one row per finished setting.
 
     ``workbench`` (a loaded :class:`memopt_core.runner.Workbench`) is reused when given; otherwise
@@ -138,7 +143,9 @@ def run_sweep(spec: ModelSpec, grid: SweepGrid, eval_config: EvalConfig | None =
     start = time.perf_counter()
     eval_config = eval_config or EvalConfig()
     targets = targets or TargetConfig()
-    configs = [RunConfig(model=spec, prune=p, quant=q, targets=targets, eval=eval_config) for p, q in grid.settings()]
+    calib = calib or CalibConfig()  # used by the calibrated settings (GPTQ, Wanda, SparseGPT) only
+    configs = [RunConfig(model=spec, prune=p, quant=q, targets=targets, eval=eval_config, calib=calib)
+               for p, q in grid.settings()]
     rows, from_store, eta, cancelled = [], 0, _Eta(), False
     for done, config in enumerate(configs):
         label = setting_label(config.prune, config.quant)

@@ -172,6 +172,7 @@ def shoot_all(tab, out: Path, model: str, max_tokens: str) -> None:
     open_page(tab, "Layers")
     wait_for_plots(tab, 3)
     screenshot(tab, out / "layers.png")
+    shoot_sensitivity(tab, out)
     open_page(tab, "Memory planner")
     wait_for_plots(tab, 1)
     screenshot(tab, out / "planner.png")
@@ -182,18 +183,37 @@ def shoot_all(tab, out: Path, model: str, max_tokens: str) -> None:
         raise RuntimeError("a page shows an exception; see the screenshots")
 
 
+def shoot_sensitivity(tab, out: Path) -> None:
+    """Rank SmolLM2's blocks at 3 bits, then plan 2/3/4/8 bits per block under 3.5 bits per weight."""
+    open_page(tab, "Sensitivity")
+    set_slider(tab, "Bit width", "3")
+    set_slider(tab, "Tokens scored per probe", "512")
+    tab.get_by_role("button", name="Measure sensitivity").click()
+    wait_for_plots(tab, 1, RUN_WAIT_MS)
+    set_slider(tab, "Budget: stored bits per weight of the targeted layers", "3.50")
+    tab.get_by_role("button", name="Plan, apply and measure").click()
+    wait_for_plots(tab, 2, RUN_WAIT_MS)
+    screenshot(tab, out / "sensitivity.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     parser.add_argument("--model", default="smollm2-135m", help="a bundled model key")
     parser.add_argument("--max-tokens", default="1024")
+    parser.add_argument("--only-sensitivity", action="store_true", help="only the Sensitivity page")
     args = parser.parse_args()
     source = Path(os.environ.get("MEMOPT_CACHE") or Path.home() / ".cache" / "memopt")
     cache = throwaway_cache(source)
     env = {**os.environ, "MEMOPT_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     try:
         with dashboard(env) as url, browser_tab(url) as tab:
-            shoot_all(tab, args.out, args.model, args.max_tokens)
+            if args.only_sensitivity:
+                tab.get_by_role("button", name="Run", exact=True).wait_for()
+                pick(tab, "Model", args.model)
+                shoot_sensitivity(tab, args.out)
+            else:
+                shoot_all(tab, args.out, args.model, args.max_tokens)
     finally:
         shutil.rmtree(cache, ignore_errors=True)  # removes the links, never the shared models they point to
     print(f"screenshots written to {args.out}")

@@ -24,6 +24,20 @@ def test_grid_widgets_count_the_settings(app_cache):
     assert at.button(key="tradeoffs.run").disabled
 
 
+def test_gptq_is_a_grid_axis_shown_beside_rtn(app_cache):
+    at = open_tradeoffs("tiny-llama")
+    at.multiselect(key="sweep.bits").set_value([4]).run()
+    at.multiselect(key="sweep.quantizers").set_value(["rtn", "gptq"]).run()
+    assert any("4 settings" in caption.value for caption in at.caption)  # 2 ratios x (RTN, GPTQ) 4-bit
+    at.button(key="tradeoffs.run").click().run()
+    assert no_exception(at) and not errors(at)
+    table = at.session_state[SWEEP]["table"]
+    assert sorted(table["quant_method"]) == ["gptq", "gptq", "rtn", "rtn"]
+    assert table.loc[table["quant_method"] == "gptq", "calibration"].str.startswith("both 64x512").all()
+    lines = {trace["name"] for trace in figures(at)[0]["data"]}
+    assert {"not pruned", "not pruned · GPTQ", "magnitude 50%", "magnitude 50% · GPTQ"} <= lines
+
+
 def test_sweep_shows_progress_table_curves_and_csv(app_cache):
     at = open_tradeoffs("tiny-llama")
     at.multiselect(key="sweep.bits").set_value([16, 4]).run()

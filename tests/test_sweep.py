@@ -53,6 +53,37 @@ def test_grid_settings_dedupe_and_validate():
         SweepGrid(bits=())
 
 
+def test_quantizers_are_an_axis_and_casts_run_once():
+    grid = SweepGrid(bits=(16, "fp16", 4, 3), quant_methods=("rtn", "gptq"), group_sizes=(None, 64))
+    quants = [q for _, q in grid.settings()]
+    assert quants.count(None) == 1 and sum(q is not None and q.method == "fp16" for q in quants) == 1
+    integer = {(q.method, q.bits, q.group_size if q.granularity == "group" else None) for q in quants
+               if q is not None and not q.is_cast}
+    assert integer == set(itertools.product(("rtn", "gptq"), (4, 3), (None, 64)))
+    with pytest.raises(ConfigError, match="quant_methods"):
+        SweepGrid(bits=(4,), quant_options={"method": "gptq"})
+    with pytest.raises(ConfigError, match="awq"):
+        SweepGrid(bits=(4,), quant_methods=("awq",))
+
+
+def test_cli_sweep_runs_rtn_and_gptq_side_by_side(tmp_path, capsys):
+    from memopt_core import charts
+    from memopt_core.cli import main
+
+    code = main(["sweep", "--model", "tiny-llama", "--bits", "16,4", "--quant-method", "rtn,gptq",
+                 "--prune-method", "wanda", "--prune-ratios", "0,0.5", "--calib-samples", "2", "--calib-len", "32",
+                 "--seq-len", "32", "--max-tokens", "128", "--gen-tokens", "0", "--no-zero-shot",
+                 "--db", str(tmp_path / "runs.db"), "--json"])
+    assert code == 0
+    table = pd.DataFrame(json.loads(capsys.readouterr().out)["rows"])
+    assert len(table) == 6  # {unpruned, wanda 50%} x {16 bits once, RTN 4, GPTQ 4}
+    calibrated = (table["quant_method"] == "gptq") | (table["prune_method"] == "wanda")
+    assert table.loc[calibrated, "calibration"].eq("both 2x32 seed 0").all()
+    assert table.loc[~calibrated, "calibration"].isna().all()
+    lines = {trace.name for trace in charts.tradeoff_memory(table).data} - {"Pareto front"}
+    assert lines == {"not pruned", "not pruned · GPTQ", "wanda 50%", "wanda 50% · GPTQ"}
+
+
 def test_sweep_rows_pareto_and_store(tmp_path):
     store = ResultStore(tmp_path / "runs.db")
     grid = SweepGrid(prune_ratios=(0.0, 0.5), bits=(16, 8, 2))

@@ -17,8 +17,9 @@ SWEEP = "tradeoffs.result"  # {"table": DataFrame, "name", "computed", "from_sto
 RATIOS = (0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95)
 BITS = (2, 3, 4, 5, 6, 8, 16, "fp16", "bf16")
 GROUPS = ("per-channel", 32, 64, 128, 256)
+QUANTIZERS = {"rtn": "round to nearest", "gptq": "GPTQ (calibration)"}
 TABLE_COLUMNS = ("setting", "perplexity", "kl_divergence", "top1_agreement", "cosine_similarity", "accuracy",
-                 "stored_mib", "bits_per_weight", "x_smaller", "sparsity", "simulated", "pareto")
+                 "stored_mib", "bits_per_weight", "x_smaller", "sparsity", "simulated", "calibration", "pareto")
 
 
 def grid_settings(where=st) -> SweepGrid:
@@ -33,12 +34,16 @@ def grid_settings(where=st) -> SweepGrid:
                               format_func=lambda b: "16 (none)" if b == 16 else str(b))
     groups = second.multiselect("Scale per", GROUPS, default=[128], key="sweep.groups", persist_state=KEEP,
                                 format_func=lambda g: f"groups of {g}" if isinstance(g, int) else g)
+    quantizers = second.multiselect("Quantizers", QUANTIZERS, default=["rtn"], key="sweep.quantizers",
+                                    persist_state=KEEP, format_func=QUANTIZERS.get,
+                                    help="GPTQ calibrates on 64 x 512 tokens of both bundled texts (never the "
+                                         "evaluated ones): minutes per setting on SmolLM2 on a CPU.")
     symmetric = where.radio("Grid", ["symmetric", "asymmetric"], horizontal=True, key="sweep.symmetric",
                             persist_state=KEEP) == "symmetric"
     options = {"symmetric": symmetric} if symmetric else {"symmetric": False, "zero_point": "int"}
     return SweepGrid(prune_methods=tuple(methods), prune_ratios=tuple(sorted(ratios)),
                      bits=tuple(bits), group_sizes=tuple(None if g == "per-channel" else g for g in groups),
-                     quant_options=options)
+                     quant_methods=tuple(quantizers), quant_options=options)
 
 
 def _duration(seconds: float | None) -> str:
@@ -83,10 +88,12 @@ def show_sweep(sweep: dict[str, Any]) -> None:
                                 "top1_agreement": st.column_config.NumberColumn(format="percent")})
     st.download_button("Download CSV", table.to_csv(index=False), file_name=f"{sweep['name']}.csv",
                        mime="text/csv", key="tradeoffs.csv", icon=":material/download:")
-    show_chart(charts.tradeoff_memory(table), "Quality against stored size, one line per pruning setting; stars "
+    show_chart(charts.tradeoff_memory(table), "Quality against stored size, one line per pruning setting (and "
+               "calibrated quantizer); stars "
                f"mark the Pareto front (nothing is both smaller and better); hover a point for all its figures; "
                f"{phrase}.", key="tradeoffs.memory")
-    show_chart(charts.quality_vs_bits(table), f"Quality against bit width, one line per pruning setting; {phrase}.",
+    show_chart(charts.quality_vs_bits(table), f"Quality against bit width, one line per pruning setting (and calibrated "
+               f"quantizer); {phrase}.",
                key="tradeoffs.bits")
     show_chart(charts.ratio_bits_heatmap(table), "Quality for each pruning setting and bit width (mean over "
                f"group sizes); blank cells were not run or diverged; {phrase}.", key="tradeoffs.heatmap")
