@@ -28,7 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig  # noqa: E402
 from memopt_core.datasets import load_text, token_windows  # noqa: E402
 from memopt_core.evaluate import evaluate_causal_lm  # noqa: E402
-from memopt_core.mixed_precision import apply_plan, plan_and_compare, weight_bytes  # noqa: E402
+from memopt_core.calibration_data import calibration_set  # noqa: E402
+from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, measure_candidates,  # noqa: E402
+                                         plan_from_sensitivity, plan_outcome, uniform_plan, weight_bytes,
+                                         widths_to_measure)
 from memopt_core.primitives.gptq import GPTQOptions  # noqa: E402
 from memopt_core.runner import Workbench  # noqa: E402
 from memopt_core.sensitivity import QualityProbe  # noqa: E402
@@ -104,27 +107,41 @@ def run_settings(bench: Workbench, windows: dict, calib: CalibConfig, quick: boo
     return results
 
 
-def mixed_precision(bench: Workbench, windows: dict, by: str, tokens: int) -> dict:
-    """Plan 2/3/4/8-bit RTN per-channel at uniform RTN 4-bit's stored weight bytes."""
+def mixed_precision(bench: Workbench, windows: dict, by: str, samples: int, eval_config: EvalConfig) -> dict:
+    """Mixed-precision RTN per-channel plans at uniform RTN 4-bit's stored weight bytes, from ONE
+    sensitivity measurement, for two candidate sets; each plan and uniform 4-bit are evaluated
+    like every other setting. The probe windows (``samples`` x 512 tokens) are drawn from both
+    bundled texts beyond the evaluated tokens, with another seed than the calibration data."""
     base = QuantConfig(bits=4)
-    probe = QualityProbe(bench.loaded, EvalConfig(max_tokens=tokens, seq_len=512, gen_tokens=0, zero_shot=False))
     shapes = [m.weight.shape for m in target_linears(bench.loaded.model).values()]
     budget = 8 * sum(weight_bytes(tuple(s), base) for s in shapes) / sum(s[0] * s[1] for s in shapes)
+    draw = calibration_set(bench.loaded.tokenizer, CalibConfig(samples=samples, seq_len=512, seed=1), eval_config)
+    probe = QualityProbe(bench.loaded, windows=draw.tokens)
+    measured = widths_to_measure(CANDIDATE_BITS, base.bits, budget)
     start = time.perf_counter()
-    comparison = plan_and_compare(bench, base, budget, by=by, probe=probe)
+    results = measure_candidates(bench, base, bits=measured, by=by, probe=probe)
     seconds = time.perf_counter() - start
-    compressed = apply_plan(bench.loaded.model, comparison.plan)
-    output = comparison.to_dict()
-    plan, outcome, uniform = output["plan"], output["outcome"], output["uniform"]
+    print(f"  sensitivity of {len(results[4].rows)} {by}s at {list(measured)} bits on {draw.tokens.numel()} probe "
+          f"tokens: {seconds:.0f}s; budget {budget:.4f} bpw (uniform RTN W4)")
+    out = {"budget_bpw": budget, "sensitivity_s": seconds, "plans": {}}
+    uniform = None
+    for candidates in ((3, 4, 8), tuple(b for b in CANDIDATE_BITS if b >= measured[0])):
+        plan = plan_from_sensitivity(results, bench, base, budget, bits=candidates)
+        uniform = uniform or uniform_plan(plan, results[base.bits].losses(plan.extra["loss"]))
+        label = f"mixed {'/'.join(map(str, candidates))} by {by}"
+        out["plans"][label] = evaluate_plan(bench, plan, probe, windows, label)
+    out["uniform"] = evaluate_plan(bench, uniform, probe, windows, "uniform RTN W4 (same accounting)")
+    return out
+
+
+def evaluate_plan(bench: Workbench, plan, probe: QualityProbe, windows: dict, label: str) -> dict:
+    compressed = apply_plan(bench.loaded.model, plan)
+    outcome = plan_outcome(probe, compressed, plan)
     ppl = perplexities(compressed.model, windows)
-    show(f"mixed 2/3/4/8 by {by} (RTN)", ppl, f"{plan['bits_per_weight']:5.3f} bpw  planning {seconds:6.1f}s")
-    print(f"  plan weights by bits {plan['weights_by_bits']}; budget {budget:.4f} bpw; probe {tokens} tokens:")
-    for name, result in (("plan", outcome), ("uniform RTN W4", uniform)):
-        print(f"    {name}: predicted {result['loss']} {result['predicted_loss']:.4f}, measured "
-              f"{result['measured_loss']:.4f}; predicted ppl {result['predicted_perplexity']:.2f}, measured "
-              f"{result['measured_perplexity']:.2f} (baseline {result['baseline_perplexity']:.2f}); "
-              f"stored weight bytes {result['stored_weight_bytes']:,}")
-    return {"perplexity": ppl, "plan": plan, "outcome": outcome, "uniform": uniform, "seconds": seconds}
+    show(label, ppl, f"{plan.bits_per_weight:5.3f} bpw")
+    print(f"    weights by bits {plan.histogram()}; probe KL predicted {outcome['predicted_loss']:.4f}, measured "
+          f"{outcome['measured_loss']:.4f}; stored weight bytes {outcome['stored_weight_bytes']:,}")
+    return {"perplexity": ppl, "plan": plan.to_dict(), "outcome": outcome}
 
 
 def gap_closed(rtn: float, method: float, dense: float) -> float:
@@ -155,8 +172,9 @@ def summary(dense: dict, results: dict) -> None:
                 ratio = {t: round(ppl(f"{method} {pattern}")[t] / magnitude[t], 3) for t in dense}
                 print(f"  {method} {pattern} / magnitude: {ratio}")
     if "mixed" in results:
-        ratio = {t: round(results["mixed"]["perplexity"][t] / rtn4[t], 3) for t in dense}
-        print(f"  mixed precision / uniform RTN W4 at the same stored bytes: {ratio}")
+        for label, plan in results["mixed"]["plans"].items():
+            ratio = {t: round(plan["perplexity"][t] / results["mixed"]["uniform"]["perplexity"][t], 3) for t in dense}
+            print(f"  {label} / uniform RTN W4 at the same stored bytes: {ratio}")
     calib = {k: round(v["calibrate_s"], 1) for k, v in results.items() if v.get("calibrate_s") is not None}
     print(f"  calibration seconds (target < 180): {calib}")
 
@@ -166,7 +184,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer settings, 16 x 512 calibration, 1,024 tokens")
     parser.add_argument("--max-tokens", type=int, default=None, help="evaluated tokens per text (default 4096)")
     parser.add_argument("--mp-by", default="layer", choices=("layer", "block"), help="mixed-precision unit")
-    parser.add_argument("--mp-tokens", type=int, default=512, help="tokens scored per sensitivity probe")
+    parser.add_argument("--mp-samples", type=int, default=2, help="512-token probe windows per sensitivity probe")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (on a machine shared with other jobs, 1 avoids threads spinning "
                              "for a busy core; default: torch's)")
@@ -189,7 +207,7 @@ def main() -> None:
     show("dense", dense)
     results = run_settings(bench, windows, calib, args.quick, eval_config, args.mixed_only)
     if not args.no_mixed:
-        results["mixed"] = mixed_precision(bench, windows, args.mp_by, args.mp_tokens)
+        results["mixed"] = mixed_precision(bench, windows, args.mp_by, args.mp_samples, eval_config)
     summary(dense, results)
     print(f"total {time.perf_counter() - start:.0f}s")
     if args.json_out:

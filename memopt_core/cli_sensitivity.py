@@ -1,8 +1,8 @@
 """``sensitivity``: compress one layer (or block) at a time and rank them by the quality they lose.
 
-With ``--plan-bpw B`` it also plans mixed precision (2/3/4/8 bits; 8 extrapolated from 4 by the
-weight error) under an average of B stored bits per weight, then applies the
-plan and reports predicted vs measured quality.
+With ``--plan-bpw B`` it also plans mixed precision (2/3/4/5/6/8 bits; widths above --bits
+extrapolated by the weight error) under an average of B stored bits per weight, then applies the
+plan and uniform --bits and reports predicted vs measured quality of both.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def register(sub) -> None:
     parser.add_argument("--seq-len", type=int, default=512, help="window length in tokens (default 512)")
     parser.add_argument("--max-tokens", type=int, default=1024, help="tokens scored per unit (default 1024)")
     parser.add_argument("--plan-bpw", type=float, default=None,
-                        help="also plan mixed precision (2/3/4/8 bits) under this average bits per weight")
+                        help="also plan mixed precision (2-8 bits per unit) under this average bits per weight")
     parser.add_argument("--top", type=int, default=20, help="rows shown in the table (default 20)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle_sensitivity)

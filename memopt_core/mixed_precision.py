@@ -1,7 +1,8 @@
 """Mixed precision: per-layer (or per-block) bit widths under an average bits-per-weight budget.
 
 1. :func:`measure_candidates` measures each unit's sensitivity (quality loss when only it is
-   quantized, see sensitivity.py) at every candidate width, e.g. {2, 3, 4, 8}.
+   quantized, see sensitivity.py) at candidate widths: the base width and those at most one bit under the budget
+   (:func:`widths_to_measure`); wider ones are extrapolated from the base by the weight error.
 2. :func:`plan_bits` picks one width per unit minimising the predicted loss, the SUM of the
    chosen units' losses, with the stored weight bytes (codes + fp16 scales + zero points) at
    most the budget: a multiple-choice knapsack solved exactly by dynamic programming over a
@@ -31,8 +32,18 @@ from memopt_core.sensitivity import DEFAULT_EVAL, Progress, QualityProbe, Sensit
 from memopt_core.primitives.quant import dequantize, quantize_weight
 from memopt_core.walk import effective_weight, target_linears
 
-CANDIDATE_BITS = (2, 3, 4, 8)
-MEASURED_BITS = (2, 3, 4)  # 8 bits, nearly lossless, is extrapolated from 4 by the weight error
+CANDIDATE_BITS = (2, 3, 4, 5, 6, 8)
+
+
+def widths_to_measure(candidates: tuple[int, ...], base_bits: int, budget_bpw: float) -> tuple[int, ...]:
+    """The candidate widths a plan measures: those up to the base width and at most one bit under
+    the budget's whole part (budget 4: 3 and 4; budget 3: 2, 3 and 4). Wider candidates are
+    extrapolated from the base width by the weight error (fair where the loss is small); narrower
+    ones are left out of the plan: a unit two bits under the budget must pay for one two bits
+    above it, a trade that rarely pays, and measuring it would cost a third more probes."""
+    low = math.floor(budget_bpw) - 1
+    measured = {b for b in candidates if low <= b <= base_bits} | {base_bits}
+    return tuple(sorted(measured))
 RESOLUTION = 1 << 15  # budget grid steps: rounding costs up loses at most units/RESOLUTION of the budget
 
 
@@ -285,14 +296,15 @@ class PlanComparison:
 
 def plan_and_compare(source, base: QuantConfig, budget_bpw: float, by: str = "layer",
                      probe: QualityProbe | None = None, targets: TargetConfig | None = None,
-                     progress: Progress | None = None) -> PlanComparison:
-    """Measure every unit at :data:`MEASURED_BITS` (and ``base.bits``), plan :data:`CANDIDATE_BITS`
-    under ``budget_bpw``, apply the plan and uniform ``base.bits`` to copies, measure both with ``probe``."""
+                     progress: Progress | None = None, bits: tuple[int, ...] = CANDIDATE_BITS) -> PlanComparison:
+    """Measure every unit at :func:`widths_to_measure`, plan ``bits`` under ``budget_bpw``, apply the
+    plan and uniform ``base.bits`` to copies, and measure both with ``probe``."""
     loaded = getattr(source, "loaded", source)
     probe = probe or QualityProbe(loaded, DEFAULT_EVAL)
-    measured = tuple(sorted({*MEASURED_BITS, base.bits}))
+    measured = widths_to_measure(bits, base.bits, budget_bpw)
     results = measure_candidates(loaded, base, bits=measured, by=by, targets=targets, probe=probe, progress=progress)
-    plan = plan_from_sensitivity(results, loaded, base, budget_bpw, targets=targets, bits=CANDIDATE_BITS)
+    plan = plan_from_sensitivity(results, loaded, base, budget_bpw, targets=targets,
+                                 bits=tuple(b for b in bits if b >= measured[0]))
     uniform = uniform_plan(plan, results[base.bits].losses(plan.extra["loss"]))
     return PlanComparison(plan, plan_outcome(probe, apply_plan(loaded.model, plan), plan),
                           uniform, plan_outcome(probe, apply_plan(loaded.model, uniform), uniform), results)

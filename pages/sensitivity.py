@@ -33,7 +33,7 @@ st.divider()
 st.header("Mixed-precision plan")
 budget = st.slider("Budget: stored bits per weight of the targeted layers", 2.1, 8.0, 4.0, 0.05,
                    key="sens.budget", persist_state="session",
-                   help="The plan picks 2, 3, 4 or 8 bits per unit (at the settings above) so that the average, "
+                   help="The plan picks 2, 3, 4, 5, 6 or 8 bits per unit (at the settings above) so that the average, "
                         "fp16 scales included, stays within this. Uniform 4-bit per-channel takes about 4.03.")
 if st.button("Plan, apply and measure", key="sens.plan_run", disabled=not ready, icon=":material/tune:"):
     with user_errors("mixed precision"):

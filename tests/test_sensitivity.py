@@ -12,8 +12,8 @@ from torch import nn
 from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig
 from memopt_core.errors import ConfigError
 from memopt_core.layers import QuantLinear, weight_storage_bytes
-from memopt_core.mixed_precision import (apply_plan, extrapolate, measure_candidates, plan_and_compare, plan_bits,
-                                         plan_from_sensitivity, plan_outcome, weight_bytes)
+from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, extrapolate, measure_candidates, plan_and_compare, plan_bits,
+                                         plan_from_sensitivity, plan_outcome, weight_bytes, widths_to_measure)
 from memopt_core.sensitivity_charts import plan_bits_chart, sensitivity_bars
 from memopt_core.primitives.quant import dequantize, quantize_weight
 from memopt_core.models import LoadedModel, load_model, weights_checksum
@@ -201,8 +201,17 @@ def test_plan_beats_uniform_quantization_at_its_own_bytes(fragile_llama, probe):
     assert outcome["measured_loss"] < 0.5 * uniform["measured_loss"]  # KL of the applied models, same probe
     assert uniform["measured_loss"] == pytest.approx(probe.measure(apply_plan(fragile_llama.model, comparison.uniform_plan)
                                                                    .model)[2])
-    assert steps[-1] == (1, 1) and steps[0] == (0, 3 * len(names))  # 2, 3 and 4 bits, one probe per layer
-    assert sorted(comparison.sensitivity) == [2, 3, 4] and json.dumps(comparison.to_dict(with_sensitivity=True))
+    assert steps[-1] == (1, 1) and steps[0] == (0, 2 * len(names))  # 3 and 4 bits, one probe per layer
+    assert sorted(comparison.sensitivity) == [3, 4] and json.dumps(comparison.to_dict(with_sensitivity=True))
+    assert plan.extra["extrapolated_bits"] == [5, 6, 8]
+
+
+def test_widths_measured_follow_the_budget():
+    assert widths_to_measure(CANDIDATE_BITS, 4, 4.02) == (3, 4)
+    assert widths_to_measure(CANDIDATE_BITS, 4, 3.0) == (2, 3, 4)
+    assert widths_to_measure(CANDIDATE_BITS, 4, 2.2) == (2, 3, 4)
+    assert widths_to_measure(CANDIDATE_BITS, 4, 7.5) == (4,)
+    assert widths_to_measure(CANDIDATE_BITS, 3, 4.5) == (3,)
 
 
 def test_charts_draw_the_ranking_and_the_plan(fragile_llama, probe):

@@ -128,7 +128,7 @@ def show_plan(shown: dict[str, Any]) -> None:
                        f"of targeted weights · predicted {quality} {_perplexity(result, 'predicted_perplexity')}")
     columns[2].metric("original", _perplexity(outcome, "baseline_perplexity") if quality == "perplexity" else "1.0")
     st.caption("Predicted = the original's score plus the sum of each unit's own measured loss (widths not "
-               "measured, 8 bits, are extrapolated from 4 bits by the weight error). Measured = the whole plan "
+               "measured, the wider ones, are extrapolated from the base width by the weight error). Measured = the whole plan "
                "applied to a copy and scored on the same probe tokens; the gap shows how far the additive "
                "model holds.")
     st.download_button("Download the plan (JSON)", json.dumps(comparison, indent=2, default=str),
