@@ -160,3 +160,13 @@ def test_two_sessions_keep_their_own_results(app_cache):
     assert any("W8A16" in header.value for header in alice.header)
     assert any("W3A16" in header.value for header in bob.header)
     assert not any("W3A16" in header.value for header in alice.header)
+
+
+def test_a_calibrated_result_names_its_calibration_data(app_cache):
+    at = use_tiny_model(new_app())
+    at.selectbox(key="prune.method").set_value("wanda").run()
+    at.radio(key="quant.method").set_value("gptq").run()
+    at.button(key="compress.run").click().run()
+    assert no_exception(at) and not errors(at)
+    heading = next(h.value for h in at.header if "tiny" in h.value)
+    assert "wanda 50% + GPTQ W4A16" in heading and "calibrated on both 64x512 seed 0" in heading

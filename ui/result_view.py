@@ -134,9 +134,13 @@ def show_protocol(result: dict) -> None:
 
 
 def setting_of(result: dict) -> str:
-    """The setting's label, e.g. 'magnitude 50% + W4A16 g128 sym' or 'uncompressed'."""
+    """The setting's label, e.g. 'magnitude 50% + W4A16 g128 sym' or 'uncompressed'; a calibrated
+    one names its calibration data: 'GPTQ W4A16 per-channel sym · calibrated on both 64x512 seed 0'."""
     from memopt_core.config import RunConfig
+    from memopt_core.results import calibration_label
     from memopt_core.sweep import setting_label
 
     config = RunConfig.from_dict(result["config"])
-    return setting_label(config.prune, config.quant)
+    calibration = result.get("protocol", {}).get("calibration")
+    suffix = f" · calibrated on {calibration_label(calibration)}" if calibration else ""
+    return setting_label(config.prune, config.quant) + suffix
