@@ -29,9 +29,9 @@ from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, 
 from memopt_core.datasets import load_text, token_windows  # noqa: E402
 from memopt_core.evaluate import evaluate_causal_lm  # noqa: E402
 from memopt_core.calibration_data import calibration_set  # noqa: E402
-from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, measure_candidates,  # noqa: E402
-                                         plan_from_sensitivity, plan_outcome, uniform_plan, weight_bytes,
-                                         widths_to_measure)
+from memopt_core.mixed_context import measure_around_uniform  # noqa: E402
+from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, plan_around_uniform,  # noqa: E402
+                                         plan_outcome, uniform_plan_of, weight_bytes, widths_to_measure)
 from memopt_core.primitives.gptq import GPTQOptions  # noqa: E402
 from memopt_core.runner import Workbench  # noqa: E402
 from memopt_core.sensitivity import QualityProbe  # noqa: E402
@@ -109,27 +109,24 @@ def run_settings(bench: Workbench, windows: dict, calib: CalibConfig, quick: boo
 
 def mixed_precision(bench: Workbench, windows: dict, by: str, samples: int, eval_config: EvalConfig) -> dict:
     """Mixed-precision RTN per-channel plans at uniform RTN 4-bit's stored weight bytes, from ONE
-    sensitivity measurement, for two candidate sets; each plan and uniform 4-bit are evaluated
-    like every other setting. The probe windows (``samples`` x 512 tokens) are drawn from both
-    bundled texts beyond the evaluated tokens, with another seed than the calibration data."""
+    sensitivity measurement around the uniform 4-bit model, for two candidate sets; each plan and
+    uniform 4-bit are evaluated like every other setting. The probe windows (``samples`` x 512
+    tokens) come from both bundled texts beyond the evaluated tokens, another seed than calibration."""
     base = QuantConfig(bits=4)
     shapes = [m.weight.shape for m in target_linears(bench.loaded.model).values()]
     budget = 8 * sum(weight_bytes(tuple(s), base) for s in shapes) / sum(s[0] * s[1] for s in shapes)
     draw = calibration_set(bench.loaded.tokenizer, CalibConfig(samples=samples, seq_len=512, seed=1), eval_config)
     probe = QualityProbe(bench.loaded, windows=draw.tokens)
     measured = widths_to_measure(CANDIDATE_BITS, base.bits, budget)
-    start = time.perf_counter()
-    results = measure_candidates(bench, base, bits=measured, by=by, probe=probe)
-    seconds = time.perf_counter() - start
-    print(f"  sensitivity of {len(results[4].rows)} {by}s at {list(measured)} bits on {draw.tokens.numel()} probe "
-          f"tokens: {seconds:.0f}s; budget {budget:.4f} bpw (uniform RTN W4)")
-    out = {"budget_bpw": budget, "sensitivity_s": seconds, "plans": {}}
-    uniform = None
-    for candidates in ((3, 4, 8), tuple(b for b in CANDIDATE_BITS if b >= measured[0])):
-        plan = plan_from_sensitivity(results, bench, base, budget, bits=candidates)
-        uniform = uniform or uniform_plan(plan, results[base.bits].losses(plan.extra["loss"]))
+    context = measure_around_uniform(bench, base, measured, by=by, probe=probe)
+    print(f"  sensitivity of {len(context.units)} {by}s at {list(measured)} bits around uniform 4-bit, on "
+          f"{draw.tokens.numel()} probe tokens: {context.seconds:.0f}s; budget {budget:.4f} bpw (uniform RTN W4)")
+    out = {"budget_bpw": budget, "sensitivity_s": context.seconds, "plans": {}}
+    for candidates in ((3, 4, 8), tuple(b for b in CANDIDATE_BITS if b >= min(context.changes))):
+        plan = plan_around_uniform(context, bench, budget, candidates)
         label = f"mixed {'/'.join(map(str, candidates))} by {by}"
         out["plans"][label] = evaluate_plan(bench, plan, probe, windows, label)
+    uniform = uniform_plan_of(context.units, context.shapes, base, context.uniform_loss, {"loss": context.loss})
     out["uniform"] = evaluate_plan(bench, uniform, probe, windows, "uniform RTN W4 (same accounting)")
     return out
 

@@ -1,8 +1,8 @@
 """``sensitivity``: compress one layer (or block) at a time and rank them by the quality they lose.
 
-With ``--plan-bpw B`` it also plans mixed precision (2/3/4/5/6/8 bits; widths above --bits
-extrapolated by the weight error) under an average of B stored bits per weight, then applies the
-plan and uniform --bits and reports predicted vs measured quality of both.
+With ``--plan-bpw B`` it also plans mixed precision (2 to 8 bits per unit, measured around the
+model quantized uniformly at --bits; see mixed_context.py) under an average of B stored bits per
+weight, then applies the plan and uniform --bits and reports predicted vs measured quality of both.
 """
 from __future__ import annotations
 

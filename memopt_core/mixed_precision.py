@@ -1,17 +1,18 @@
 """Mixed precision: per-layer (or per-block) bit widths under an average bits-per-weight budget.
 
-1. :func:`measure_candidates` measures each unit's sensitivity (quality loss when only it is
-   quantized, see sensitivity.py) at candidate widths: the base width and those at most one bit under the budget
-   (:func:`widths_to_measure`); wider ones are extrapolated from the base by the weight error.
+1. ``mixed_context.measure_around_uniform`` measures, around the model quantized uniformly at the
+   base width, the change of the loss when ONE unit moves to another width, at the widths of
+   :func:`widths_to_measure` (others between the base and the widest are extrapolated).
 2. :func:`plan_bits` picks one width per unit minimising the predicted loss, the SUM of the
-   chosen units' losses, with the stored weight bytes (codes + fp16 scales + zero points) at
+   chosen units' changes, with the stored weight bytes (codes + fp16 scales + zero points) at
    most the budget: a multiple-choice knapsack solved exactly by dynamic programming over a
    budget grid (unit costs rounded up, so the plan never exceeds the budget).
 3. :func:`apply_plan` quantizes a structural copy with each layer's own width (each layer a
    QuantLinear of its bits), so memory and quality are measured on the real thing.
 
-The additive prediction ignores interactions between layers; :func:`plan_outcome` reports the
-measured quality next to it.
+The additive prediction ignores interactions between the units that move; :func:`plan_outcome`
+reports the measured quality next to it, and :func:`plan_and_compare` measures uniform
+quantization at the same accounting beside the plan.
 """
 from __future__ import annotations
 
@@ -24,26 +25,29 @@ from typing import Any
 import numpy as np
 
 from memopt_core.compress import CompressedModel, structural_copy
-from memopt_core.config import EvalConfig, QuantConfig, TargetConfig
+from memopt_core.config import QuantConfig, TargetConfig
 from memopt_core.errors import ConfigError
 from memopt_core.primitives.packing import packed_nbytes
 from memopt_core.quantize import quantize_
-from memopt_core.sensitivity import DEFAULT_EVAL, Progress, QualityProbe, SensitivityResult, measure_sensitivity
+from memopt_core.sensitivity import DEFAULT_EVAL, Progress, QualityProbe
 from memopt_core.primitives.quant import dequantize, quantize_weight
-from memopt_core.walk import effective_weight, target_linears
+from memopt_core.walk import effective_weight
 
 CANDIDATE_BITS = (2, 3, 4, 5, 6, 8)
 
 
 def widths_to_measure(candidates: tuple[int, ...], base_bits: int, budget_bpw: float) -> tuple[int, ...]:
-    """The candidate widths a plan measures: those up to the base width and at most one bit under
-    the budget's whole part (budget 4: 3 and 4; budget 3: 2, 3 and 4). Wider candidates are
-    extrapolated from the base width by the weight error (fair where the loss is small); narrower
-    ones are left out of the plan: a unit two bits under the budget must pay for one two bits
-    above it, a trade that rarely pays, and measuring it would cost a third more probes."""
+    """The candidate widths a plan measures: the widest, and those under the base width by at most
+    one bit under the budget's whole part (budget 4, base 4: 3 and 8; budget 3: 2, 3 and 8).
+    Widths between the base and the widest are extrapolated (``mixed_context``); narrower ones are
+    left out of the plan: a unit two bits under the budget must pay for one two bits above it, a
+    trade that rarely pays, and measuring it would cost a third more probes."""
     low = math.floor(budget_bpw) - 1
-    measured = {b for b in candidates if low <= b <= base_bits} | {base_bits}
-    return tuple(sorted(measured))
+    below = {b for b in candidates if low <= b < base_bits}
+    above = {max(candidates)} if max(candidates) > base_bits else set()
+    return tuple(sorted(below | above))
+
+
 RESOLUTION = 1 << 15  # budget grid steps: rounding costs up loses at most units/RESOLUTION of the budget
 
 
@@ -95,26 +99,6 @@ class MixedPrecisionPlan:
         return {"unit_bits": self.unit_bits, "budget_bpw": self.budget_bpw, "bits_per_weight": self.bits_per_weight,
                 "stored_bytes": self.stored_bytes, "predicted_delta": self.predicted_delta,
                 "base": dataclasses.asdict(self.base), "weights_by_bits": self.histogram(), **self.extra}
-
-
-def measure_candidates(source, base: QuantConfig, bits: tuple[int, ...] = CANDIDATE_BITS, by: str = "layer",
-                       eval_config: EvalConfig | None = None, targets: TargetConfig | None = None,
-                       probe: QualityProbe | None = None, progress: Progress | None = None
-                       ) -> dict[int, SensitivityResult]:
-    """Sensitivity of every unit at every candidate width (one shared probe and baseline).
-    ``progress(done, total, label)`` counts unit probes over all widths."""
-    loaded = getattr(source, "loaded", source)
-    probe = probe or QualityProbe(loaded, eval_config or DEFAULT_EVAL)
-    results = {}
-    for index, b in enumerate(bits):
-        def step(done: int, total: int, unit: str, index=index, b=b) -> None:
-            if progress is not None and unit != "done":
-                progress(index * total + done, len(bits) * total, f"{b} bits: {unit}")
-        results[b] = measure_sensitivity(loaded, dataclasses.replace(base, bits=b), by=by, targets=targets,
-                                         probe=probe, progress=step)
-    if progress is not None:
-        progress(1, 1, "done")
-    return results
 
 
 def _backtrack(picks: np.ndarray, steps: np.ndarray, j: int) -> list[int]:
@@ -184,53 +168,6 @@ def error_energy(weight, cfg: QuantConfig) -> float:
     return float((dequantize(quantize_weight(weight, cfg)) - weight.detach().float()).pow(2).sum())
 
 
-def extrapolate(deltas: dict[int, dict[str, float]], units: dict[str, list[str]], weights: dict[str, Any],
-                base: QuantConfig, bits: tuple[int, ...]) -> dict[int, dict[str, float]]:
-    """Deltas at every width of ``bits``: measured ones as they are; a width above the lowest
-    measured one scales the nearest lower measured width's delta by the unit's ratio of weight error
-    energy, ``sum ||W - Q_b(W)||^2`` over its layers (``weights``: name -> ``[out, in]``). A proxy
-    assuming the loss grows in proportion to the weight noise: fair where the loss is small (more
-    bits), badly optimistic below (2-bit damage grows much faster), so lower widths must be measured."""
-    out = {b: dict(deltas[b]) for b in deltas}
-    for b in bits:
-        if b in out:
-            continue
-        below = [m for m in deltas if m < b]
-        if not below:
-            raise ConfigError(f"{b} bits lies below every measured width ({sorted(deltas)}); measure it")
-        ref = max(below)
-        out[b] = {}
-        for unit, names in units.items():
-            e_b = sum(error_energy(weights[n], dataclasses.replace(base, bits=b)) for n in names)
-            e_ref = sum(error_energy(weights[n], dataclasses.replace(base, bits=ref)) for n in names)
-            out[b][unit] = deltas[ref][unit] * (e_b / e_ref if e_ref > 0 else 1.0)
-    return out
-
-
-def plan_from_sensitivity(results: dict[int, SensitivityResult], source, base: QuantConfig, budget_bpw: float,
-                          targets: TargetConfig | None = None, bits: tuple[int, ...] | None = None,
-                          loss: str = "kl") -> MixedPrecisionPlan:
-    """:func:`plan_bits` over the widths ``bits`` (default: those measured) from
-    :func:`measure_candidates`' results on ``source``'s model; widths not measured are
-    :func:`extrapolate`-d. ``loss``: what is summed, ``kl`` (causal LMs) or ``delta`` (see
-    ``SensitivityResult.losses``; both floored at 0 so measurement noise is never "gained")."""
-    loaded = getattr(source, "loaded", source)
-    modules = target_linears(loaded.model, targets)
-    shapes = {n: (m.out_features, m.in_features) for n, m in modules.items()}
-    first = next(iter(results.values()))
-    units = {row.unit: row.layers for row in first.rows}
-    bits = tuple(sorted(bits or results))
-    measured = {b: r.losses(loss) for b, r in results.items()}
-    weights = {n: effective_weight(modules[n]).detach() for names in units.values() for n in names}
-    deltas = {b: d for b, d in extrapolate(measured, units, weights, base, bits).items() if b in bits}
-    plan = plan_bits(deltas, units, shapes, base, budget_bpw)
-    used = "kl" if loss == "kl" and all(row.kl is not None for row in first.rows) else first.metric
-    plan.extra.update(metric=first.metric, loss=used, by=first.by, baseline=first.baseline, measured_bits=sorted(results),
-                      extrapolated_bits=[b for b in bits if b not in results],
-                      sensitivity_seconds=sum(r.seconds for r in results.values()))
-    return plan
-
-
 def apply_plan(original, plan: MixedPrecisionPlan) -> CompressedModel:
     """A structural copy of ``original`` (an ``nn.Module``) with each planned layer quantized at its own width."""
     import torch
@@ -263,16 +200,31 @@ def plan_outcome(probe: QualityProbe, compressed: CompressedModel, plan: MixedPr
     return out
 
 
-def uniform_plan(plan: MixedPrecisionPlan, losses: dict[str, float]) -> MixedPrecisionPlan:
-    """Every unit of ``plan`` at the base width (``losses``: unit -> loss at that width): the plan's
-    natural competitor, uniform quantization, held to the same accounting."""
-    bits = plan.base.bits
-    stored = sum(weight_bytes(plan.shapes[n], plan.base) for names in plan.units.values() for n in names)
-    numel = sum(o * i for o, i in plan.shapes.values())
-    return MixedPrecisionPlan(unit_bits={u: bits for u in plan.units}, units=plan.units, shapes=plan.shapes,
-                              base=plan.base, budget_bpw=8 * stored / numel,
-                              predicted_delta=float(sum(losses[u] for u in plan.units)), stored_bytes=stored,
-                              extra={k: plan.extra[k] for k in ("metric", "loss", "by") if k in plan.extra})
+def uniform_plan_of(units: dict[str, list[str]], shapes: dict[str, tuple[int, int]], base: QuantConfig,
+                    predicted: float = 0.0, extra: dict[str, Any] | None = None) -> MixedPrecisionPlan:
+    """Every unit at the base width: uniform quantization, held to the plans' accounting."""
+    stored = sum(weight_bytes(shapes[n], base) for names in units.values() for n in names)
+    numel = sum(shapes[n][0] * shapes[n][1] for names in units.values() for n in names)
+    return MixedPrecisionPlan(unit_bits={u: base.bits for u in units}, units=units, shapes=shapes, base=base,
+                              budget_bpw=8 * stored / numel, predicted_delta=predicted, stored_bytes=stored,
+                              extra=dict(extra or {}))
+
+
+def plan_around_uniform(context, source, budget_bpw: float, bits: tuple[int, ...]) -> MixedPrecisionPlan:
+    """:func:`plan_bits` over ``bits`` from ``context`` (``mixed_context.ContextSensitivity``): the
+    predicted loss is the uniform model's plus the chosen units' changes."""
+    from memopt_core.mixed_context import changes_at
+
+    loaded = getattr(source, "loaded", source)
+    weights = {n: effective_weight(loaded.model.get_submodule(n)).detach()
+               for names in context.units.values() for n in names}
+    changes = changes_at(context, weights, bits)
+    plan = plan_bits(changes, context.units, context.shapes, context.base, budget_bpw)
+    plan.predicted_delta += context.uniform_loss
+    plan.extra.update(loss=context.loss, by=context.by, uniform_loss=context.uniform_loss, measured_bits=sorted(context.changes),
+                      extrapolated_bits=[b for b in bits if b not in context.changes],
+                      sensitivity_seconds=context.seconds, measured_around="uniform")
+    return plan
 
 
 @dataclass
@@ -284,27 +236,31 @@ class PlanComparison:
     outcome: dict[str, Any]
     uniform_plan: MixedPrecisionPlan
     uniform: dict[str, Any]
-    sensitivity: dict[int, SensitivityResult]
+    sensitivity: Any  # mixed_context.ContextSensitivity
 
     def to_dict(self, with_sensitivity: bool = False) -> dict[str, Any]:
         out = {"plan": self.plan.to_dict(), "outcome": self.outcome, "uniform_plan": self.uniform_plan.to_dict(),
                "uniform": self.uniform}
         if with_sensitivity:
-            out["sensitivity"] = {b: r.to_dict() for b, r in self.sensitivity.items()}
+            out["sensitivity"] = self.sensitivity.to_dict()
         return out
 
 
 def plan_and_compare(source, base: QuantConfig, budget_bpw: float, by: str = "layer",
                      probe: QualityProbe | None = None, targets: TargetConfig | None = None,
                      progress: Progress | None = None, bits: tuple[int, ...] = CANDIDATE_BITS) -> PlanComparison:
-    """Measure every unit at :func:`widths_to_measure`, plan ``bits`` under ``budget_bpw``, apply the
-    plan and uniform ``base.bits`` to copies, and measure both with ``probe``."""
+    """Measure every unit at :func:`widths_to_measure` around the uniform ``base`` model
+    (``mixed_context``), plan ``bits`` under ``budget_bpw``, apply the plan and uniform ``base.bits``
+    to copies, and measure both with ``probe``."""
+    from memopt_core.mixed_context import measure_around_uniform
+
     loaded = getattr(source, "loaded", source)
     probe = probe or QualityProbe(loaded, DEFAULT_EVAL)
     measured = widths_to_measure(bits, base.bits, budget_bpw)
-    results = measure_candidates(loaded, base, bits=measured, by=by, targets=targets, probe=probe, progress=progress)
-    plan = plan_from_sensitivity(results, loaded, base, budget_bpw, targets=targets,
-                                 bits=tuple(b for b in bits if b >= measured[0]))
-    uniform = uniform_plan(plan, results[base.bits].losses(plan.extra["loss"]))
+    context = measure_around_uniform(loaded, base, measured, by=by, targets=targets, probe=probe, progress=progress)
+    lowest = min(context.changes)
+    plan = plan_around_uniform(context, loaded, budget_bpw, tuple(b for b in bits if b >= lowest))
+    uniform = uniform_plan_of(context.units, context.shapes, base, context.uniform_loss,
+                              {"loss": context.loss, "by": by})
     return PlanComparison(plan, plan_outcome(probe, apply_plan(loaded.model, plan), plan),
-                          uniform, plan_outcome(probe, apply_plan(loaded.model, uniform), uniform), results)
+                          uniform, plan_outcome(probe, apply_plan(loaded.model, uniform), uniform), context)

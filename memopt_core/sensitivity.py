@@ -62,12 +62,6 @@ class SensitivityResult:
     def deltas(self) -> dict[str, float]:
         return {row.unit: row.delta for row in self.rows}
 
-    def losses(self, kind: str = "kl") -> dict[str, float]:
-        """Per unit: the KL to the original (causal LMs; never negative, and far steadier on a small
-        budget than the NLL change, which noise can make negative) or ``delta``; floored at 0."""
-        use_kl = kind == "kl" and all(row.kl is not None for row in self.rows)
-        return {row.unit: max(0.0, row.kl if use_kl else row.delta) for row in self.rows}
-
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "baseline": self.baseline, "setting": self.setting, "by": self.by,
                 "seconds": self.seconds, "protocol": self.protocol, "rows": [asdict(row) for row in self.rows]}

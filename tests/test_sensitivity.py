@@ -12,8 +12,9 @@ from torch import nn
 from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig
 from memopt_core.errors import ConfigError
 from memopt_core.layers import QuantLinear, weight_storage_bytes
-from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, extrapolate, measure_candidates, plan_and_compare, plan_bits,
-                                         plan_from_sensitivity, plan_outcome, weight_bytes, widths_to_measure)
+from memopt_core.mixed_context import ContextSensitivity, changes_at
+from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, plan_and_compare, plan_bits, weight_bytes,
+                                         widths_to_measure)
 from memopt_core.sensitivity_charts import plan_bits_chart, sensitivity_bars
 from memopt_core.primitives.quant import dequantize, quantize_weight
 from memopt_core.models import LoadedModel, load_model, weights_checksum
@@ -147,71 +148,64 @@ def test_plan_is_the_best_combination_within_budget():
         plan_bits(deltas, units, shapes, base, 2.0)
 
 
-def test_unmeasured_widths_scale_with_the_weight_error():
+def _context(changes: dict[int, dict[str, float]], units, shapes) -> ContextSensitivity:
+    return ContextSensitivity(INT4, "layer", units, shapes, 0.1, changes, "kl", 0.0)
+
+
+def test_widths_between_the_base_and_the_widest_scale_with_the_error_they_remove():
     g = torch.Generator().manual_seed(3)
     weights = {"a": torch.randn(8, 40, generator=g), "b": torch.randn(16, 40, generator=g)}
-    units = {"u": ["a", "b"]}
-    measured = {2: {"u": 0.5}, 4: {"u": 0.2}}
-    out = extrapolate(measured, units, weights, QuantConfig(bits=4), (2, 3, 4, 8))
+    units, shapes = {"u": ["a", "b"]}, {"a": (8, 40), "b": (16, 40)}
+    context = _context({3: {"u": 0.5}, 4: {"u": 0.0}, 8: {"u": -0.2}}, units, shapes)
+    out = changes_at(context, weights, (3, 4, 5, 6, 8))
 
     def energy(bits):
         return sum(float((dequantize(quantize_weight(w, QuantConfig(bits=bits))) - w).pow(2).sum())
                    for w in weights.values())
 
-    assert out[2] == {"u": 0.5} and out[4] == {"u": 0.2}
-    assert out[3]["u"] == pytest.approx(0.5 * energy(3) / energy(2), rel=1e-5)
-    assert out[8]["u"] == pytest.approx(0.2 * energy(8) / energy(4), rel=1e-5)
-    with pytest.raises(ConfigError, match="below every measured width"):
-        extrapolate({3: {"u": 0.5}}, units, weights, QuantConfig(bits=4), (2, 3))
+    assert out[3] == {"u": 0.5} and out[4] == {"u": 0.0} and out[8] == {"u": -0.2}
+    for bits in (5, 6):
+        share = (energy(4) - energy(bits)) / (energy(4) - energy(8))
+        assert 0.7 < share < 1 and out[bits]["u"] == pytest.approx(-0.2 * share, rel=1e-5)
+    with pytest.raises(ConfigError, match="was not measured"):
+        changes_at(context, weights, (2, 3))
 
 
-def test_plan_applies_and_reports_predicted_against_measured(fragile_llama, probe):
-    base = QuantConfig(bits=4)
-    results = measure_candidates(fragile_llama, base, probe=probe)  # 2, 3, 4 and 8 bits
-    uniform = results[4]
-    budget = 8 * sum(weight_bytes(fragile_llama.model.get_submodule(r.unit).weight.shape, base)
-                     for r in uniform.rows) / sum(r.params for r in uniform.rows)  # uniform 4-bit's own size
-    plan = plan_from_sensitivity(results, fragile_llama, base, budget_bpw=budget)
-    assert plan.bits[FRAGILE] == 8  # the one layer that cannot take a coarse grid gets the wide one
-    assert plan.extra["loss"] == "kl" and plan.predicted_delta < 0.7 * sum(uniform.losses().values())
-    compressed = apply_plan(fragile_llama.model, plan)
-    for name, bits in plan.bits.items():
-        layer = compressed.model.get_submodule(name)
-        assert isinstance(layer, QuantLinear) and layer.bits == bits
-    outcome = plan_outcome(probe, compressed, plan)
-    assert outcome["stored_weight_bytes"] == plan.stored_bytes and plan.bits_per_weight <= budget
-    uniform_model = apply_plan(fragile_llama.model, plan_bits({4: {u: 0.0 for u in plan.units}}, plan.units,
-                                                              plan.shapes, base, budget))
-    assert outcome["measured_loss"] < probe.measure(uniform_model.model)[2]  # KL against uniform 4-bit's
-    assert {"predicted_perplexity", "measured_perplexity", "predicted_loss", "measured_loss"} <= set(outcome)
-    assert json.dumps(plan.to_dict())
-
-
-def test_plan_beats_uniform_quantization_at_its_own_bytes(fragile_llama, probe):
+def test_plan_is_measured_around_uniform_and_beats_it_at_its_own_bytes(fragile_llama, probe):
     names = list(target_linears(fragile_llama.model))
     shapes = {n: tuple(fragile_llama.model.get_submodule(n).weight.shape) for n in names}
     uniform_bytes = sum(weight_bytes(s, INT4) for s in shapes.values())
     budget = 8 * uniform_bytes / sum(o * i for o, i in shapes.values())
-    steps = []
+    before, steps = weights_checksum(fragile_llama.model), []
     comparison = plan_and_compare(fragile_llama, INT4, budget, probe=probe,
                                   progress=lambda done, total, unit: steps.append((done, total)))
-    plan, outcome, uniform = comparison.plan, comparison.outcome, comparison.uniform
-    assert plan.bits[FRAGILE] == 8 and plan.stored_bytes <= uniform_bytes
+    plan, outcome, uniform, context = comparison.plan, comparison.outcome, comparison.uniform, comparison.sensitivity
+    assert weights_checksum(fragile_llama.model) == before
+    assert steps[-1] == (1, 1) and steps[0] == (0, 2 * len(names))  # 3 and 8 bits, one probe per layer
+    assert sorted(context.changes) == [3, 4, 8] and plan.extra["extrapolated_bits"] == [5, 6]
+    # the fragile layer, alone at 8 bits in the uniform 4-bit model, removes most of its loss
+    assert context.changes[8][FRAGILE] == min(context.changes[8].values()) < -0.6 * context.uniform_loss
+    assert plan.bits[FRAGILE] >= 6 and plan.stored_bytes <= uniform_bytes
+    compressed = apply_plan(fragile_llama.model, plan).model
+    assert all(isinstance(compressed.get_submodule(n), QuantLinear) and compressed.get_submodule(n).bits == bits
+               for n, bits in plan.bits.items())
     assert comparison.uniform_plan.bits == {n: 4 for n in names} and uniform["stored_weight_bytes"] == uniform_bytes
+    assert uniform["measured_loss"] == pytest.approx(context.uniform_loss) == uniform["predicted_loss"]
+    assert outcome["stored_weight_bytes"] == plan.stored_bytes and plan.bits_per_weight <= budget
     assert outcome["measured_loss"] < 0.5 * uniform["measured_loss"]  # KL of the applied models, same probe
-    assert uniform["measured_loss"] == pytest.approx(probe.measure(apply_plan(fragile_llama.model, comparison.uniform_plan)
-                                                                   .model)[2])
-    assert steps[-1] == (1, 1) and steps[0] == (0, 2 * len(names))  # 3 and 4 bits, one probe per layer
-    assert sorted(comparison.sensitivity) == [3, 4] and json.dumps(comparison.to_dict(with_sensitivity=True))
-    assert plan.extra["extrapolated_bits"] == [5, 6, 8]
+    assert outcome["predicted_loss"] == pytest.approx(
+        context.uniform_loss + sum(changes_at(context, {n: fragile_llama.model.get_submodule(n).weight for n in names},
+                                              (3, 4, 5, 6, 8))[plan.unit_bits[u]][u] for u in plan.units))
+    assert {"predicted_perplexity", "measured_perplexity", "predicted_loss", "measured_loss"} <= set(outcome)
+    assert json.dumps(comparison.to_dict(with_sensitivity=True))
 
 
 def test_widths_measured_follow_the_budget():
-    assert widths_to_measure(CANDIDATE_BITS, 4, 4.02) == (3, 4)
-    assert widths_to_measure(CANDIDATE_BITS, 4, 3.0) == (2, 3, 4)
-    assert widths_to_measure(CANDIDATE_BITS, 4, 2.2) == (2, 3, 4)
-    assert widths_to_measure(CANDIDATE_BITS, 4, 7.5) == (4,)
-    assert widths_to_measure(CANDIDATE_BITS, 3, 4.5) == (3,)
+    assert widths_to_measure(CANDIDATE_BITS, 4, 4.02) == (3, 8)
+    assert widths_to_measure(CANDIDATE_BITS, 4, 3.0) == (2, 3, 8)
+    assert widths_to_measure(CANDIDATE_BITS, 4, 2.2) == (2, 3, 8)
+    assert widths_to_measure(CANDIDATE_BITS, 4, 7.5) == (8,)
+    assert widths_to_measure((2, 3, 4), 4, 4.5) == (3,)
 
 
 def test_charts_draw_the_ranking_and_the_plan(fragile_llama, probe):

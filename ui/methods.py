@@ -97,12 +97,14 @@ def explain_sensitivity() -> None:
                     "the copy is scored on the probe tokens and restored. For a causal LM the loss is the KL "
                     "divergence of its next-token distribution from the original's:")
         st.latex(r"\ell_u(b) = \frac{1}{T}\sum_t \mathrm{KL}\big(p_t \,\|\, \hat p_t^{(u,b)}\big)")
-        st.markdown("The plan measures $\\ell_u$ at the base width and the widths down to one bit under the "
-                    "budget (budget 4: 3 and 4 bits); 5, 6 and 8 bits are extrapolated from the base width by the "
-                    "weight error $\\lVert W - Q_b(W) \\rVert^2$. It then picks one width per unit, the least "
-                    "summed loss within the byte budget: a multiple-choice knapsack solved exactly by dynamic "
+        st.markdown("The plan does not use these isolated losses: they do not add up once every layer is "
+                    "quantized. It starts from the model quantized uniformly at the base width $B$ and measures, "
+                    "for each unit, the change $\\Delta_u(b)$ when only that unit moves to width $b$ (budget 4: "
+                    "$b$ = 3 and 8; 5 and 6 bits are interpolated by the weight error "
+                    "$\\lVert W - Q_b(W) \\rVert^2$ they remove). It then picks one width per unit, the least "
+                    "predicted loss within the byte budget: a multiple-choice knapsack solved exactly by dynamic "
                     "programming.")
-        st.latex(r"\min_{b_u} \sum_u \ell_u(b_u) \quad \text{s.t.} \quad \sum_u \mathrm{bytes}_u(b_u) "
-                 r"\le \text{budget}")
+        st.latex(r"\min_{b_u}\; L(B) + \sum_u \Delta_u(b_u) \quad \text{s.t.} \quad \sum_u "
+                 r"\mathrm{bytes}_u(b_u) \le \text{budget}")
         st.markdown("The sum assumes the units' losses add up; the measured result of the applied plan shows "
                     "how far that holds.")

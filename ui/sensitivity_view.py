@@ -127,10 +127,10 @@ def show_plan(shown: dict[str, Any]) -> None:
         column.caption(f"{result['bits_per_weight']:.3f} bits per weight · {result['stored_weight_bytes']:,} bytes "
                        f"of targeted weights · predicted {quality} {_perplexity(result, 'predicted_perplexity')}")
     columns[2].metric("original", _perplexity(outcome, "baseline_perplexity") if quality == "perplexity" else "1.0")
-    st.caption("Predicted = the original's score plus the sum of each unit's own measured loss (widths not "
-               "measured, the wider ones, are extrapolated from the base width by the weight error). Measured = the whole plan "
-               "applied to a copy and scored on the same probe tokens; the gap shows how far the additive "
-               "model holds.")
+    st.caption(f"Predicted = the loss of uniform {bits}-bit plus, for each unit, the change measured when only "
+               "that unit moves to its planned width in the uniform model (5 and 6 bits are interpolated "
+               "between the base and 8 bits by the weight error they remove). Measured = the whole plan applied "
+               "to a copy and scored on the same probe tokens; the gap shows how far the additive model holds.")
     st.download_button("Download the plan (JSON)", json.dumps(comparison, indent=2, default=str),
                        file_name="mixed_precision_plan.json", mime="application/json", key="sens.download",
                        icon=":material/download:")
