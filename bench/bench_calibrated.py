@@ -29,9 +29,9 @@ from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, 
 from memopt_core.datasets import load_text, token_windows  # noqa: E402
 from memopt_core.evaluate import evaluate_causal_lm  # noqa: E402
 from memopt_core.calibration_data import calibration_set  # noqa: E402
-from memopt_core.mixed_context import measure_around_uniform  # noqa: E402
-from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, plan_around_uniform,  # noqa: E402
-                                         plan_outcome, uniform_plan_of, weight_bytes, widths_to_measure)
+from memopt_core.mixed_context import measure_around_uniform, plan_around_uniform  # noqa: E402
+from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, plan_outcome, uniform_plan_of,  # noqa: E402
+                                         weight_bytes, widths_to_measure)
 from memopt_core.primitives.gptq import GPTQOptions  # noqa: E402
 from memopt_core.runner import Workbench  # noqa: E402
 from memopt_core.sensitivity import QualityProbe  # noqa: E402

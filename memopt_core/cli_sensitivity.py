@@ -62,7 +62,7 @@ def _table(result, top: int) -> str:
 
 
 def _plan(args: argparse.Namespace, bench, probe) -> dict:
-    from memopt_core.mixed_precision import plan_and_compare
+    from memopt_core.mixed_context import plan_and_compare
 
     base = QuantConfig(**{k: v for k, v in quant_kwargs(_plan_args(args)).items() if k != "method"})
     return plan_and_compare(bench, base, args.plan_bpw, by=args.by, probe=probe).to_dict()

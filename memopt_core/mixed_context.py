@@ -1,4 +1,4 @@
-"""Mixed-precision sensitivity measured at the operating point, not in isolation.
+"""Mixed-precision plans measured at the operating point, not in isolation (:func:`plan_and_compare`).
 
 Measured in isolation (one unit quantized, the rest dense; ``sensitivity.py``), per-unit losses do
 not add up once many units are quantized: on SmolLM2 a 3/4/8-bit plan predicted a KL of 0.55 from
@@ -23,9 +23,11 @@ import torch
 
 from memopt_core.config import QuantConfig, TargetConfig
 from memopt_core.errors import ConfigError
+from memopt_core.mixed_precision import (CANDIDATE_BITS, MixedPrecisionPlan, apply_plan, error_energy, plan_bits,
+                                         plan_outcome, uniform_plan_of, widths_to_measure)
 from memopt_core.quantize import quantize_
 from memopt_core.sensitivity import DEFAULT_EVAL, Progress, QualityProbe, units_of
-from memopt_core.walk import set_module, target_linears
+from memopt_core.walk import effective_weight, set_module, target_linears
 
 
 @dataclass
@@ -56,8 +58,6 @@ def measure_around_uniform(source, base: QuantConfig, widths: tuple[int, ...], b
                            targets: TargetConfig | None = None, probe: QualityProbe | None = None,
                            progress: Progress | None = None) -> ContextSensitivity:
     """One probe per unit and width of ``widths`` (the base width needs none: its change is 0)."""
-    from memopt_core.mixed_precision import apply_plan, uniform_plan_of
-
     loaded = getattr(source, "loaded", source)
     probe = probe or QualityProbe(loaded, DEFAULT_EVAL)
     start = time.perf_counter()
@@ -88,12 +88,11 @@ def measure_around_uniform(source, base: QuantConfig, widths: tuple[int, ...], b
                               time.perf_counter() - start)
 
 
-def changes_at(context: ContextSensitivity, weights: dict[str, Any], bits: tuple[int, ...]) -> dict[int, dict[str, float]]:
+def changes_at(context: ContextSensitivity, weights: dict[str, Any],
+               bits: tuple[int, ...]) -> dict[int, dict[str, float]]:
     """``context.changes`` at every width of ``bits``: measured ones as they are; a width above the
     base between it and the widest measured one is extrapolated (module doc). Widths below the base
     must have been measured."""
-    from memopt_core.mixed_precision import error_energy
-
     base = context.base.bits
     out = {}
     for b in bits:
@@ -112,3 +111,55 @@ def changes_at(context: ContextSensitivity, weights: dict[str, Any], bits: tuple
             share = (energy[base] - energy[b]) / removed if removed > 0 else 1.0
             out[b][unit] = context.changes[top][unit] * share
     return out
+
+
+def plan_around_uniform(context: ContextSensitivity, source, budget_bpw: float,
+                        bits: tuple[int, ...]) -> MixedPrecisionPlan:
+    """:func:`plan_bits` over ``bits`` from ``context``: the predicted loss is the uniform model's
+    plus the chosen units' changes."""
+    loaded = getattr(source, "loaded", source)
+    weights = {n: effective_weight(loaded.model.get_submodule(n)).detach()
+               for names in context.units.values() for n in names}
+    changes = changes_at(context, weights, bits)
+    plan = plan_bits(changes, context.units, context.shapes, context.base, budget_bpw)
+    plan.predicted_delta += context.uniform_loss
+    plan.extra.update(loss=context.loss, by=context.by, uniform_loss=context.uniform_loss,
+                      measured_bits=sorted(context.changes), extrapolated_bits=[b for b in bits if b not in context.changes],
+                      sensitivity_seconds=context.seconds, measured_around="uniform")
+    return plan
+
+
+@dataclass
+class PlanComparison:
+    """A mixed-precision plan and uniform quantization at the base width, each applied and measured
+    by the same probe (``outcome`` / ``uniform``: :func:`plan_outcome` dicts)."""
+
+    plan: MixedPrecisionPlan
+    outcome: dict[str, Any]
+    uniform_plan: MixedPrecisionPlan
+    uniform: dict[str, Any]
+    sensitivity: ContextSensitivity
+
+    def to_dict(self, with_sensitivity: bool = False) -> dict[str, Any]:
+        out = {"plan": self.plan.to_dict(), "outcome": self.outcome, "uniform_plan": self.uniform_plan.to_dict(),
+               "uniform": self.uniform}
+        if with_sensitivity:
+            out["sensitivity"] = self.sensitivity.to_dict()
+        return out
+
+
+def plan_and_compare(source, base: QuantConfig, budget_bpw: float, by: str = "layer",
+                     probe: QualityProbe | None = None, targets: TargetConfig | None = None,
+                     progress: Progress | None = None, bits: tuple[int, ...] = CANDIDATE_BITS) -> PlanComparison:
+    """Measure every unit at :func:`widths_to_measure` around the uniform ``base`` model, plan ``bits`` under ``budget_bpw``, apply the plan and uniform ``base.bits``
+    to copies, and measure both with ``probe``."""
+    loaded = getattr(source, "loaded", source)
+    probe = probe or QualityProbe(loaded, DEFAULT_EVAL)
+    measured = widths_to_measure(bits, base.bits, budget_bpw)
+    context = measure_around_uniform(loaded, base, measured, by=by, targets=targets, probe=probe, progress=progress)
+    lowest = min(context.changes)
+    plan = plan_around_uniform(context, loaded, budget_bpw, tuple(b for b in bits if b >= lowest))
+    uniform = uniform_plan_of(context.units, context.shapes, base, context.uniform_loss,
+                              {"loss": context.loss, "by": by})
+    return PlanComparison(plan, plan_outcome(probe, apply_plan(loaded.model, plan), plan),
+                          uniform, plan_outcome(probe, apply_plan(loaded.model, uniform), uniform), context)

@@ -11,7 +11,7 @@
    QuantLinear of its bits), so memory and quality are measured on the real thing.
 
 The additive prediction ignores interactions between the units that move; :func:`plan_outcome`
-reports the measured quality next to it, and :func:`plan_and_compare` measures uniform
+reports the measured quality next to it, and ``mixed_context.plan_and_compare`` measures uniform
 quantization at the same accounting beside the plan.
 """
 from __future__ import annotations
@@ -25,13 +25,12 @@ from typing import Any
 import numpy as np
 
 from memopt_core.compress import CompressedModel, structural_copy
-from memopt_core.config import QuantConfig, TargetConfig
+from memopt_core.config import QuantConfig
 from memopt_core.errors import ConfigError
 from memopt_core.primitives.packing import packed_nbytes
 from memopt_core.quantize import quantize_
-from memopt_core.sensitivity import DEFAULT_EVAL, Progress, QualityProbe
+from memopt_core.sensitivity import QualityProbe
 from memopt_core.primitives.quant import dequantize, quantize_weight
-from memopt_core.walk import effective_weight
 
 CANDIDATE_BITS = (2, 3, 4, 5, 6, 8)
 
@@ -208,59 +207,3 @@ def uniform_plan_of(units: dict[str, list[str]], shapes: dict[str, tuple[int, in
     return MixedPrecisionPlan(unit_bits={u: base.bits for u in units}, units=units, shapes=shapes, base=base,
                               budget_bpw=8 * stored / numel, predicted_delta=predicted, stored_bytes=stored,
                               extra=dict(extra or {}))
-
-
-def plan_around_uniform(context, source, budget_bpw: float, bits: tuple[int, ...]) -> MixedPrecisionPlan:
-    """:func:`plan_bits` over ``bits`` from ``context`` (``mixed_context.ContextSensitivity``): the
-    predicted loss is the uniform model's plus the chosen units' changes."""
-    from memopt_core.mixed_context import changes_at
-
-    loaded = getattr(source, "loaded", source)
-    weights = {n: effective_weight(loaded.model.get_submodule(n)).detach()
-               for names in context.units.values() for n in names}
-    changes = changes_at(context, weights, bits)
-    plan = plan_bits(changes, context.units, context.shapes, context.base, budget_bpw)
-    plan.predicted_delta += context.uniform_loss
-    plan.extra.update(loss=context.loss, by=context.by, uniform_loss=context.uniform_loss, measured_bits=sorted(context.changes),
-                      extrapolated_bits=[b for b in bits if b not in context.changes],
-                      sensitivity_seconds=context.seconds, measured_around="uniform")
-    return plan
-
-
-@dataclass
-class PlanComparison:
-    """A mixed-precision plan and uniform quantization at the base width, each applied and measured
-    by the same probe (``outcome`` / ``uniform``: :func:`plan_outcome` dicts)."""
-
-    plan: MixedPrecisionPlan
-    outcome: dict[str, Any]
-    uniform_plan: MixedPrecisionPlan
-    uniform: dict[str, Any]
-    sensitivity: Any  # mixed_context.ContextSensitivity
-
-    def to_dict(self, with_sensitivity: bool = False) -> dict[str, Any]:
-        out = {"plan": self.plan.to_dict(), "outcome": self.outcome, "uniform_plan": self.uniform_plan.to_dict(),
-               "uniform": self.uniform}
-        if with_sensitivity:
-            out["sensitivity"] = self.sensitivity.to_dict()
-        return out
-
-
-def plan_and_compare(source, base: QuantConfig, budget_bpw: float, by: str = "layer",
-                     probe: QualityProbe | None = None, targets: TargetConfig | None = None,
-                     progress: Progress | None = None, bits: tuple[int, ...] = CANDIDATE_BITS) -> PlanComparison:
-    """Measure every unit at :func:`widths_to_measure` around the uniform ``base`` model
-    (``mixed_context``), plan ``bits`` under ``budget_bpw``, apply the plan and uniform ``base.bits``
-    to copies, and measure both with ``probe``."""
-    from memopt_core.mixed_context import measure_around_uniform
-
-    loaded = getattr(source, "loaded", source)
-    probe = probe or QualityProbe(loaded, DEFAULT_EVAL)
-    measured = widths_to_measure(bits, base.bits, budget_bpw)
-    context = measure_around_uniform(loaded, base, measured, by=by, targets=targets, probe=probe, progress=progress)
-    lowest = min(context.changes)
-    plan = plan_around_uniform(context, loaded, budget_bpw, tuple(b for b in bits if b >= lowest))
-    uniform = uniform_plan_of(context.units, context.shapes, base, context.uniform_loss,
-                              {"loss": context.loss, "by": by})
-    return PlanComparison(plan, plan_outcome(probe, apply_plan(loaded.model, plan), plan),
-                          uniform, plan_outcome(probe, apply_plan(loaded.model, uniform), uniform), context)

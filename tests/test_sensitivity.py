@@ -12,8 +12,8 @@ from torch import nn
 from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig
 from memopt_core.errors import ConfigError
 from memopt_core.layers import QuantLinear, weight_storage_bytes
-from memopt_core.mixed_context import ContextSensitivity, changes_at
-from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, plan_and_compare, plan_bits, weight_bytes,
+from memopt_core.mixed_context import ContextSensitivity, changes_at, plan_and_compare
+from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, plan_bits, weight_bytes,
                                          widths_to_measure)
 from memopt_core.sensitivity_charts import plan_bits_chart, sensitivity_bars
 from memopt_core.primitives.quant import dequantize, quantize_weight

@@ -73,7 +73,7 @@ def measure(spec: ModelSpec, evaluation: EvalConfig, quant: QuantConfig, prune: 
 
 
 def plan(spec: ModelSpec, evaluation: EvalConfig, base: QuantConfig, budget: float, by: str, tokens: int) -> None:
-    from memopt_core.mixed_precision import plan_and_compare
+    from memopt_core.mixed_context import plan_and_compare
 
     bar = st.progress(0.0, text="Starting ...")
     bench, probe = _probe(spec, evaluation, tokens, lambda text: bar.progress(0.0, text=text))
