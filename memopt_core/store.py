@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from memopt_core.errors import DataError
 
@@ -45,6 +45,24 @@ def default_db_path() -> Path:
     return cache_dir() / "results.db"
 
 
+LOCK_WAIT_S = 30.0
+
+
+def _when_unlocked(step: Callable[[], Any]) -> Any:
+    """Run ``step``, retrying while another process holds the database. SQLite's busy timeout
+    covers reads and writes, but switching a new file to WAL or creating the schema while another
+    process does the same can answer "database is locked" at once."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as error:
+            transient = "locked" in str(error) or "busy" in str(error)
+            if not transient or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class ResultStore:
     """A thread-safe handle on the results database (one connection per thread)."""
 
@@ -56,15 +74,15 @@ class ResultStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as db:
-                db.executescript(_SCHEMA)
+                _when_unlocked(lambda: db.executescript(_SCHEMA))
         except (sqlite3.DatabaseError, OSError) as error:
             raise DataError(f"results database {str(self.path)!r} cannot be opened: {error}") from None
 
     def _connect(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30.0)
-            db.execute("PRAGMA journal_mode=WAL")
+            db = sqlite3.connect(self.path, timeout=LOCK_WAIT_S)
+            _when_unlocked(lambda: db.execute("PRAGMA journal_mode=WAL"))
             db.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db
         return db
