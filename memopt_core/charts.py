@@ -29,7 +29,8 @@ _HOVER_FIGURES = (("setting", "setting", "{}"), ("perplexity", "perplexity", "{:
                   ("sweep", "sweep", "{}"))
 
 
-def _color(index: int) -> str:
+def series_color(index: int) -> str:
+    """The palette colour of the ``index``-th series (lines, bar groups), cycling."""
     return _PALETTE[index % len(_PALETTE)]
 
 
@@ -54,7 +55,7 @@ def sparsity_by_layer(layers: Sequence[dict[str, Any]]) -> go.Figure:
     figure = go.Figure()
     for index, (module_type, part) in enumerate(frame.groupby("module_type", sort=False)):
         figure.add_bar(x=part["block_label"], y=part["sparsity"], name=module_type,
-                       marker_color=_color(index), customdata=part[["name"]],
+                       marker_color=series_color(index), customdata=part[["name"]],
                        hovertemplate="%{customdata[0]}<br>sparsity %{y:.1%}<extra></extra>")
     figure.update_layout(title="Sparsity per layer (zeros counted from the weights)", barmode="group",
                          yaxis=dict(title="sparsity", tickformat=".0%", range=[0, 1]), legend_title="module")
@@ -65,9 +66,9 @@ def bytes_by_layer(layers: Sequence[dict[str, Any]]) -> go.Figure:
     """Dense vs stored weight bytes of each targeted layer: two bars per layer."""
     frame = _layer_frame(layers)
     figure = go.Figure()
-    figure.add_bar(x=frame["name"], y=frame["dense_bytes"], name="before (dense)", marker_color=_color(0),
+    figure.add_bar(x=frame["name"], y=frame["dense_bytes"], name="before (dense)", marker_color=series_color(0),
                    hovertemplate="%{x}<br>%{y:,} bytes before<extra></extra>")
-    figure.add_bar(x=frame["name"], y=frame["stored_bytes"], name="after (stored)", marker_color=_color(1),
+    figure.add_bar(x=frame["name"], y=frame["stored_bytes"], name="after (stored)", marker_color=series_color(1),
                    customdata=frame[["bits"]], hovertemplate="%{x}<br>%{y:,} bytes stored, "
                    "%{customdata[0]:.2f} bits/weight<extra></extra>")
     figure.update_layout(title="Weight bytes per layer, before and after", barmode="group",
@@ -91,7 +92,7 @@ def weight_histogram(before: Sequence[float], after: Sequence[float], grid: Sequ
     figure = go.Figure()
     for index, (name, data) in enumerate((("original", before), ("compressed", after))):
         counts, _ = np.histogram(np.clip(data, low, high), bins=edges)
-        figure.add_bar(x=centres, y=counts, width=width, name=name, opacity=0.6, marker_color=_color(index),
+        figure.add_bar(x=centres, y=counts, width=width, name=name, opacity=0.6, marker_color=series_color(index),
                        hovertemplate=f"{name}: %{{y:,}} weights near %{{x:.4g}}<extra></extra>")
     if len(grid):
         figure.add_scatter(x=list(map(float, grid)), y=[0] * len(grid), mode="markers", name="quantization grid",
@@ -170,7 +171,7 @@ def tradeoff_memory(table: pd.DataFrame, group_by: str = "pruning") -> go.Figure
         part = part.sort_values("stored_bytes")
         customdata, template = _hover(part)
         figure.add_scatter(x=part["stored_bytes"] / GIB, y=finite(part[metric]), mode=mode,
-                           name=str(name), marker_color=_color(index), customdata=customdata,
+                           name=str(name), marker_color=series_color(index), customdata=customdata,
                            hovertemplate=template)
     if "pareto" in table:
         front = table[table["pareto"].astype(bool)].sort_values("stored_bytes")
@@ -246,7 +247,7 @@ def quality_vs_bits(table: pd.DataFrame) -> go.Figure:
     metric, label = _quality_axis(table)
     frame = table.assign(prune_label=table.apply(_line_label, axis=1), grain=table.apply(_grain_label, axis=1))
     frame = frame.sort_values(["prune_ratio", "prune_label"], kind="stable")  # unpruned first, as elsewhere
-    colours = {name: _color(i) for i, name in enumerate(dict.fromkeys(frame["prune_label"]))}
+    colours = {name: series_color(i) for i, name in enumerate(dict.fromkeys(frame["prune_label"]))}
     grains = sorted(set(frame.loc[frame["bits"] < 16, "grain"]), key=_grain_order)
     dashes = {name: _DASHES[i % len(_DASHES)] for i, name in enumerate(grains)}
     figure = go.Figure()
@@ -316,7 +317,7 @@ def memory_stack(estimate: dict[str, Any]) -> go.Figure:
     figure = go.Figure()
     for index, (key, name) in enumerate((("weights_bytes", "weights"), ("kv_cache_bytes", "KV cache"),
                                          ("activation_bytes", "activations (rough)"))):
-        figure.add_bar(x=["estimate"], y=[estimate[key] / GIB], name=name, marker_color=_color(index),
+        figure.add_bar(x=["estimate"], y=[estimate[key] / GIB], name=name, marker_color=series_color(index),
                        hovertemplate=f"{name}: %{{y:.2f}} GiB<extra></extra>")
     figure.update_layout(title=f"Estimated memory: {estimate['total_bytes'] / GIB:.2f} GiB in all", barmode="stack",
                          yaxis_title="GiB")

@@ -45,8 +45,8 @@ class ContextSensitivity:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"base": dataclasses.asdict(self.base), "by": self.by, "uniform_loss": self.uniform_loss, "loss": self.loss,
-                "changes": self.changes, "seconds": self.seconds}
+        return {"base": dataclasses.asdict(self.base), "by": self.by, "uniform_loss": self.uniform_loss,
+                "loss": self.loss, "changes": self.changes, "seconds": self.seconds}
 
 
 def _loss(probe: QualityProbe, model) -> float:
@@ -84,8 +84,8 @@ def measure_around_uniform(source, base: QuantConfig, widths: tuple[int, ...], b
     if progress is not None:
         progress(1, 1, "done")
     changes[base.bits] = {unit: 0.0 for unit in units}
-    return ContextSensitivity(base, by, units, shapes, uniform_loss, changes, "kl" if probe.causal else probe.metric,
-                              time.perf_counter() - start)
+    loss = "kl" if probe.causal else probe.metric
+    return ContextSensitivity(base, by, units, shapes, uniform_loss, changes, loss, time.perf_counter() - start)
 
 
 def changes_at(context: ContextSensitivity, weights: dict[str, Any],
@@ -94,6 +94,14 @@ def changes_at(context: ContextSensitivity, weights: dict[str, Any],
     base between it and the widest measured one is extrapolated (module doc). Widths below the base
     must have been measured."""
     base = context.base.bits
+    energies: dict[tuple[str, int], float] = {}
+
+    def energy(unit: str, width: int) -> float:
+        if (unit, width) not in energies:
+            cfg = dataclasses.replace(context.base, bits=width)
+            energies[unit, width] = sum(error_energy(weights[n], cfg) for n in context.units[unit])
+        return energies[unit, width]
+
     out = {}
     for b in bits:
         if b in context.changes:
@@ -104,11 +112,9 @@ def changes_at(context: ContextSensitivity, weights: dict[str, Any],
             raise ConfigError(f"{b} bits was not measured around the uniform {base}-bit model; measure it")
         top = max(above)
         out[b] = {}
-        for unit, names in context.units.items():
-            energy = {w: sum(error_energy(weights[n], dataclasses.replace(context.base, bits=w)) for n in names)
-                      for w in (base, b, top)}
-            removed = energy[base] - energy[top]
-            share = (energy[base] - energy[b]) / removed if removed > 0 else 1.0
+        for unit in context.units:
+            removed = energy(unit, base) - energy(unit, top)
+            share = (energy(unit, base) - energy(unit, b)) / removed if removed > 0 else 1.0
             out[b][unit] = context.changes[top][unit] * share
     return out
 
@@ -124,7 +130,8 @@ def plan_around_uniform(context: ContextSensitivity, source, budget_bpw: float,
     plan = plan_bits(changes, context.units, context.shapes, context.base, budget_bpw)
     plan.predicted_delta += context.uniform_loss
     plan.extra.update(loss=context.loss, by=context.by, uniform_loss=context.uniform_loss,
-                      measured_bits=sorted(context.changes), extrapolated_bits=[b for b in bits if b not in context.changes],
+                      measured_bits=sorted(context.changes),
+                      extrapolated_bits=[b for b in bits if b not in context.changes],
                       sensitivity_seconds=context.seconds, measured_around="uniform")
     return plan
 
@@ -151,8 +158,9 @@ class PlanComparison:
 def plan_and_compare(source, base: QuantConfig, budget_bpw: float, by: str = "layer",
                      probe: QualityProbe | None = None, targets: TargetConfig | None = None,
                      progress: Progress | None = None, bits: tuple[int, ...] = CANDIDATE_BITS) -> PlanComparison:
-    """Measure every unit at :func:`widths_to_measure` around the uniform ``base`` model, plan ``bits`` under ``budget_bpw``, apply the plan and uniform ``base.bits``
-    to copies, and measure both with ``probe``."""
+    """Measure every unit at :func:`widths_to_measure` around the uniform ``base`` model, plan
+    ``bits`` under ``budget_bpw``, apply the plan and uniform ``base.bits`` to copies, and measure
+    both with ``probe``."""
     loaded = getattr(source, "loaded", source)
     probe = probe or QualityProbe(loaded, DEFAULT_EVAL)
     measured = widths_to_measure(bits, base.bits, budget_bpw)

@@ -10,10 +10,10 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from memopt_core.charts import series_color
 from memopt_core.walk import layer_position
 
 _BITS_COLORS = {2: "#E45756", 3: "#F58518", 4: "#4C78A8", 5: "#72B7B2", 6: "#54A24B", 8: "#2E7D32"}
-_TYPE_PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D")
 
 
 def loss_name(result: dict[str, Any]) -> str:
@@ -41,7 +41,7 @@ def sensitivity_bars(result: dict[str, Any], top: int | None = None) -> go.Figur
     for index, kind in enumerate(types):
         part = [row for row in rows if _unit_type(row["unit"], result["by"]) == kind]
         figure.add_bar(y=[row["unit"] for row in part], x=[row[key] for row in part], orientation="h", name=kind,
-                       marker_color=_TYPE_PALETTE[index % len(_TYPE_PALETTE)],
+                       marker_color=series_color(index),
                        customdata=[[row["delta"], row["kl"] if row["kl"] is not None else float("nan"),
                                     row["params"]] for row in part],
                        hovertemplate="%{y}<br>metric change %{customdata[0]:+.5f}<br>KL %{customdata[1]:.5f}"

@@ -7,17 +7,15 @@ from ui.compress_run import result_to_show, run_setting, save_button
 from ui.compress_settings import prune_settings, quant_settings
 from ui.errors import user_errors
 from ui.methods import explain_prune, explain_quant
-from ui.model_settings import bundled_kind, eval_config, model_spec
+from ui.model_settings import model_and_evaluation
 from ui.weights_view import show_weight_view
 
 st.title("Compress")
 st.caption("Prune and quantize a copy of a model, then compare it with the original: quality, memory, "
            "layer by layer. The original is never changed.")
 
-spec = prune = quant = config = None
-with user_errors("model"):
-    spec = model_spec()
-evaluation = eval_config(bundled_kind(spec))
+prune = quant = config = None
+spec, evaluation = model_and_evaluation()
 
 prune_column, quant_column = st.columns(2)
 with prune_column:

@@ -1,10 +1,9 @@
 """Sensitivity: which layers can take compression, and a mixed-precision plan built from that."""
 import streamlit as st
 
-from memopt_core.config import QuantConfig
 from ui.errors import user_errors
 from ui.methods import explain_sensitivity
-from ui.model_settings import bundled_kind, eval_config, model_spec
+from ui.model_settings import model_and_evaluation
 from ui.sensitivity_view import PLAN, RANKING, measure, plan, show_plan, show_ranking, unit_settings
 
 st.title("Sensitivity")
@@ -12,10 +11,8 @@ st.caption("Compress one layer (or block) at a time and measure what the model l
            "compression hurts. Then let that ranking choose a bit width per unit under a memory budget, and "
            "measure the plan against uniform quantization.")
 
-spec = settings = None
-with user_errors("model"):
-    spec = model_spec()
-evaluation = eval_config(bundled_kind(spec))
+settings = None
+spec, evaluation = model_and_evaluation()
 with user_errors("settings"):
     settings = unit_settings()
 explain_sensitivity()
@@ -38,7 +35,6 @@ budget = st.slider("Budget: stored bits per weight of the targeted layers", 2.1,
 if st.button("Plan, apply and measure", key="sens.plan_run", disabled=not ready, icon=":material/tune:"):
     with user_errors("mixed precision"):
         quant, _, by, tokens = settings
-        plan(spec, evaluation, QuantConfig(bits=quant.bits, granularity=quant.granularity,
-                                           group_size=quant.group_size), budget, by, tokens)
+        plan(spec, evaluation, quant, budget, by, tokens)
 if PLAN in st.session_state:
     show_plan(st.session_state[PLAN])

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from ui.errors import user_errors
-from ui.model_settings import bundled_kind, eval_config, model_spec
+from ui.model_settings import model_and_evaluation
 from ui.sweep_view import SWEEP, grid_settings, run_grid, show_sweep
 
 st.title("Trade-offs")
@@ -10,10 +10,8 @@ st.caption("Run a grid of pruning and quantization settings on one model and see
            "quality for the memory. Finished settings are stored as they finish: stopping keeps them, and "
            "running the grid again answers them from the results store.")
 
-spec = grid = None
-with user_errors("model"):
-    spec = model_spec()
-evaluation = eval_config(bundled_kind(spec))
+grid = None
+spec, evaluation = model_and_evaluation()
 
 with user_errors("grid"):
     grid = grid_settings()

@@ -185,7 +185,7 @@ def test_pruning_settings_keep_their_colour_across_charts():
     memory = {t.name: t.marker.color for t in charts.tradeoff_memory(table).data if t.name != "Pareto front"}
     lines = charts.quality_vs_bits(table).data
     bits = {t.name.split(",")[0]: t.marker.color for t in lines}
-    assert memory == bits == {"not pruned": charts._color(0), "magnitude 50%": charts._color(1)}
+    assert memory == bits == {"not pruned": charts.series_color(0), "magnitude 50%": charts.series_color(1)}
     dashes = {t.name.split(", ")[1]: t.line.dash for t in lines}
     assert dashes == {"g32": "solid", "g128": "dash"}  # group size by dash, pruning by colour
 

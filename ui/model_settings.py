@@ -1,4 +1,4 @@
-"""Sidebar widgets shared by the Compress and Trade-offs pages: which model, where, and how it is
+"""Sidebar widgets shared by the Compress, Trade-offs and Sensitivity pages: which model, where, and how it is
 evaluated. Widgets keep their values across page switches (``persist_state="session"``) and share
 keys between pages, so a model picked on one page is the model of the other."""
 from __future__ import annotations
@@ -62,6 +62,14 @@ def model_spec(where=st.sidebar) -> ModelSpec | None:
     dtype = where.selectbox("Load weights in", DTYPES, key="model.dtype", persist_state=KEEP,
                             help="The original's precision. float32 is the reference; 16-bit halves it.")
     return ModelSpec(source=source, device=device, dtype=dtype)
+
+
+def model_and_evaluation() -> tuple[ModelSpec | None, EvalConfig | None]:
+    """The sidebar's model and evaluation settings; a bad model id shows as a one-line error (None)."""
+    spec = None
+    with user_errors("model"):
+        spec = model_spec()
+    return spec, eval_config(bundled_kind(spec))
 
 
 def _uploaded_text(where) -> str | None:

@@ -42,16 +42,18 @@ def unit_settings(where=st) -> tuple[QuantConfig, PruneConfig | None, str, int]:
     return quant, prune, by, tokens
 
 
-def _probe(spec: ModelSpec, evaluation: EvalConfig, tokens: int, say: Callable[[str], None]):
+def _start(spec: ModelSpec, evaluation: EvalConfig, tokens: int):
+    """(progress bar, shared workbench, probe scored on the original), the bar naming each step."""
     from memopt_core.sensitivity import QualityProbe
 
+    bar = st.progress(0.0, text="Starting ...")
     if not is_loaded(spec):
-        say(f"Loading {spec.source} (once; later runs reuse it)")
+        bar.progress(0.0, text=f"Loading {spec.source} (once; later runs reuse it)")
     bench = workbench(spec)
-    say("Scoring the original on the probe tokens")
+    bar.progress(0.0, text="Scoring the original on the probe tokens")
     probe = QualityProbe(bench.loaded, EvalConfig(text=evaluation.text, seq_len=min(evaluation.seq_len, tokens),
                                                   max_tokens=tokens, gen_tokens=0, zero_shot=False))
-    return bench, probe
+    return bar, bench, probe
 
 
 def _bar_progress(bar) -> Callable[[int, int, str], None]:
@@ -65,8 +67,7 @@ def measure(spec: ModelSpec, evaluation: EvalConfig, quant: QuantConfig, prune: 
             tokens: int) -> None:
     from memopt_core.sensitivity import measure_sensitivity
 
-    bar = st.progress(0.0, text="Starting ...")
-    bench, probe = _probe(spec, evaluation, tokens, lambda text: bar.progress(0.0, text=text))
+    bar, bench, probe = _start(spec, evaluation, tokens)
     result = measure_sensitivity(bench, quant, prune, by=by, probe=probe, progress=_bar_progress(bar))
     bar.progress(1.0, text=f"{len(result.rows)} units measured in {result.seconds:.1f} s")
     st.session_state[RANKING] = {"model": bench.loaded.label, "result": result.to_dict()}
@@ -75,8 +76,7 @@ def measure(spec: ModelSpec, evaluation: EvalConfig, quant: QuantConfig, prune: 
 def plan(spec: ModelSpec, evaluation: EvalConfig, base: QuantConfig, budget: float, by: str, tokens: int) -> None:
     from memopt_core.mixed_context import plan_and_compare
 
-    bar = st.progress(0.0, text="Starting ...")
-    bench, probe = _probe(spec, evaluation, tokens, lambda text: bar.progress(0.0, text=text))
+    bar, bench, probe = _start(spec, evaluation, tokens)
     comparison = plan_and_compare(bench, base, budget, by=by, probe=probe, progress=_bar_progress(bar))
     bar.progress(1.0, text="Plan applied and measured")
     st.session_state[PLAN] = {"model": bench.loaded.label, "comparison": comparison.to_dict()}

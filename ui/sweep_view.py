@@ -89,11 +89,9 @@ def show_sweep(sweep: dict[str, Any]) -> None:
     st.download_button("Download CSV", table.to_csv(index=False), file_name=f"{sweep['name']}.csv",
                        mime="text/csv", key="tradeoffs.csv", icon=":material/download:")
     show_chart(charts.tradeoff_memory(table), "Quality against stored size, one line per pruning setting (and "
-               "calibrated quantizer); stars "
-               f"mark the Pareto front (nothing is both smaller and better); hover a point for all its figures; "
-               f"{phrase}.", key="tradeoffs.memory")
-    show_chart(charts.quality_vs_bits(table), f"Quality against bit width, one line per pruning setting (and calibrated "
-               f"quantizer); {phrase}.",
-               key="tradeoffs.bits")
+               "calibrated quantizer); stars mark the Pareto front (nothing is both smaller and better); hover a "
+               f"point for all its figures; {phrase}.", key="tradeoffs.memory")
+    show_chart(charts.quality_vs_bits(table), "Quality against bit width, one line per pruning setting (and "
+               f"calibrated quantizer); {phrase}.", key="tradeoffs.bits")
     show_chart(charts.ratio_bits_heatmap(table), "Quality for each pruning setting and bit width (mean over "
                f"group sizes); blank cells were not run or diverged; {phrase}.", key="tradeoffs.heatmap")
