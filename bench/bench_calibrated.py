@@ -26,16 +26,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig  # noqa: E402
-from memopt_core.datasets import load_text, token_windows  # noqa: E402
-from memopt_core.evaluate import evaluate_causal_lm  # noqa: E402
-from memopt_core.calibration_data import calibration_set  # noqa: E402
-from memopt_core.mixed_context import measure_around_uniform, plan_around_uniform  # noqa: E402
-from memopt_core.mixed_precision import (CANDIDATE_BITS, apply_plan, plan_outcome, uniform_plan_of,  # noqa: E402
+from memopt_core.loading.texts import load_text, token_windows  # noqa: E402
+from memopt_core.evaluation.causal_lm import evaluate_causal_lm  # noqa: E402
+from memopt_core.compression.calibration_data import calibration_set  # noqa: E402
+from memopt_core.mixed.around_uniform import measure_around_uniform, plan_around_uniform  # noqa: E402
+from memopt_core.mixed.plan import (CANDIDATE_BITS, apply_plan, plan_outcome, uniform_plan_of,  # noqa: E402
                                          weight_bytes, widths_to_measure)
 from memopt_core.primitives.gptq import GPTQOptions  # noqa: E402
-from memopt_core.runner import Workbench  # noqa: E402
-from memopt_core.sensitivity import QualityProbe  # noqa: E402
-from memopt_core.walk import target_linears  # noqa: E402
+from memopt_core.runs.workbench import Workbench  # noqa: E402
+from memopt_core.mixed.sensitivity import QualityProbe  # noqa: E402
+from memopt_core.compression.walk import target_linears  # noqa: E402
 
 SPEC = ModelSpec("smollm2-135m")
 ACT, NO_ACT = GPTQOptions(act_order=True), GPTQOptions(act_order=False)

@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memopt_core.config import EvalConfig, ModelSpec  # noqa: E402
-from memopt_core.store import ResultStore  # noqa: E402
-from memopt_core.sweep import SweepGrid, run_sweep  # noqa: E402
+from memopt_core.runs.store import ResultStore  # noqa: E402
+from memopt_core.runs.sweep import SweepGrid, run_sweep  # noqa: E402
 
 
 def main() -> None:

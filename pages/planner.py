@@ -1,7 +1,7 @@
 """Memory planner: what a model would take at a setting, from its config alone (no weights)."""
 import streamlit as st
 
-from memopt_core import planner
+from memopt_core.planning import planner
 from ui.errors import user_errors
 from ui.planner_view import config_source, plan_settings, show_estimate
 

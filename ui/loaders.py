@@ -14,7 +14,7 @@ import streamlit as st
 
 from memopt_core.config import ModelSpec, RunConfig
 from memopt_core.errors import ConfigError
-from memopt_core.store import ResultStore, default_db_path
+from memopt_core.runs.store import ResultStore, default_db_path
 
 MAX_MODELS_ENV = "MEMOPT_MAX_MODELS"
 DEFAULT_MAX_MODELS = 2
@@ -50,7 +50,7 @@ def _cache_size() -> int:
 
 @st.cache_resource(max_entries=_cache_size(), show_spinner=False, on_release=_forget)
 def _cached_workbench(spec: ModelSpec):
-    from memopt_core.runner import Workbench  # torch + transformers: imported on first load only
+    from memopt_core.runs.workbench import Workbench  # torch + transformers: imported on first load only
 
     bench = Workbench.load(spec)
     with _loaded_lock:
@@ -59,7 +59,7 @@ def _cached_workbench(spec: ModelSpec):
 
 
 def workbench(spec: ModelSpec):
-    """The shared :class:`memopt_core.runner.Workbench` of ``spec``, loading it on first use."""
+    """The shared :class:`memopt_core.runs.workbench.Workbench` of ``spec``, loading it on first use."""
     return _cached_workbench(spec)
 
 
@@ -104,7 +104,7 @@ def result_store() -> ResultStore:
 
 def store_key(config: RunConfig) -> str:
     """The store key of ``config``, as ``sweep.stored_run`` computes it (no model is loaded)."""
-    from memopt_core.sweep import config_key
+    from memopt_core.runs.sweep import config_key
 
     return config_key(config)
 
@@ -116,7 +116,7 @@ def peek_stored(config: RunConfig) -> dict | None:
 
 def stored_run(config: RunConfig, on_progress: Callable[[str], None] | None = None) -> tuple[dict, bool]:
     """``(RunResult.to_dict(), from_store)``: answered from the store at once when it is there."""
-    from memopt_core.sweep import stored_run as engine_stored_run
+    from memopt_core.runs.sweep import stored_run as engine_stored_run
 
     result, from_store, _ = engine_stored_run(config, result_store(), LazyWorkbench(config.model, on_progress))
     return result, from_store

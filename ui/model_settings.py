@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from memopt_core.bundled import bundled_models
+from memopt_core.loading.bundled import bundled_models
 from memopt_core.config import DTYPES, EvalConfig, ModelSpec
-from memopt_core.devices import available_devices
+from memopt_core.loading.devices import available_devices
 from memopt_core.errors import MemoptError
 from ui.errors import user_errors
 from ui.uploads import MAX_TEXT_BYTES, save_text_upload

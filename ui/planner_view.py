@@ -7,7 +7,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from memopt_core import charts, planner
+from memopt_core import charts
+
+from memopt_core.planning import planner
 from memopt_core.config import ModelSpec
 from ui.chart_glue import show_chart
 from ui.loaders import is_loaded, workbench

@@ -137,8 +137,8 @@ def setting_of(result: dict) -> str:
     """The setting's label, e.g. 'magnitude 50% + W4A16 g128 sym' or 'uncompressed'; a calibrated
     one names its calibration data: 'GPTQ W4A16 per-channel sym · calibrated on both 64x512 seed 0'."""
     from memopt_core.config import RunConfig
-    from memopt_core.results import calibration_label
-    from memopt_core.sweep import setting_label
+    from memopt_core.runs.rows import calibration_label
+    from memopt_core.runs.sweep import setting_label
 
     config = RunConfig.from_dict(result["config"])
     calibration = result.get("protocol", {}).get("calibration")

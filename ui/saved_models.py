@@ -11,11 +11,11 @@ import zipfile
 from pathlib import Path
 from typing import IO, Any
 
-from memopt_core.cache import cache_dir
+from memopt_core.loading.cache import cache_dir
 from memopt_core.config import RunConfig
-from memopt_core.sweep import setting_label
+from memopt_core.runs.sweep import setting_label
 
-MANIFEST = "memopt.json"  # memopt_core.saving.MANIFEST; not imported here, that module loads torch
+MANIFEST = "memopt.json"  # memopt_core.loading.saved.MANIFEST; not imported here, that module loads torch
 
 
 def saved_root() -> Path:
@@ -41,7 +41,7 @@ class _StoredResult:
 
 def save_model(bench, result: dict[str, Any]) -> Path:
     """Compress a copy of ``bench``'s original at ``result``'s setting and save it; returns the folder."""
-    from memopt_core.saving import save_compressed
+    from memopt_core.loading.saved import save_compressed
 
     config = RunConfig.from_dict(result["config"])
     compressed, _ = bench.compress(config)

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from memopt_core.config import MAX_PRUNE_RATIO, EvalConfig, ModelSpec, PruneConfig, QuantConfig
-from memopt_core.sensitivity_charts import loss_name, plan_bits_chart, sensitivity_bars
+from memopt_core.mixed.charts import loss_name, plan_bits_chart, sensitivity_bars
 from ui.chart_glue import show_chart
 from ui.loaders import is_loaded, workbench
 
@@ -44,7 +44,7 @@ def unit_settings(where=st) -> tuple[QuantConfig, PruneConfig | None, str, int]:
 
 def _start(spec: ModelSpec, evaluation: EvalConfig, tokens: int):
     """(progress bar, shared workbench, probe scored on the original), the bar naming each step."""
-    from memopt_core.sensitivity import QualityProbe
+    from memopt_core.mixed.sensitivity import QualityProbe
 
     bar = st.progress(0.0, text="Starting ...")
     if not is_loaded(spec):
@@ -65,7 +65,7 @@ def _bar_progress(bar) -> Callable[[int, int, str], None]:
 
 def measure(spec: ModelSpec, evaluation: EvalConfig, quant: QuantConfig, prune: PruneConfig | None, by: str,
             tokens: int) -> None:
-    from memopt_core.sensitivity import measure_sensitivity
+    from memopt_core.mixed.sensitivity import measure_sensitivity
 
     bar, bench, probe = _start(spec, evaluation, tokens)
     result = measure_sensitivity(bench, quant, prune, by=by, probe=probe, progress=_bar_progress(bar))
@@ -74,7 +74,7 @@ def measure(spec: ModelSpec, evaluation: EvalConfig, quant: QuantConfig, prune: 
 
 
 def plan(spec: ModelSpec, evaluation: EvalConfig, base: QuantConfig, budget: float, by: str, tokens: int) -> None:
-    from memopt_core.mixed_context import plan_and_compare
+    from memopt_core.mixed.around_uniform import plan_and_compare
 
     bar, bench, probe = _start(spec, evaluation, tokens)
     comparison = plan_and_compare(bench, base, budget, by=by, probe=probe, progress=_bar_progress(bar))

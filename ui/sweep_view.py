@@ -8,7 +8,7 @@ import streamlit as st
 
 from memopt_core import charts
 from memopt_core.config import EvalConfig, ModelSpec, PRUNE_METHODS
-from memopt_core.sweep import SweepGrid, run_sweep
+from memopt_core.runs.sweep import SweepGrid, run_sweep
 from ui.chart_glue import show_chart, table_saving_phrase
 from ui.loaders import LazyWorkbench, result_store
 

@@ -1,0 +1,54 @@
+"""``run``: compress one model at one setting, evaluate it, report memory (``--json`` for machines)."""
+from __future__ import annotations
+
+import argparse
+
+from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments,
+                                    add_model_arguments, add_quant_arguments, calib_config, eval_config, gptq_options,
+                                    model_spec, print_json, quant_kwargs)
+from memopt_core.config import PRUNE_METHODS, PRUNE_PATTERNS, PruneConfig, QuantConfig, RunConfig, TargetConfig
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("run", help="compress one model at one setting and evaluate it")
+    add_model_arguments(parser)
+    parser.add_argument("--prune-method", default="magnitude",
+                        help=f"{', '.join(PRUNE_METHODS)}; '2:4' and '4:8' are shorthands for magnitude N:M")
+    parser.add_argument("--prune-ratio", type=float, default=0.0, help="fraction of weights removed, 0 to 0.95")
+    parser.add_argument("--prune-pattern", default="unstructured", choices=PRUNE_PATTERNS)
+    parser.add_argument("--bits", default="16", help="2, 3, 4, 5, 6, 8, 16 (none), fp16 or bf16")
+    parser.add_argument("--quant-method", default="rtn", choices=INTEGER_QUANT_METHODS,
+                        help="round-to-nearest, or GPTQ (calibrated; error-correcting)")
+    add_quant_arguments(parser)
+    add_calib_arguments(parser)
+    add_eval_arguments(parser)
+    parser.add_argument("--include", action="append", default=[], help="fnmatch pattern of Linear names to target")
+    parser.add_argument("--exclude", action="append", default=[], help="fnmatch pattern of Linear names to skip")
+    parser.add_argument("--save", default=None, metavar="DIR", help="write the compressed model to DIR")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=handle_run)
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    prune = PruneConfig.from_cli(args.prune_method, args.prune_ratio, args.prune_pattern)
+    return RunConfig(model=model_spec(args), prune=prune, quant=QuantConfig.from_bits(args.bits, **quant_kwargs(args)),
+                     targets=TargetConfig(include=tuple(args.include), exclude=tuple(args.exclude)),
+                     eval=eval_config(args), calib=calib_config(args))
+
+
+def handle_run(args: argparse.Namespace) -> int:
+    # torch and transformers load here, not at import: `--help` and argument errors stay instant.
+    from memopt_core.cli.text_report import format_run
+    from memopt_core.runs.workbench import run
+
+    config = run_config(args)  # validate every setting before loading anything
+    if args.save is not None:  # and where the result goes: a bad --save must not cost the run
+        from memopt_core.loading.saved import check_save_target
+
+        check_save_target(args.save)
+    result = run(config, save_dir=args.save, gptq=gptq_options(args))
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        print(format_run(result))
+    return 0

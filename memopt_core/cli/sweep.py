@@ -1,0 +1,129 @@
+"""``sweep``: a grid of settings on one model, stored as it goes, with a progress bar."""
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+
+from memopt_core.cli.common import (add_calib_arguments, add_eval_arguments, add_model_arguments, add_quant_arguments,
+                                 calib_config, eval_config, model_spec)
+from memopt_core.errors import ConfigError, DataError
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(part.strip()) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__} values")
+    return parse
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("sweep", help="run a grid of settings on one model")
+    add_model_arguments(parser)
+    parser.add_argument("--bits", type=_csv(str), default=("16", "8", "4"), help="e.g. 16,8,4,3,2 (16 = none)")
+    parser.add_argument("--prune-method", type=_csv(str), default=("magnitude",),
+                        help="comma-separated prune methods (magnitude, magnitude-global, l2-structured, wanda, "
+                             "sparsegpt, 2:4, 4:8); wanda and sparsegpt calibrate (see --calib-*)")
+    parser.add_argument("--quant-method", type=_csv(str), default=("rtn",),
+                        help="comma-separated quantization methods: rtn, gptq (GPTQ calibrates, see --calib-*)")
+    parser.add_argument("--prune-ratios", type=_csv(float), default=(0.0,), help="e.g. 0,0.25,0.5,0.75")
+    parser.add_argument("--group-sizes", type=_csv(int), default=None, help="e.g. 32,128 (default per-channel)")
+    add_quant_arguments(parser)
+    add_calib_arguments(parser)
+    add_eval_arguments(parser)
+    parser.add_argument("--db", default=None, help="results database (default: in the memopt cache folder)")
+    parser.add_argument("--name", default=None, help="a name to group this sweep's rows in the store")
+    parser.add_argument("--out", default=None, help="write the table to this CSV file")
+    parser.add_argument("--json", action="store_true", help="print the table as JSON records")
+    parser.set_defaults(handler=handle_sweep)
+
+
+@contextmanager
+def _progress_bar():
+    """A progress callback drawing a bar on stderr, closed even when the sweep fails."""
+    from tqdm import tqdm
+
+    # disable=None: no bar when stderr is not a terminal (pipes, logs), so an error stays one line there;
+    # leave=False: a bar closed early (the sweep failed) is wiped before the error line is printed.
+    bar = tqdm(total=None, file=sys.stderr, unit="setting", dynamic_ncols=True, disable=None, leave=False)
+
+    def update(done: int, total: int, label: str, seconds_left: float | None) -> None:
+        bar.total = total
+        bar.n = done
+        eta = f", ~{seconds_left:.0f}s left" if seconds_left is not None else ""
+        bar.set_description_str(f"{label}{eta}")
+        bar.refresh()
+        if done == total:
+            bar.close()
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def build_grid(args: argparse.Namespace):
+    """The sweep's grid; quantizers are an axis (16 bits and casts are run once, not per quantizer)."""
+    from memopt_core.cli.common import INTEGER_QUANT_METHODS, quant_kwargs
+    from memopt_core.errors import choices
+    from memopt_core.runs.sweep import SweepGrid
+
+    if not args.bits:
+        raise ConfigError("--bits is empty; give at least one bit width, e.g. 16,8,4")
+    if args.group_size is not None and args.group_sizes is not None:
+        raise ConfigError("give either --group-size or --group-sizes, not both")
+    unknown = [m for m in args.quant_method if m not in INTEGER_QUANT_METHODS]
+    if unknown or not args.quant_method:
+        raise ConfigError(f"quantization method {unknown[0] if unknown else ''!r} is not supported; "
+                          f"choose {choices(INTEGER_QUANT_METHODS)}")
+    groups = args.group_sizes or ((args.group_size,) if args.group_size is not None else (None,))
+    options = {k: v for k, v in quant_kwargs(args).items() if k not in ("group_size", "granularity", "method")}
+    if args.per_tensor:
+        options["granularity"] = "per-tensor"
+    return SweepGrid(prune_methods=args.prune_method, prune_ratios=args.prune_ratios, bits=args.bits,
+                     group_sizes=groups, quant_methods=tuple(dict.fromkeys(args.quant_method)),
+                     quant_options=options)
+
+
+def check_out(path: str) -> None:
+    """Refuse an --out that cannot be a CSV file: a folder, or a file in a folder that does not exist."""
+    from memopt_core.loading.paths import user_path
+
+    target = user_path(path, "--out")
+    if target.is_dir():
+        raise ConfigError(f"--out {path!r} is a folder; give a file name such as results.csv")
+    if not target.parent.is_dir():
+        raise ConfigError(f"--out {path!r}: the folder {str(target.parent)!r} does not exist")
+
+
+def handle_sweep(args: argparse.Namespace) -> int:
+    from memopt_core.cli.common import print_json
+    from memopt_core.runs.store import ResultStore
+
+    from memopt_core.runs.sweep import run_sweep
+
+    if args.no_act_order:  # the store keys sweeps by their settings; GPTQ's solver options are not among them
+        raise ConfigError("sweeps run GPTQ with activation ordering; compare --no-act-order with 'run'")
+    spec, grid, evaluation = model_spec(args), build_grid(args), eval_config(args)
+    if args.out:
+        check_out(args.out)  # before the sweep: a typo in --out must not cost the sweep's results
+    store = ResultStore(args.db)
+    with _progress_bar() as progress:
+        result = run_sweep(spec, grid, evaluation, store=store, progress=progress, sweep_name=args.name,
+                           calib=calib_config(args))
+    if args.out:
+        try:
+            result.table.to_csv(args.out, index=False)
+        except OSError as error:
+            raise DataError(f"cannot write {args.out!r}: {error.strerror or error}") from None
+    if args.json:
+        print_json({"rows": result.table.to_dict(orient="records"), "from_store": result.from_store,
+                    "computed": result.computed, "seconds": result.seconds})
+    else:
+        columns = [c for c in ("setting", "perplexity", "cosine_similarity", "accuracy", "bits_per_weight",
+                               "stored_bytes", "x_smaller", "sparsity", "pareto") if c in result.table]
+        print(result.table[columns].to_string(index=False))
+        print(f"{result.computed} computed, {result.from_store} from the store ({store.path}), "
+              f"{result.seconds:.1f}s")
+    return 0

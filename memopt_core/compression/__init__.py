@@ -1,0 +1,1 @@
+"""Compressing a copy of a model: layers that really store compressed weights, walkers, calibrated methods."""

@@ -1,0 +1,1 @@
+"""Scoring a model against its original: perplexity, KL, agreement, encoders' similarity, statistics."""

@@ -1,0 +1,143 @@
+"""Saving a compressed model and loading it back.
+
+A saved folder holds ``config.json`` and the tokenizer (as transformers writes them),
+``model.safetensors`` with the tensors the compressed model really holds (packed codes, fp16
+scales, masks ...; never pickles), and ``memopt.json``: the settings, the spec of every
+compressed module (to rebuild its skeleton) and the figures of the run that made it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_model
+
+from memopt_core.config import ModelSpec
+from memopt_core.loading.devices import resolve_device
+from memopt_core.errors import ModelLoadError
+from memopt_core.compression.layers import COMPRESSED_LINEARS, from_spec
+from memopt_core.compression.walk import set_module
+
+MANIFEST = "memopt.json"
+FORMAT = "memopt-compressed/1"
+WEIGHTS = "model.safetensors"
+
+
+def _manifest(compressed, loaded, result) -> dict[str, Any]:
+    modules = {}
+    for name in compressed.target_names:
+        module = compressed.model.get_submodule(name)
+        if type(module).__name__ in COMPRESSED_LINEARS:
+            modules[name] = module.spec()
+    summary = result.to_dict()
+    summary.pop("layers", None)
+    return {"format": FORMAT, "kind": loaded.kind, "architecture": loaded.architecture,
+            "base_model": {"name": loaded.name, "source": loaded.source, "is_random": loaded.is_random},
+            "simulated": compressed.simulated, "modules": modules, "run": summary}
+
+
+def check_save_target(directory: str | os.PathLike) -> Path:
+    """The resolved folder a save would write; one-line errors for a file, or a folder holding
+    something other than a memopt save. The CLI calls it before a run, so a bad --save fails fast."""
+    from memopt_core.loading.paths import user_path
+
+    final = user_path(directory, "save folder").resolve()
+    if final.exists() and not final.is_dir():
+        raise ModelLoadError(f"{str(final)!r} is a file; give a new or empty folder to save the model in")
+    if final.exists() and not (final / MANIFEST).is_file() and any(final.iterdir()):
+        raise ModelLoadError(f"folder {str(final)!r} exists and is not a memopt save; choose an empty or new folder")
+    return final
+
+
+def save_compressed(compressed, loaded, result, directory: str | os.PathLike) -> Path:
+    """Write ``compressed.model`` (a :class:`memopt_core.compression.compress.CompressedModel`) to ``directory``.
+
+    Written into a temporary folder next to it and renamed into place, so a crash never leaves a
+    folder that looks like a saved model. An existing memopt folder there is replaced."""
+    final = check_save_target(directory)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    except OSError as error:
+        raise ModelLoadError(f"cannot save the model in {str(final)!r}: {error.strerror or error}") from None
+    try:
+        config = compressed.model.config  # the copy's own config object (structural_copy deep-copies it)
+        if not getattr(config, "architectures", None):  # models built from a config have none recorded
+            config.architectures = [loaded.architecture]
+        config.save_pretrained(staging)
+        loaded.tokenizer.save_pretrained(staging)
+        save_model(compressed.model, str(staging / WEIGHTS))
+        (staging / MANIFEST).write_text(json.dumps(_manifest(compressed, loaded, result), indent=2, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{path / MANIFEST} cannot be read: {error}") from None
+    if manifest.get("format") != FORMAT:
+        raise ModelLoadError(f"{path} was saved in format {manifest.get('format')!r}; this memopt reads {FORMAT!r}")
+    return manifest
+
+
+def _skeleton(path: Path, manifest: dict[str, Any], dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoTokenizer  # noqa: F401 - AutoTokenizer used by caller
+
+    from memopt_core.loading.models import model_class
+
+    config = AutoConfig.from_pretrained(path)
+    _, auto_class = model_class(config)
+    model = auto_class.from_config(config, dtype=dtype)
+    for name, spec in manifest["modules"].items():
+        set_module(model, name, from_spec(spec))
+    return model
+
+
+def load_saved(path: str | os.PathLike, spec: ModelSpec):
+    """Rebuild a model that :func:`save_compressed` wrote: skeleton from config + specs, then tensors."""
+    from transformers import AutoTokenizer
+
+    from memopt_core.loading.models import LoadedModel
+
+    path = Path(path)
+    manifest = _read_manifest(path)
+    device = resolve_device(spec.device)
+    model = _skeleton(path, manifest, getattr(torch, spec.dtype))
+    try:
+        state = load_file(str(path / WEIGHTS))
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        raise ModelLoadError(f"{path / WEIGHTS} cannot be read ({type(error).__name__}: {error})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in _tied_keys(model)]
+    if missing or unexpected:
+        raise ModelLoadError(f"{path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.tie_weights()
+    model.to(device).eval().requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base = manifest["base_model"]
+    return LoadedModel(model=model, tokenizer=tokenizer, kind=manifest["kind"], spec=spec,
+                       name=f"{path.name} (compressed {base['name']})", is_random=base["is_random"],
+                       num_params=sum(p.numel() for p in model.parameters()), source=f"memopt save {path}",
+                       architecture=manifest["architecture"])
+
+
+def _tied_keys(model: torch.nn.Module) -> set[str]:
+    """State-dict keys that alias another tensor (tied embeddings): safetensors stores them once."""
+    by_pointer: dict[int, list[str]] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        if tensor.numel():
+            by_pointer.setdefault(tensor.data_ptr(), []).append(key)
+    return {key for keys in by_pointer.values() if len(keys) > 1 for key in keys}

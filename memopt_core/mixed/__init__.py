@@ -1,0 +1,1 @@
+"""Per-layer sensitivity and mixed-precision plans."""

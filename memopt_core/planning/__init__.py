@@ -1,0 +1,1 @@
+"""What-if memory from a config alone, model presets, and the memory guard."""

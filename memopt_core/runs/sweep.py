@@ -1,0 +1,167 @@
+"""Grids of settings on one model: one load, one baseline, a fresh copy per setting.
+
+Finished settings go to the results store as they finish, so an interrupted sweep resumes where
+it stopped and a rerun of a finished sweep answers from the store without loading the model.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pandas as pd
+
+from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig
+from memopt_core.errors import ConfigError
+from memopt_core.runs.identity import eval_identity, model_identity, setting_identity
+from memopt_core.runs.pareto import pareto_mask
+from memopt_core.runs.rows import QUALITY_METRIC, result_row
+from memopt_core.runs.store import ResultStore, run_key
+
+Progress = Callable[[int, int, str, float | None], None]  # (done, total, current setting, seconds left)
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """The axes of a sweep. Ratio 0 and bits 16 mean "none"; '2:4'/'4:8' prune methods ignore ratios.
+    ``quant_methods`` (rtn, gptq) applies to integer bit widths; 16 bits and fp16/bf16 casts are run
+    once whatever the quantizers. ``quant_options``: the other QuantConfig fields, shared by all."""
+
+    prune_methods: tuple[str, ...] = ("magnitude",)
+    prune_ratios: tuple[float, ...] = (0.0,)
+    bits: tuple[int | str, ...] = (16,)
+    group_sizes: tuple[int | None, ...] = (None,)
+    quant_methods: tuple[str, ...] = ("rtn",)
+    quant_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if "method" in self.quant_options:
+            raise ConfigError("give the quantizers as quant_methods, not in quant_options")
+        for axis in ("prune_methods", "prune_ratios", "bits", "group_sizes", "quant_methods"):
+            values = tuple(getattr(self, axis))
+            if not values:
+                raise ConfigError(f"sweep axis {axis.replace('_', ' ')} is empty; give at least one value")
+            object.__setattr__(self, axis, values)
+        self.settings()  # validate every combination now, before any model is loaded
+
+    def _prunes(self) -> list[PruneConfig | None]:
+        prunes: list[PruneConfig | None] = []
+        for method, ratio in itertools.product(self.prune_methods, self.prune_ratios):
+            config = PruneConfig.from_cli(method, ratio)
+            prunes.append(None if config.is_noop else config)
+        return list(dict.fromkeys(prunes))
+
+    def _quants(self) -> list[QuantConfig | None]:
+        quants: list[QuantConfig | None] = []
+        for method, bits, group in itertools.product(self.quant_methods, self.bits, self.group_sizes):
+            options = {**self.quant_options, "method": method}
+            if group is not None:
+                options.update(granularity="group", group_size=group)
+            quants.append(QuantConfig.from_bits(bits, **options))
+        return list(dict.fromkeys(quants))
+
+    def settings(self) -> list[tuple[PruneConfig | None, QuantConfig | None]]:
+        return list(itertools.product(self._prunes(), self._quants()))
+
+
+@dataclass
+class SweepResult:
+    table: pd.DataFrame
+    cancelled: bool
+    seconds: float
+    from_store: int
+    computed: int
+
+
+def setting_label(prune: PruneConfig | None, quant: QuantConfig | None) -> str:
+    return " + ".join(x.label for x in (prune, quant) if x is not None) or "uncompressed"
+
+
+def mark_pareto(table: pd.DataFrame) -> pd.DataFrame:
+    """Add a boolean ``pareto`` column: lowest stored bytes for the quality, best quality for the bytes."""
+    if table.empty:
+        return table.assign(pareto=pd.Series(dtype=bool))
+    metric, higher_is_better = QUALITY_METRIC[table["kind"].iloc[0]]
+    quality = table[metric].astype(float)
+    losses = (-quality if higher_is_better else quality).tolist()
+    return table.assign(pareto=pareto_mask(table["stored_bytes"].astype(float).tolist(), losses))
+
+
+class _Eta:
+    """Seconds left: the remaining settings times the mean time of those computed so far
+    (an upper bound when some of the rest are in the store already)."""
+
+    def __init__(self):
+        self.computed_seconds: list[float] = []
+
+    def left(self, remaining_to_compute: int) -> float | None:
+        if not self.computed_seconds:
+            return None
+        return remaining_to_compute * sum(self.computed_seconds) / len(self.computed_seconds)
+
+
+def config_key(config: RunConfig, identity: str | None = None) -> str:
+    """The results-store key of ``config``, computed without loading the model."""
+    calib = config.calib if config.needs_calibration else None
+    return run_key(identity or model_identity(config.model), setting_identity(config.prune, config.quant, calib),
+                   eval_identity(config.model, config.eval, config.targets))
+
+
+def stored_run(config: RunConfig, store: ResultStore | None, workbench=None,
+               sweep_name: str | None = None) -> tuple[dict[str, Any], bool, Any]:
+    """The result of ``config`` from the store if it is there, else run it and store it.
+
+    Returns (``RunResult.to_dict()``, whether it came from the store, the workbench used or None).
+    ``workbench`` is loaded only when a run is really needed."""
+    identity = model_identity(config.model)
+    key = config_key(config, identity)
+    found = store.get(key) if store is not None else None
+    if found is not None:
+        return found, True, workbench
+    if workbench is None:
+        from memopt_core.runs.workbench import Workbench
+
+        workbench = Workbench.load(config.model)
+    result = workbench.run(config).to_dict()
+    if store is not None:
+        store.put(key, config.model.source, identity, setting_label(config.prune, config.quant), result,
+                  sweep=sweep_name)
+    return result, False, workbench
+
+
+def run_sweep(spec: ModelSpec, grid: SweepGrid, eval_config: EvalConfig | None = None,
+              targets: TargetConfig | None = None, store: ResultStore | None = None,
+              progress: Progress | None = None, cancel: threading.Event | None = None,
+              sweep_name: str | None = None, workbench=None, calib: CalibConfig | None = None) -> SweepResult:
+    """Run every setting of ``grid`` on ``spec``; returns one row per finished setting.
+
+    ``workbench`` (a loaded :class:`memopt_core.runs.workbench.Workbench`) is reused when given; otherwise
+    the model is loaded on the first setting the store does not already hold. ``cancel`` is
+    checked between settings: what finished is kept (and stored)."""
+    start = time.perf_counter()
+    eval_config = eval_config or EvalConfig()
+    targets = targets or TargetConfig()
+    calib = calib or CalibConfig()  # used by the calibrated settings (GPTQ, Wanda, SparseGPT) only
+    configs = [RunConfig(model=spec, prune=p, quant=q, targets=targets, eval=eval_config, calib=calib)
+               for p, q in grid.settings()]
+    rows, from_store, eta, cancelled = [], 0, _Eta(), False
+    for done, config in enumerate(configs):
+        label = setting_label(config.prune, config.quant)
+        if progress:
+            progress(done, len(configs), label, eta.left(len(configs) - done))
+        if cancel is not None and cancel.is_set():
+            cancelled = True
+            break
+        began = time.perf_counter()
+        result, cached, workbench = stored_run(config, store, workbench, sweep_name)
+        from_store += cached
+        if not cached:
+            eta.computed_seconds.append(time.perf_counter() - began)
+        rows.append(result_row(result, label=label))
+    if progress and not cancelled:
+        progress(len(configs), len(configs), "done", 0.0)
+    table = mark_pareto(pd.DataFrame(rows))
+    return SweepResult(table=table, cancelled=cancelled, seconds=time.perf_counter() - start,
+                       from_store=from_store, computed=len(rows) - from_store)

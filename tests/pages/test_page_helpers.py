@@ -1,0 +1,117 @@
+"""The dashboard's helpers (ui/) tested directly: errors, uploads, the model cache, the weight view."""
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from memopt_core.config import ModelSpec, QuantConfig
+from memopt_core.errors import ConfigError, DataError
+from page_support import app_cache  # noqa: F401
+from ui import loaders
+from ui.chart_glue import saving_kind, saving_phrase
+from ui.saved_models import zip_folder
+from memopt_core.compression.weight_view import grid_levels
+from ui.uploads import read_config_upload, save_text_upload
+
+
+def _error_page():
+    import streamlit as st
+
+    from memopt_core.errors import ModelLoadError
+    from ui.errors import user_errors
+
+    with user_errors():
+        raise ModelLoadError("model 'x' does not exist; choose 'a' or 'b'")
+    with user_errors("chart"):
+        print(1 / 0)
+    st.markdown("still here")
+
+
+def test_user_errors_turn_exceptions_into_one_line_messages():
+    at = AppTest.from_function(_error_page).run()
+    assert len(at.exception) == 0
+    assert at.error[0].value == "model 'x' does not exist; choose 'a' or 'b'"
+    assert at.error[1].value.startswith("chart: unexpected error (ZeroDivisionError: division by zero)")
+    assert "\n" not in at.error[1].value
+    assert at.markdown[0].value == "still here"  # the page went on
+
+
+def test_text_upload_is_written_under_our_own_name_and_checked(app_cache):
+    path = save_text_upload("../../etc/passwd", "Some text, ünïcode included.".encode())
+    assert path.startswith(str(app_cache / "uploads")) and "passwd" not in path
+    assert open(path, encoding="utf-8").read() == "Some text, ünïcode included."
+    assert save_text_upload("again.txt", "Some text, ünïcode included.".encode()) == path  # same bytes, same file
+    with pytest.raises(DataError, match="'bad.txt' is not UTF-8 text"):
+        save_text_upload("bad.txt", b"\x80abc")
+    with pytest.raises(DataError, match="'empty.txt' is empty"):
+        save_text_upload("empty.txt", b"   \n")
+    with pytest.raises(DataError, match="limit is 5,000,000"):
+        save_text_upload("big.txt", b"a" * 5_000_001)
+    assert len(list((app_cache / "uploads").glob("*.txt"))) == 1  # rejected files are not kept
+
+
+def test_config_upload_must_be_a_json_object():
+    assert read_config_upload("config.json", b'{"model_type": "gpt2"}') == {"model_type": "gpt2"}
+    with pytest.raises(DataError, match="not valid JSON"):
+        read_config_upload("config.json", b"{")
+    with pytest.raises(DataError, match="JSON list, not the object"):
+        read_config_upload("config.json", b"[1, 2]")
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_config_upload("config.json", b"\xff")
+
+
+def test_max_models_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(loaders.MAX_MODELS_ENV, raising=False)
+    assert loaders.max_models() == 2
+    monkeypatch.setenv(loaders.MAX_MODELS_ENV, "5")
+    assert loaders.max_models() == 5
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(loaders.MAX_MODELS_ENV, bad)
+        with pytest.raises(ConfigError, match="MEMOPT_MAX_MODELS"):
+            loaders.max_models()
+
+
+def test_the_least_recently_used_model_is_dropped():
+    assert loaders.max_models() == 2  # the cache was built with the default
+    specs = [ModelSpec("tiny-bert"), ModelSpec("tiny-bert", dtype="bfloat16"), ModelSpec("tiny-bert", dtype="float16")]
+    first = loaders.workbench(specs[0])
+    assert loaders.workbench(specs[0]) is first  # cached: the same shared object
+    loaders.workbench(specs[1])
+    loaders.workbench(specs[0])  # used again: now the most recent
+    loaders.workbench(specs[2])
+    assert loaders.is_loaded(specs[0]) and loaders.is_loaded(specs[2])
+    assert not loaders.is_loaded(specs[1])
+
+
+def test_grid_levels_match_a_hand_computed_symmetric_grid():
+    weight = torch.tensor([[0.7, -0.35, 0.1, 0.0], [0.2, 0.1, -0.1, 0.05]])
+    scale = torch.tensor(0.7 / 7).half().float().item()  # absmax / (2**(4-1) - 1), stored in fp16
+    expected = [(code - 8) * scale for code in range(16)]
+    assert grid_levels(weight, QuantConfig(bits=4)) == pytest.approx(expected, rel=1e-6)
+    asym = grid_levels(weight, QuantConfig(bits=2, symmetric=False))
+    assert len(asym) == 4 and 0.0 in asym  # an integer zero point keeps zero on the grid
+
+
+def test_saving_phrase_says_real_or_simulated():
+    def result(simulated, bits, quant):
+        return {"memory": {"simulated": simulated, "bits_per_weight": bits, "dense_bits_per_weight": 32.0},
+                "config": {"quant": quant}}
+    assert saving_kind(result(True, 32.0, {"method": "rtn"})) == "simulated"
+    assert "simulated" in saving_phrase(result(True, 32.0, {"method": "rtn"}))
+    assert "packed integer codes" in saving_phrase(result(False, 4.25, {"method": "rtn"}))
+    assert "bitmask" in saving_phrase(result(False, 20.0, None))
+    assert saving_kind(result(False, 32.0, None)) == "none"
+
+
+def test_zip_folder_holds_every_file(tmp_path):
+    folder = tmp_path / "saved-model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "memopt.json").write_text("{}")
+    (folder / "sub" / "weights.bin").write_bytes(b"\x00" * 100)
+    with zipfile.ZipFile(io.BytesIO(zip_folder(folder).read())) as archive:
+        assert sorted(archive.namelist()) == ["saved-model/memopt.json", "saved-model/sub/weights.bin"]
+        assert archive.read("saved-model/sub/weights.bin") == b"\x00" * 100
