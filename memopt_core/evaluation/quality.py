@@ -1,7 +1,8 @@
 """Quality of a model by its kind, measured the same way for the original and for copies.
 
-- causal LM: perplexity, next-token accuracy, KL and top-1 agreement against the original,
-  zero-shot sentiment accuracy with its 95% interval, a greedy generation sample;
+- causal LM: perplexity, next-token accuracy, KL and top-1 agreement against the original
+  (window by window, ``progressive.py``), zero-shot sentiment accuracy with its 95% interval,
+  a greedy generation sample (``causal_lm.py``); :func:`prepare` makes the windows;
 - encoder: cosine similarity of sentence embeddings to the original's, accuracy of a
   logistic head fitted on the original's embeddings;
 - sequence classifier: accuracy on the labelled sentences.
@@ -18,7 +19,6 @@ from torch import nn
 
 from memopt_core.config import EvalConfig
 from memopt_core.loading.texts import TextSource, load_labelled_sentences, load_text, token_windows
-from memopt_core.evaluation.causal_lm import evaluate_causal_lm, greedy_generate, zero_shot_sentiment
 from memopt_core.evaluation.encoder import (classifier_accuracy, classifier_predictions, encoder_metrics, fit_probe,
                                           sentence_embeddings)
 from memopt_core.loading.models import LoadedModel
@@ -39,7 +39,7 @@ class Reference:
     """What the original's evaluation leaves for comparing copies against it."""
 
     metrics: dict[str, Any]
-    lm: Any = None  # evaluate.LMReference
+    lm: Any = None  # lm_records.LMReference of causal LMs
     embeddings: torch.Tensor | None = None  # [n_sentences, hidden]
     probe: Any = None
     predictions: Any = None
@@ -62,21 +62,6 @@ def prepare(loaded: LoadedModel, config: EvalConfig) -> EvalData:
     return EvalData(windows=windows, sentences=sentences, text=text, protocol=protocol)
 
 
-def _lm_metrics(model: nn.Module, loaded: LoadedModel, data: EvalData, config: EvalConfig,
-                reference: Reference | None) -> tuple[dict[str, Any], Any]:
-    device = next(model.parameters()).device
-    metrics, lm_reference = evaluate_causal_lm(model, data.windows.to(device),
-                                               reference=reference.lm if reference else None,
-                                               kl_top_k=config.kl_top_k)
-    out = asdict(metrics)
-    if config.zero_shot:
-        out["zero_shot"] = asdict(zero_shot_sentiment(model, loaded.tokenizer, data.sentences))
-    if config.gen_tokens:
-        out["generation"] = {"prompt": config.prompt,
-                             "text": greedy_generate(model, loaded.tokenizer, config.prompt, config.gen_tokens)}
-    return out, lm_reference
-
-
 def _encoder_metrics(model: nn.Module, loaded: LoadedModel, data: EvalData, config: EvalConfig,
                      reference: Reference | None) -> tuple[dict[str, Any], Reference]:
     texts = [s for s, _ in data.sentences]
@@ -91,11 +76,11 @@ def _encoder_metrics(model: nn.Module, loaded: LoadedModel, data: EvalData, conf
 
 def evaluate(model: nn.Module, loaded: LoadedModel, data: EvalData, config: EvalConfig,
              reference: Reference | None = None) -> tuple[dict[str, Any], Reference]:
-    """Measure ``model`` (the original when ``reference`` is None, else a copy compared with it)."""
+    """Measure an encoder or classifier ``model`` (the original when ``reference`` is None, else a
+    copy compared with it). Causal LMs are scored window by window (``runs/progressive_run.py``)."""
+    if loaded.kind == "causal-lm":
+        raise ValueError("causal LMs are scored by WindowScorer, not evaluate()")
     with torch.inference_mode():
-        if loaded.kind == "causal-lm":
-            metrics, lm_reference = _lm_metrics(model, loaded, data, config, reference)
-            return metrics, reference or Reference(metrics=metrics, lm=lm_reference)
         if loaded.kind == "encoder":
             metrics, new_reference = _encoder_metrics(model, loaded, data, config, reference)
             new_reference.metrics = new_reference.metrics or metrics

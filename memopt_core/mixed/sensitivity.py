@@ -89,7 +89,7 @@ class QualityProbe:
             self.protocol = {"sentences": len(self.sentences), "metric": "drop of mean cosine similarity"}
 
     def _prepare_causal(self, windows: torch.Tensor | None) -> None:
-        from memopt_core.evaluation.causal_lm import evaluate_causal_lm
+        from memopt_core.evaluation.progressive import evaluate_causal_lm
 
         text = "given windows"
         if windows is None:
@@ -112,7 +112,7 @@ class QualityProbe:
     def measure(self, model: nn.Module) -> tuple[float, float, float | None]:
         """(score, delta = quality loss against the original, KL or None) of ``model``."""
         if self.causal:
-            from memopt_core.evaluation.causal_lm import evaluate_causal_lm
+            from memopt_core.evaluation.progressive import evaluate_causal_lm
 
             metrics, _ = evaluate_causal_lm(model, self.windows, reference=self.reference, kl_top_k=1)
             return metrics.mean_nll, metrics.mean_nll - self.baseline, metrics.kl_divergence

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from tiny_models import make_tiny_llama
 from memopt_core.errors import ConfigError, DataError
-from memopt_core.evaluation.causal_lm import (SENTIMENT_PROMPT, continuation_log_probs, evaluate_causal_lm, greedy_generate,
-                                  measure_latency, zero_shot_sentiment)
+from memopt_core.evaluation.causal_lm import (SENTIMENT_PROMPT, continuation_log_probs, greedy_generate,
+                                             measure_latency, zero_shot_sentiment)
+from memopt_core.evaluation.progressive import evaluate_causal_lm
 from memopt_core.evaluation.stats import kl_exact, kl_top_k, wilson_interval
 
 VOCAB = 320
