@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments,
                                     add_model_arguments, add_quant_arguments, calib_config, eval_config, gptq_options,
-                                    model_spec, print_json, quant_kwargs)
+                                    model_spec, print_json, print_json_line, quant_kwargs)
+from memopt_core.errors import ConfigError
 from memopt_core.config import PRUNE_METHODS, PRUNE_PATTERNS, PruneConfig, QuantConfig, RunConfig, TargetConfig
 
 
@@ -26,6 +28,12 @@ def register(sub) -> None:
     parser.add_argument("--exclude", action="append", default=[], help="fnmatch pattern of Linear names to skip")
     parser.add_argument("--save", default=None, metavar="DIR", help="write the compressed model to DIR")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--stream", action="store_true",
+                        help="print one JSON line per scored window (tokens, perplexity, perplexity_ci95, "
+                             "kl_divergence, kl_ci95, top1_agreement, ...), then the result as one JSON line")
+    parser.add_argument("--target-ci", type=float, nargs="?", const=0.02, default=None, metavar="FRACTION",
+                        help="stop once the 95%% interval of the perplexity ratio to the original is within "
+                             "+-FRACTION (default 0.02 = +-2%%); the result is then an estimate from N tokens")
     parser.set_defaults(handler=handle_run)
 
 
@@ -39,15 +47,30 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 def handle_run(args: argparse.Namespace) -> int:
     # torch and transformers load here, not at import: `--help` and argument errors stay instant.
     from memopt_core.cli.text_report import format_run
-    from memopt_core.runs.workbench import run
+    from memopt_core.evaluation.lm_records import Estimate
+    from memopt_core.runs.result import RunResult
+    from memopt_core.runs.workbench import Workbench
 
     config = run_config(args)  # validate every setting before loading anything
+    if args.target_ci is not None and not 0 < args.target_ci < 1:
+        raise ConfigError(f"--target-ci {args.target_ci} must be a fraction between 0 and 1 (0.02 = +-2%)")
     if args.save is not None:  # and where the result goes: a bad --save must not cost the run
         from memopt_core.loading.saved import check_save_target
 
         check_save_target(args.save)
-    result = run(config, save_dir=args.save, gptq=gptq_options(args))
-    if args.json:
+    began = time.perf_counter()
+    bench = Workbench.load(config.model)
+    load_s = time.perf_counter() - began
+    result = None
+    for step in bench.run_steps(config, target_ci=args.target_ci, save_dir=args.save, gptq=gptq_options(args)):
+        if isinstance(step, Estimate) and args.stream:
+            print_json_line(step.to_dict())
+        elif isinstance(step, RunResult):
+            result = step
+    result.timings["load_s"] = load_s
+    if args.stream:
+        print_json_line(result.to_dict())
+    elif args.json:
         print_json(result.to_dict())
     else:
         print(format_run(result))

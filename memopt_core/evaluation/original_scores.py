@@ -22,8 +22,8 @@ class OriginalScores:
     match these windows are not scored again. ``seconds`` counts only scoring done here."""
 
     def __init__(self, model: nn.Module, windows: Tensor, kl_top_k: int | None, compute: str | None = None,
-                 stored: LMReference | None = None):
-        self.scorer = WindowScorer(model, windows, None, kl_top_k, compute=compute)
+                 stored: LMReference | None = None, batch_size: int | None = None):
+        self.scorer = WindowScorer(model, windows, None, kl_top_k, batch_size, compute=compute)
         if stored is not None:
             self.scorer.resume_from(stored)
         self.resumed_windows = self.scorer.scored_windows

@@ -65,6 +65,18 @@ def _copy_lm_metrics(bench, config: RunConfig, original: OriginalEvaluation, mod
     yield out
 
 
+def _record_kernels(model, rows: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    """Which kernel each targeted layer computed with (set by its forward) -> rows and a count in metrics."""
+    used: dict[str, int] = {}
+    for row in rows:
+        kernel = getattr(model.get_submodule(row["name"]), "kernel", None)
+        if kernel is not None:
+            row["kernel"] = kernel
+            used[kernel] = used.get(kernel, 0) + 1
+    if used:
+        metrics["kernels"] = used
+
+
 def _protocol(original: OriginalEvaluation, calibration: dict[str, Any] | None) -> dict[str, Any]:
     """The evaluation protocol, how intervals are computed, and the calibration data of calibrated methods."""
     protocol = dict(original.data.protocol)
@@ -85,7 +97,7 @@ def run_steps(bench, config: RunConfig, cancel: CancelToken | None = None, targe
     timings.update(compressed.timings)
     rows = bench.layer_rows(compressed, memory)
     partial = {"model": model_summary(bench.loaded), "config": config.to_dict(), "memory": memory.to_dict(),
-               "sparsity": overall_sparsity(rows), "layers": rows, "timings": dict(timings),
+               "sparsity": overall_sparsity(rows), "layers": [dict(row) for row in rows], "timings": dict(timings),
                "protocol": _protocol(original, compressed.calibration), "notes": run_notes(bench.loaded, config, memory)}
     timings["layers_s"] = time.perf_counter() - began - timings["compress_s"]
     yield Compressed(partial)
@@ -102,6 +114,7 @@ def run_steps(bench, config: RunConfig, cancel: CancelToken | None = None, targe
                 metrics = item
         if metrics is None:  # cancelled
             return
+    _record_kernels(compressed.model, rows, metrics)
     baseline = original.metrics(complete=metrics.get("exact", True))
     timings["baseline_s"] = original.seconds - spent_on_original
     timings["total_s"] = time.perf_counter() - began
