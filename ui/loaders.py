@@ -120,3 +120,18 @@ def stored_run(config: RunConfig, on_progress: Callable[[str], None] | None = No
 
     result, from_store, _ = engine_stored_run(config, result_store(), LazyWorkbench(config.model, on_progress))
     return result, from_store
+
+
+def result_saver(config: RunConfig) -> Callable[[dict], None]:
+    """A function that stores a finished result of ``config`` in the results store, bound here in
+    the page's thread so a worker thread can call it."""
+    from memopt_core.runs.identity import model_identity
+    from memopt_core.runs.sweep import setting_label
+
+    store, key = result_store(), store_key(config)
+    identity, label = model_identity(config.model), setting_label(config.prune, config.quant)
+
+    def save(result: dict) -> None:
+        store.put(key, config.model.source, identity, label, result)
+
+    return save

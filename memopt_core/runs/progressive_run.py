@@ -101,6 +101,8 @@ def run_steps(bench, config: RunConfig, cancel: CancelToken | None = None, targe
                "protocol": _protocol(original, compressed.calibration), "notes": run_notes(bench.loaded, config, memory)}
     timings["layers_s"] = time.perf_counter() - began - timings["compress_s"]
     yield Compressed(partial)
+    if cancel is not None and cancel.is_set():
+        return
     if original.lm is None:
         metrics, _ = evaluate(compressed.model, bench.loaded, original.data, config.eval, original.other())
         timings["evaluate_s"] = time.perf_counter() - began - timings["compress_s"] - timings["layers_s"]
