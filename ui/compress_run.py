@@ -21,9 +21,9 @@ def run_setting(config: RunConfig) -> None:
     with st.status("Checking the results store ...", expanded=True) as status:
         began = time.perf_counter()
         with user_errors():
-            result, from_store = stored_run(config, on_progress=lambda text: status.update(label=text))
-            st.session_state[RESULT] = {"result": result, "from_store": from_store, "key": store_key(config)}
-            where = "answered from the results store" if from_store else "computed and stored"
+            run = stored_run(config, on_progress=lambda text: status.update(label=text))
+            st.session_state[RESULT] = {"result": run.result, "from_store": run.from_store, "key": run.key}
+            where = "answered from the results store" if run.from_store else "computed and stored"
             status.update(label=f"Done in {time.perf_counter() - began:.1f} s: {where}", state="complete",
                           expanded=False)
             return

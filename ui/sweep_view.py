@@ -10,7 +10,7 @@ from memopt_core import charts
 from memopt_core.config import EvalConfig, ModelSpec, PRUNE_METHODS
 from memopt_core.runs.sweep import SweepGrid, run_sweep
 from ui.chart_glue import show_chart, table_saving_phrase
-from ui.loaders import LazyWorkbench, result_store
+from ui.loaders import loader, result_store
 
 KEEP = "session"
 SWEEP = "tradeoffs.result"  # {"table": DataFrame, "name", "computed", "from_store", "seconds", "cancelled"}
@@ -63,7 +63,7 @@ def run_grid(spec: ModelSpec, grid: SweepGrid, evaluation: EvalConfig, name: str
         bar.progress(done / total, text=f"{done} of {total} done · now: {label} · {_duration(seconds_left)}")
 
     result = run_sweep(spec, grid, evaluation, store=result_store(), progress=progress, sweep_name=name,
-                       workbench=LazyWorkbench(spec))
+                       load=loader())
     st.session_state[SWEEP] = {"table": result.table, "name": name, "computed": result.computed,
                                "from_store": result.from_store, "seconds": result.seconds,
                                "cancelled": result.cancelled}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments,
-                                    add_model_arguments, add_quant_arguments, calib_config, eval_config, gptq_options,
+                                    add_model_arguments, add_quant_arguments, calib_config, eval_config,
                                     model_spec, print_json, quant_kwargs)
 from memopt_core.config import PRUNE_METHODS, PRUNE_PATTERNS, PruneConfig, QuantConfig, RunConfig, TargetConfig
 
@@ -46,7 +46,7 @@ def handle_run(args: argparse.Namespace) -> int:
         from memopt_core.loading.saved import check_save_target
 
         check_save_target(args.save)
-    result = run(config, save_dir=args.save, gptq=gptq_options(args))
+    result = run(config, save_dir=args.save)
     if args.json:
         print_json(result.to_dict())
     else:

@@ -103,8 +103,6 @@ def handle_sweep(args: argparse.Namespace) -> int:
 
     from memopt_core.runs.sweep import run_sweep
 
-    if args.no_act_order:  # the store keys sweeps by their settings; GPTQ's solver options are not among them
-        raise ConfigError("sweeps run GPTQ with activation ordering; compare --no-act-order with 'run'")
     spec, grid, evaluation = model_spec(args), build_grid(args), eval_config(args)
     if args.out:
         check_out(args.out)  # before the sweep: a typo in --out must not cost the sweep's results

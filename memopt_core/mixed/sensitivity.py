@@ -18,12 +18,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from memopt_core.compression.compress import structural_copy
+from memopt_core.compression.compress import compress_layers_, structural_copy
 from memopt_core.config import EvalConfig, PruneConfig, QuantConfig, TargetConfig
 from memopt_core.errors import ConfigError, choices
 from memopt_core.loading.models import LoadedModel
-from memopt_core.compression.prune import prune_
-from memopt_core.compression.quantize import quantize_
 from memopt_core.compression.walk import layer_position, set_module, target_linears
 
 UNITS = ("layer", "block")
@@ -145,15 +143,6 @@ def _check_cheap(prune: PruneConfig | None, quant: QuantConfig | None) -> None:
                           "GPTQ, Wanda and SparseGPT need calibration")
 
 
-def compress_unit_(model: nn.Module, names: list[str], prune: PruneConfig | None, quant: QuantConfig | None) -> None:
-    """Prune then quantize the layers ``names`` of ``model`` (modules replaced in place)."""
-    with torch.inference_mode(False), torch.no_grad():
-        if prune is not None:
-            prune_(model, prune, names)
-        if quant is not None:
-            quantize_(model, quant, names)
-
-
 def measure_sensitivity(source, quant: QuantConfig | None, prune: PruneConfig | None = None, by: str = "layer",
                         eval_config: EvalConfig | None = None, targets: TargetConfig | None = None,
                         probe: QualityProbe | None = None, progress: Progress | None = None) -> SensitivityResult:
@@ -172,7 +161,7 @@ def measure_sensitivity(source, quant: QuantConfig | None, prune: PruneConfig | 
             progress(done, len(units), unit)
         began = time.perf_counter()
         saved = {name: copy.get_submodule(name) for name in names}
-        compress_unit_(copy, names, prune, quant)
+        compress_layers_(copy, names, prune, quant)
         score, delta, kl = probe.measure(copy)
         for name, module in saved.items():
             set_module(copy, name, module)

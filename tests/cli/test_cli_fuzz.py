@@ -142,7 +142,7 @@ def option_values(places: dict[str, str]) -> dict[str, dict[str, Option]]:
 
 FLAGS = {"run": ["--json", "--asymmetric", "--per-tensor", "--fake", "--no-zero-shot", "--no-act-order",
                  "--trust-remote-code"],
-         "sweep": ["--json", "--asymmetric", "--per-tensor", "--fake", "--no-zero-shot"],
+         "sweep": ["--json", "--asymmetric", "--per-tensor", "--fake", "--no-zero-shot", "--no-act-order"],
          "estimate": ["--json", "--asymmetric"], "models": ["--json", "--help"]}
 SOURCES = {"run": ["--model"], "sweep": ["--model"], "estimate": ["--preset", "--config", "--model"], "models": []}
 
@@ -195,7 +195,8 @@ def cheap_runs(monkeypatch):
     monkeypatch.setattr(runner, "run", run)
     monkeypatch.setattr(sweep, "run_sweep", run_sweep)
     # sweeps calibrate with the default CalibConfig: make that default small too
-    monkeypatch.setattr(CalibConfig.__init__, "__defaults__", ("both", 2, 32, 0))
+    solver_default = CalibConfig.__init__.__defaults__[4:]
+    monkeypatch.setattr(CalibConfig.__init__, "__defaults__", ("both", 2, 32, 0, *solver_default))
 
 
 def assert_one_line_outcome(code: int, out: str, err: str, args: list[str]) -> None:

@@ -13,7 +13,7 @@ from page_support import app_cache, array, errors, figures, new_app, no_exceptio
 def store_a_sweep(name: str = "demo") -> None:
     spec = ModelSpec("tiny-bert")
     run_sweep(spec, SweepGrid(prune_ratios=(0.0, 0.5), bits=(16, 4)), EvalConfig(max_tokens=128, seq_len=64),
-              store=ResultStore(), sweep_name=name, workbench=Workbench.load(spec))
+              store=ResultStore(), sweep_name=name, load=Workbench.load)
 
 
 def test_empty_store_points_to_the_compress_page(app_cache):
