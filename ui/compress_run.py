@@ -11,6 +11,7 @@ import streamlit as st
 from memopt_core.config import RunConfig
 from ui.errors import user_errors
 from ui.loaders import peek_stored, store_key, stored_run, workbench
+from ui.saved_models import save_model
 
 RESULT = "compress.result"  # {"result": RunResult dict, "from_store": bool, "key": store key}
 SAVED = "compress.saved"  # store key -> folder of the saved compressed model
@@ -55,7 +56,6 @@ def save_button(shown: dict[str, Any]) -> None:
     if st.button("Save compressed model", key="compress.save",
                  help="Writes config, tokenizer and the compressed tensors (safetensors) under the memopt "
                       "cache; download it as a zip on the Runs page."):
-        from ui.saved_models import save_model
 
         with user_errors("save"), st.spinner("Compressing a copy and writing it ..."):
             result = shown["result"]

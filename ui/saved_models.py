@@ -11,8 +11,8 @@ import zipfile
 from pathlib import Path
 from typing import IO, Any
 
-from memopt_core.loading.cache import cache_dir
 from memopt_core.config import RunConfig
+from memopt_core.loading.cache import cache_dir
 
 MANIFEST = "memopt.json"  # memopt_core.loading.saved.MANIFEST; not imported here, that module loads torch
 

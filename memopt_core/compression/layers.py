@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memopt_core.compression.walk import effective_weight
 from memopt_core.config import QuantConfig
 from memopt_core.primitives.packing import pack_codes, pack_mask, packed_nbytes, unpack_codes, unpack_mask
 from memopt_core.primitives.quant import QuantizedWeight, dequantize, dequantize_codes, quantize_weight
-from memopt_core.compression.walk import effective_weight
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 

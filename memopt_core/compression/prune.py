@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from memopt_core.compression.layers import dense_linear
+from memopt_core.compression.walk import effective_weight, set_module
 from memopt_core.config import PruneConfig
 from memopt_core.errors import ConfigError
-from memopt_core.compression.layers import dense_linear
 from memopt_core.primitives.sparsity import global_magnitude_masks, l2_row_mask, magnitude_mask, nm_mask
 from memopt_core.primitives.wanda import wanda_mask
-from memopt_core.compression.walk import effective_weight, set_module
 
 
 def layer_mask(cfg: PruneConfig, weight: Tensor, input_sq_norms: Tensor | None = None) -> Tensor:

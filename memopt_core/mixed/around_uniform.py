@@ -19,14 +19,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-
+from memopt_core.compression.compress import compress_layers_
+from memopt_core.compression.walk import effective_weight, set_module, target_linears
 from memopt_core.config import QuantConfig, TargetConfig
 from memopt_core.errors import ConfigError
 from memopt_core.mixed.plan import (CANDIDATE_BITS, MixedPrecisionPlan, apply_plan, error_energy, plan_bits,
-                                         plan_outcome, uniform_plan_of, widths_to_measure)
-from memopt_core.compression.compress import compress_layers_
+                                    plan_outcome, uniform_plan_of, widths_to_measure)
 from memopt_core.mixed.sensitivity import DEFAULT_EVAL, Progress, QualityProbe, units_of
-from memopt_core.compression.walk import effective_weight, set_module, target_linears
 
 
 @dataclass

@@ -28,8 +28,8 @@ from memopt_core.compression.compress import CompressedModel, compress_layers_, 
 from memopt_core.compression.layers import weight_storage_bytes
 from memopt_core.config import QuantConfig
 from memopt_core.errors import ConfigError
-from memopt_core.primitives.packing import packed_nbytes
 from memopt_core.mixed.sensitivity import QualityProbe
+from memopt_core.primitives.packing import packed_nbytes
 from memopt_core.primitives.quant import dequantize, quantize_weight
 
 CANDIDATE_BITS = (2, 3, 4, 5, 6, 8)

@@ -19,10 +19,13 @@ import torch
 from torch import nn
 
 from memopt_core.compression.compress import compress_layers_, structural_copy
+from memopt_core.compression.walk import layer_position, set_module, target_linears
 from memopt_core.config import EvalConfig, PruneConfig, QuantConfig, TargetConfig
 from memopt_core.errors import ConfigError, choices
+from memopt_core.evaluation.causal_lm import evaluate_causal_lm
+from memopt_core.evaluation.encoder import sentence_embeddings
 from memopt_core.loading.models import LoadedModel
-from memopt_core.compression.walk import layer_position, set_module, target_linears
+from memopt_core.texts import load_labelled_sentences, load_text, token_windows
 
 UNITS = ("layer", "block")
 DEFAULT_EVAL = EvalConfig(max_tokens=1024, seq_len=512, gen_tokens=0, zero_shot=False)
@@ -78,21 +81,14 @@ class QualityProbe:
         if self.causal:
             self._prepare_causal(windows)
         else:
-            from memopt_core.loading.texts import load_labelled_sentences
-            from memopt_core.evaluation.encoder import sentence_embeddings
-
             self.sentences = [s for s, _ in load_labelled_sentences()]
             self.reference = sentence_embeddings(loaded.model, loaded.tokenizer, self.sentences)
             self.baseline = 1.0
             self.protocol = {"sentences": len(self.sentences), "metric": "drop of mean cosine similarity"}
 
     def _prepare_causal(self, windows: torch.Tensor | None) -> None:
-        from memopt_core.evaluation.causal_lm import evaluate_causal_lm
-
         text = "given windows"
         if windows is None:
-            from memopt_core.loading.texts import load_text, token_windows
-
             source = load_text(self.eval_config.text)
             text = source.name
             windows = token_windows(self.loaded.tokenizer, source.text, self.eval_config.seq_len,
@@ -110,12 +106,8 @@ class QualityProbe:
     def measure(self, model: nn.Module) -> tuple[float, float, float | None]:
         """(score, delta = quality loss against the original, KL or None) of ``model``."""
         if self.causal:
-            from memopt_core.evaluation.causal_lm import evaluate_causal_lm
-
             metrics, _ = evaluate_causal_lm(model, self.windows, reference=self.reference, kl_top_k=1)
             return metrics.mean_nll, metrics.mean_nll - self.baseline, metrics.kl_divergence
-        from memopt_core.evaluation.encoder import sentence_embeddings
-
         embeddings = sentence_embeddings(model, self.loaded.tokenizer, self.sentences)
         cosine = float((embeddings * self.reference).sum(-1).mean())  # both L2-normalised
         return cosine, self.baseline - cosine, None

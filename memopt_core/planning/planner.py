@@ -16,7 +16,7 @@ from transformers import PretrainedConfig
 
 from memopt_core.errors import ConfigError, choices
 from memopt_core.planning.presets import (COMPONENTS, ModelDims, ParamBreakdown, TargetShape, check_sizes,
-                                         count_parameters, list_presets, load_config, load_preset, preset_info)
+                                          count_parameters, list_presets, load_config, load_preset, preset_info)
 from memopt_core.units import GIB, format_gib
 
 __all__ = ["PlanConfig", "ParamBreakdown", "TargetShape", "MemoryEstimate", "count_parameters", "estimate",

@@ -13,7 +13,6 @@ import json
 import os
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,8 +21,9 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.pytorch_utils import Conv1D
 
-from memopt_core.errors import ConfigError, DataError, UnsupportedModelError, choices
 from memopt_core.compression.walk import find_blocks, target_linears
+from memopt_core.errors import ConfigError, DataError, UnsupportedModelError, choices
+from memopt_core.paths import user_path
 
 PRESET_PACKAGE = "memopt_core.planning.model_configs"
 META_KEY = "_memopt"
@@ -60,8 +60,6 @@ def preset_info(name: str) -> dict:
 
 def _read_json(path: str | os.PathLike) -> dict:
     """Read a config.json (or the config.json inside a model folder); weights are never touched."""
-    from memopt_core.loading.paths import user_path
-
     file = user_path(path, "config file")
     if file.is_dir():
         file = file / "config.json"

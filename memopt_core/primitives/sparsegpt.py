@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from memopt_core.config import QuantConfig
+from memopt_core.config import QuantConfig, SolverConfig
 from memopt_core.errors import ConfigError
-from memopt_core.config import SolverConfig
 from memopt_core.primitives.gptq import ColumnQuantizer, OBSSweep, prepare_hessian
 from memopt_core.primitives.quant import QuantizedWeight
 from memopt_core.primitives.sparsity import nm_mask

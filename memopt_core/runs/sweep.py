@@ -91,7 +91,9 @@ class _Eta:
 
 def _load_once() -> RunnerLoader:
     """A loader that loads the sweep's one model on first use and then reuses it."""
-    from memopt_core.runs.workbench import Workbench  # torch + transformers: a sweep answered from the store needs neither
+    # torch + transformers load here, on the first setting to compute: a sweep answered from the
+    # store needs neither.
+    from memopt_core.runs.workbench import Workbench
 
     return functools.cache(Workbench.load)
 

@@ -11,15 +11,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from memopt_core.planning import guard
 from memopt_core.compression.calibration_data import CalibrationSet, calibration_set
 from memopt_core.compression.compress import CompressedModel, compress_copy, layer_errors
-from memopt_core.config import CalibConfig, EvalConfig, RunConfig, SolverConfig
-from memopt_core.loading.devices import resolve_device
 from memopt_core.compression.memory import MemoryReport, measure_growth, memory_report
-from memopt_core.loading.models import LoadedModel, load_model
-from memopt_core.evaluation.quality import EvalData, Reference, evaluate, prepare
 from memopt_core.compression.sparsity import layer_sparsity, overall_sparsity
+from memopt_core.config import CalibConfig, EvalConfig, RunConfig, SolverConfig
+from memopt_core.evaluation.quality import EvalData, Reference, evaluate, prepare
+from memopt_core.loading.devices import resolve_device
+from memopt_core.loading.models import LoadedModel, load_model
+from memopt_core.loading.saved import save_compressed
+from memopt_core.planning import guard
 
 
 @dataclass
@@ -149,8 +150,6 @@ class Workbench:
                            timings=timings, protocol=_protocol(baseline.data.protocol, compressed),
                            notes=run_notes(self.loaded, config, memory))
         if save_dir is not None:
-            from memopt_core.loading.saved import save_compressed
-
             save_compressed(compressed, self.loaded, result, save_dir)
         return result
 

@@ -8,17 +8,19 @@ import torch
 from torch import nn
 
 from memopt_core.compression.calibrate import compress_calibrated_
-from memopt_core.compression.calibration_data import (PROTECTED_TOKENS, CalibrationSet, LayerStatistics, calibration_set,
-                                          capture_block_inputs, forward_block, gram, protected_prefix)
+from memopt_core.compression.calibration_data import (PROTECTED_TOKENS, CalibrationSet, LayerStatistics,
+                                                      calibration_set, capture_block_inputs, forward_block, gram,
+                                                      protected_prefix)
 from memopt_core.compression.compress import compress_copy
-from memopt_core.config import SolverConfig, CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig
-from memopt_core.loading.texts import load_text, token_windows
-from memopt_core.errors import ConfigError, DataError
 from memopt_core.compression.layers import QuantLinear, SparseLinear
+from memopt_core.compression.walk import effective_weight, find_blocks, target_linears
+from memopt_core.config import (CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, SolverConfig,
+                                TargetConfig)
+from memopt_core.errors import ConfigError, DataError
 from memopt_core.loading.models import weights_checksum
 from memopt_core.primitives.gptq import gptq_quantize
 from memopt_core.primitives.wanda import wanda_mask
-from memopt_core.compression.walk import effective_weight, find_blocks, target_linears
+from memopt_core.texts import load_text, token_windows
 
 SPEC = ModelSpec("tiny-llama")
 

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from memopt_core.config import PruneConfig
-from memopt_core.errors import ConfigError
-from memopt_core.primitives.sparsity import nm_mask, unstructured_mask_from_scores
 from memopt_core.compression.prune import prune_
 from memopt_core.compression.sparsity import layer_sparsity, overall_sparsity
 from memopt_core.compression.walk import target_linears
+from memopt_core.config import PruneConfig
+from memopt_core.errors import ConfigError
+from memopt_core.primitives.sparsity import nm_mask, unstructured_mask_from_scores
 
 
 def _names(model: nn.Module) -> list[str]:

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
+from gptq_support import correlated_inputs, hessian, output_error, weight
 from memopt_core.compression.layers import QuantLinear, copy_bias
-from memopt_core.config import SolverConfig, QuantConfig
+from memopt_core.config import QuantConfig, SolverConfig
 from memopt_core.errors import ConfigError
 from memopt_core.primitives.gptq import gptq_quantize
 from memopt_core.primitives.sparsegpt import sparsegpt_prune
 from memopt_core.primitives.sparsity import magnitude_mask
 from memopt_core.primitives.wanda import input_sq_norms_from_hessian, wanda_mask, wanda_scores
-from gptq_support import correlated_inputs, hessian, output_error, weight
 
 
 def _groups(t: torch.Tensor, m: int) -> torch.Tensor:

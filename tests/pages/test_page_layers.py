@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from memopt_core.config import EvalConfig, ModelSpec
-from memopt_core.runs.workbench import Workbench
 from memopt_core.runs.store import ResultStore
 from memopt_core.runs.sweep import SweepGrid, run_sweep
+from memopt_core.runs.workbench import Workbench
 from page_support import app_cache, array, errors, figures, new_app, no_exception, use_tiny_model  # noqa: F401
 
 

@@ -11,13 +11,12 @@ import math
 import pytest
 import torch
 
-from memopt_core.config import SolverConfig, QuantConfig
-from memopt_core.errors import ConfigError
+from gptq_support import correlated_inputs, hessian, output_error, weight
 from memopt_core.compression.layers import QuantLinear, copy_bias
+from memopt_core.config import QuantConfig, SolverConfig
+from memopt_core.errors import ConfigError
 from memopt_core.primitives.gptq import decode_column, encode_column, gptq_quantize, one_thread
 from memopt_core.primitives.quant import dequantize, quantize_weight
-
-from gptq_support import correlated_inputs, hessian, output_error, weight
 
 
 def reference_gptq(w, h, bits, group_size, act_order, damp=0.01):

@@ -16,7 +16,6 @@ from memopt_core.config import EvalConfig, ModelSpec
 from memopt_core.errors import ConfigError
 from memopt_core.runs.pareto import pareto_mask
 from memopt_core.runs.store import ResultStore
-from memopt_core.runs.pareto import mark_pareto
 from memopt_core.runs.sweep import SweepGrid, run_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
