@@ -94,7 +94,7 @@ def _count(config: Any) -> tuple[int | None, str]:
     size fields when it cannot build the architecture (custom code, an absurd size); None when
     even those fields are missing: then the size is unknown, not zero.
     """
-    from memopt_core.planning.presets import count_parameters  # transformers: see _rough_params
+    from memopt_core.planning.counting import count_parameters  # transformers: see _rough_params
 
     # Through a dict, so the planner drops auto_map: counting never imports a model's own code.
     fields = config.to_dict() if hasattr(config, "to_dict") else config
