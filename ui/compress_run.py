@@ -14,6 +14,7 @@ from ui import live_run, result_view
 from ui.errors import user_errors
 from ui.live_view import show_run
 from ui.loaders import peek_stored, result_saver, store_key, workbench
+from ui.saved_models import save_model
 from ui.weights_view import show_weight_view
 
 RESULT = "compress.result"  # {"result": RunResult dict, "from_store": bool, "key": store key}
@@ -148,7 +149,6 @@ def save_button(shown: dict[str, Any]) -> None:
     if st.button("Save compressed model", key="compress.save",
                  help="Writes config, tokenizer and the compressed tensors (safetensors) under the memopt "
                       "cache; download it as a zip on the Runs page."):
-        from ui.saved_models import save_model
 
         with user_errors("save"), st.spinner("Compressing a copy and writing it ..."):
             result = shown["result"]

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import time
 
-from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments,
-                                    add_model_arguments, add_quant_arguments, calib_config, eval_config, gptq_options,
-                                    model_spec, print_json, print_json_line, quant_kwargs)
-from memopt_core.errors import ConfigError
+from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments, add_model_arguments,
+                                    add_quant_arguments, calib_config, eval_config, model_spec, print_json,
+                                    print_json_line, quant_kwargs)
+from memopt_core.cli.text_report import format_run
 from memopt_core.config import PRUNE_METHODS, PRUNE_PATTERNS, PruneConfig, QuantConfig, RunConfig, TargetConfig
+from memopt_core.errors import ConfigError
+from memopt_core.evaluation.lm_records import Estimate
+from memopt_core.loading.saved import check_save_target
+from memopt_core.runs.workbench import run
 
 
 def register(sub) -> None:
@@ -44,30 +47,20 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                      eval=eval_config(args), calib=calib_config(args))
 
 
-def handle_run(args: argparse.Namespace) -> int:
-    # torch and transformers load here, not at import: `--help` and argument errors stay instant.
-    from memopt_core.cli.text_report import format_run
-    from memopt_core.evaluation.lm_records import Estimate
-    from memopt_core.runs.result import RunResult
-    from memopt_core.runs.workbench import Workbench
+def _print_estimate(step) -> None:
+    if isinstance(step, Estimate):
+        print_json_line(step.to_dict())
 
+
+def handle_run(args: argparse.Namespace) -> int:
     config = run_config(args)  # validate every setting before loading anything
     if args.target_ci is not None and not 0 < args.target_ci < 1:
         raise ConfigError(f"--target-ci {args.target_ci} must be a fraction between 0 and 1 (0.02 = +-2%)")
     if args.save is not None:  # and where the result goes: a bad --save must not cost the run
-        from memopt_core.loading.saved import check_save_target
-
         check_save_target(args.save)
-    began = time.perf_counter()
-    bench = Workbench.load(config.model)
-    load_s = time.perf_counter() - began
-    result = None
-    for step in bench.run_steps(config, target_ci=args.target_ci, save_dir=args.save, gptq=gptq_options(args)):
-        if isinstance(step, Estimate) and args.stream:
-            print_json_line(step.to_dict())
-        elif isinstance(step, RunResult):
-            result = step
-    result.timings["load_s"] = load_s
+    # --stream prints the estimates of the same loop the dashboard draws, then the result.
+    result = run(config, save_dir=args.save, target_ci=args.target_ci,
+                 on_step=_print_estimate if args.stream else None)
     if args.stream:
         print_json_line(result.to_dict())
     elif args.json:

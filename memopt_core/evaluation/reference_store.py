@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
 from memopt_core.evaluation.lm_records import LMReference
+from memopt_core.loading.cache import cache_dir
 
 _LOG = logging.getLogger("memopt.references")
 FORMAT_VERSION = "1"
@@ -37,8 +38,6 @@ class ReferenceStore:
 
     def __init__(self, folder: str | Path | None = None):
         if folder is None:
-            from memopt_core.loading.cache import cache_dir
-
             folder = cache_dir() / "references"
         self.folder = Path(folder)
 

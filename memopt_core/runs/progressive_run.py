@@ -22,6 +22,7 @@ from memopt_core.evaluation.intervals import INTERVAL_MEANING
 from memopt_core.evaluation.lm_records import Estimate
 from memopt_core.evaluation.progressive import CancelToken, WindowScorer
 from memopt_core.evaluation.quality import evaluate
+from memopt_core.loading.saved import save_compressed
 from memopt_core.runs.baselines import OriginalEvaluation
 from memopt_core.runs.result import RunResult, model_summary, run_notes
 
@@ -86,13 +87,13 @@ def _protocol(original: OriginalEvaluation, calibration: dict[str, Any] | None) 
 
 
 def run_steps(bench, config: RunConfig, cancel: CancelToken | None = None, target_ci: float | None = None,
-              save_dir: str | None = None, gptq=None) -> Iterator[Compressed | Estimate | RunResult]:
+              save_dir: str | None = None) -> Iterator[Compressed | Estimate | RunResult]:
     """Run ``config`` on ``bench`` (a loaded Workbench), yielding as the module docstring says."""
     began = time.perf_counter()
     original = bench.original(config.eval)
     spent_on_original = original.seconds
     timings: dict[str, float] = {}
-    compressed, memory = bench.compress(config, gptq=gptq)
+    compressed, memory = bench.compress(config)
     timings["compress_s"] = time.perf_counter() - began
     timings.update(compressed.timings)
     rows = bench.layer_rows(compressed, memory)
@@ -124,7 +125,5 @@ def run_steps(bench, config: RunConfig, cancel: CancelToken | None = None, targe
                        sparsity=partial["sparsity"], layers=rows, timings=timings, protocol=partial["protocol"],
                        notes=partial["notes"])
     if save_dir is not None:
-        from memopt_core.loading.saved import save_compressed
-
         save_compressed(compressed, bench.loaded, result, save_dir)
     yield result

@@ -6,15 +6,16 @@ the one-shot entry point used by the CLI. ``run_steps`` is the same run, step by
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from memopt_core.planning import guard
 from memopt_core.compression.calibration_data import CalibrationSet, calibration_set
 from memopt_core.compression.compress import CompressedModel, compress_copy, layer_errors
-from memopt_core.config import CalibConfig, EvalConfig, RunConfig
+from memopt_core.config import CalibConfig, EvalConfig, RunConfig, SolverConfig
 from memopt_core.evaluation.lm_records import Estimate
 from memopt_core.evaluation.progressive import CancelToken
 from memopt_core.evaluation.quality import EvalData, Reference
@@ -73,16 +74,15 @@ class Workbench:
 
     def calibration(self, config: RunConfig) -> CalibrationSet:
         """Calibration tokens for ``config`` (drawn once per calibration and evaluation setting)."""
-        key = (config.calib, config.eval.text, config.eval.max_tokens)
+        # The solver settings do not change the tokens: a GPTQ run with and without act-order share them.
+        key = (dataclasses.replace(config.calib, solver=SolverConfig()), config.eval.text, config.eval.max_tokens)
         with self._lock:
             if key not in self._calibration:
                 self._calibration[key] = calibration_set(self.loaded.tokenizer, config.calib, config.eval)
             return self._calibration[key]
 
-    def compress(self, config: RunConfig, gptq=None) -> tuple[CompressedModel, MemoryReport]:
-        """A compressed copy and its memory report (stored bytes and measured growth).
-
-        ``gptq``: solver options (``memopt_core.primitives.gptq.GPTQOptions``) for calibrated methods."""
+    def compress(self, config: RunConfig) -> tuple[CompressedModel, MemoryReport]:
+        """A compressed copy and its memory report (stored bytes and measured growth)."""
         device = resolve_device(self.loaded.spec.device)
         # Drawn before measuring, so the cached tokens do not count as the copy's memory.
         calibration = self.calibration(config) if config.needs_calibration else None
@@ -91,7 +91,7 @@ class Workbench:
         guard.check_fits(guard.model_bytes(self.loaded.model), what,
                          available=lambda: guard.device_available_bytes(device))
         with measure_growth(device) as measured, guard.out_of_memory_as_resource_error(what, device):
-            compressed = compress_copy(self.loaded.model, config, calibration=calibration, gptq=gptq)
+            compressed = compress_copy(self.loaded.model, config, calibration=calibration)
         original, copy = self.loaded.model, compressed.model
         report = memory_report(original, copy, {n: original.get_submodule(n) for n in compressed.target_names},
                                {n: copy.get_submodule(n) for n in compressed.target_names},
@@ -109,24 +109,29 @@ class Workbench:
         return rows
 
     def run_steps(self, config: RunConfig, cancel: CancelToken | None = None, target_ci: float | None = None,
-                  save_dir: str | None = None, gptq=None) -> Iterator[Compressed | Estimate | RunResult]:
+                  save_dir: str | None = None) -> Iterator[Compressed | Estimate | RunResult]:
         """The run of ``config`` step by step (see ``progressive_run.run_steps``)."""
-        return run_steps(self, config, cancel, target_ci, save_dir, gptq)
+        return run_steps(self, config, cancel, target_ci, save_dir)
 
-    def run(self, config: RunConfig, save_dir: str | None = None, gptq=None,
-            target_ci: float | None = None) -> RunResult:
-        """Run ``config`` to its result (exact, unless ``target_ci`` stops it early)."""
+    def run(self, config: RunConfig, save_dir: str | None = None, target_ci: float | None = None,
+            on_step: Callable[[Compressed | Estimate], None] | None = None) -> RunResult:
+        """Run ``config`` to its result (exact, unless ``target_ci`` stops it early); ``on_step``
+        sees every step before it (the CLI's ``--stream`` prints the estimates)."""
         result = None
-        for step in self.run_steps(config, target_ci=target_ci, save_dir=save_dir, gptq=gptq):
-            result = step
+        for step in self.run_steps(config, target_ci=target_ci, save_dir=save_dir):
+            if isinstance(step, RunResult):
+                result = step
+            elif on_step is not None:
+                on_step(step)
         return result
 
 
-def run(config: RunConfig, save_dir: str | None = None, gptq=None, target_ci: float | None = None) -> RunResult:
+def run(config: RunConfig, save_dir: str | None = None, target_ci: float | None = None,
+        on_step: Callable[[Compressed | Estimate], None] | None = None) -> RunResult:
     """Load ``config.model`` and run one setting (the CLI's ``run``)."""
     start = time.perf_counter()
     bench = Workbench.load(config.model)
     load_s = time.perf_counter() - start
-    result = bench.run(config, save_dir=save_dir, gptq=gptq, target_ci=target_ci)
+    result = bench.run(config, save_dir=save_dir, target_ci=target_ci, on_step=on_step)
     result.timings["load_s"] = load_s
     return result
