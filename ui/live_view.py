@@ -61,18 +61,23 @@ def _interval_meaning(method: str) -> str:
     return INTERVAL_MEANING.get(method, method)
 
 
-def show_estimates(state: LiveState, key: str) -> None:
-    """Cards and the convergence chart of the latest estimate."""
+def show_convergence(state: LiveState, key: str) -> None:
+    """The running estimate of the ratio and its band against tokens scored."""
     from memopt_core.convergence_chart import convergence  # plotly figure code: loaded with the first estimate
 
     row = state.estimates[-1]
-    st.markdown(f"**{progress_line(state)}**")
-    for column, (label, value, band) in zip(st.columns(5), estimate_cards(row)):
-        column.metric(label, value, border=True)
-        column.caption(band)
     show_chart(convergence(state.estimates), "Running estimate of the perplexity ratio and its band: "
                f"{_interval_meaning(row['interval'])}. Windows are scored in text order, never shuffled.",
                key=f"{key}.convergence")
+
+
+def show_estimates(state: LiveState, key: str) -> None:
+    """Progress line, cards with their bands and the convergence chart of the latest estimate."""
+    st.markdown(f"**{progress_line(state)}**")
+    for column, (label, value, band) in zip(st.columns(5), estimate_cards(state.estimates[-1])):
+        column.metric(label, value, border=True)
+        column.caption(band)
+    show_convergence(state, key)
 
 
 def _page_needs_redraw(drawn: LiveState, now: LiveState) -> bool:
@@ -111,8 +116,9 @@ def show_run(run: LiveRun, key: str) -> dict[str, Any] | None:
     if state.result is not None:
         result_view.show_quality(state.result)
         if state.estimates:
+            st.markdown(f"**{progress_line(state)}**")
             with st.expander("How the estimate converged", expanded=not state.result["compressed"].get("exact", True)):
-                show_estimates(state, key)
+                show_convergence(state, key)
     else:
         show_live_quality(run, state, key)
     if shown is not None:
