@@ -19,6 +19,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from screenshots import (EXCEPTION, PLOT, browser_tab, dashboard, open_page, pick, screenshot, set_slider,  # noqa: E402
                          settle, wait_for_plots)
 
+pytestmark = pytest.mark.browser
+
 ARTIFACTS = ROOT / "test-artifacts"
 
 
