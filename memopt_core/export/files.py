@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import gguf
+
 from memopt_core.errors import ConfigError, ModelLoadError
 from memopt_core.loading.paths import user_path
 
@@ -47,3 +49,18 @@ def staged_folder(directory: str | os.PathLike) -> Iterator[Path]:
 def listing(folder: Path) -> list[dict]:
     """Every file under ``folder``: path and bytes, sorted by path."""
     return [{"path": str(p), "bytes": p.stat().st_size} for p in sorted(folder.rglob("*")) if p.is_file()]
+
+
+def tensor_bytes(folder: Path, fmt: str) -> int:
+    """Bytes of the weights themselves, without metadata, tokenizer or config: GGUF tensor data
+    (by GGUFReader), the safetensors file less its JSON header, or the ONNX model and its data."""
+    if fmt == "gguf":
+        return sum(int(t.n_bytes) for path in folder.glob("*.gguf") for t in gguf.GGUFReader(str(path)).tensors)
+    if fmt == "compressed-tensors":
+        total = 0
+        for path in folder.glob("*.safetensors"):
+            with open(path, "rb") as handle:
+                header = int.from_bytes(handle.read(8), "little")
+            total += path.stat().st_size - 8 - header
+        return total
+    return sum(p.stat().st_size for p in folder.glob("model.onnx*"))

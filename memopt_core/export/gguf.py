@@ -6,6 +6,7 @@ permutation moves whole rows, so a layer's codes and per-row scales move with th
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,12 +82,20 @@ def _row_order(config, name: str, out_features: int) -> torch.Tensor | None:
     return None
 
 
+def _tied_head(model: nn.Module) -> bool:
+    """lm_head shares the embedding matrix (and memopt left it as it was)."""
+    return bool(getattr(model.config, "tie_word_embeddings", False)) and type(model.lm_head) is nn.Linear \
+        and model.lm_head.weight is model.get_input_embeddings().weight
+
+
 def plan_gguf(model: nn.Module, requested: FormatType | None) -> GGUFPlan:
     """Each Linear's GGUF type and fate: ``requested`` for the compressed layers, else the narrowest
     type holding their codes. Layers memopt left dense keep their float type."""
     check_llama(model)
     plans = []
     for name, module in linear_layers(model).items():
+        if name == "lm_head" and _tied_head(model):
+            continue  # written once, as token_embd
         compressed = grid_of(module) is not None or type(module) is not nn.Linear
         ftype = requested if (requested is not None and compressed) else auto_gguf_type(module)
         plans.append(gguf_layer_plan(name, module, ftype))
@@ -135,9 +144,8 @@ def _add_tensors(writer: gguf.GGUFWriter, model: nn.Module, plan: GGUFPlan) -> N
     config = model.config
     linears = linear_layers(model)
     by_name = {p.name: p for p in plan.layers}
-    tied = getattr(config, "tie_word_embeddings", False) and type(model.lm_head) is nn.Linear
     for module_name, module in linears.items():
-        if module_name == "lm_head" and tied:
+        if module_name == "lm_head" and _tied_head(model):
             continue  # the file then has no output.weight, which tells loaders to tie it to token_embd
         target, layer = gguf_name(module_name), by_name[module_name]
         ftype = GGUF_TYPES[layer.target]
@@ -164,6 +172,7 @@ def ftype_enum(ftype: FormatType) -> gguf.GGMLQuantizationType:
 
 def write_gguf(model: nn.Module, tokenizer, path: Path, plan: GGUFPlan, name: str) -> list[str]:
     """Write ``model`` (not changed) as the GGUF file ``path`` following ``plan``. Returns notes."""
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # its INFO lines would bury the report
     writer = gguf.GGUFWriter(str(path), "llama")
     try:
         _add_metadata(writer, model.config, name, plan.file_type)
