@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,9 @@ def load_gguf(path: Path) -> nn.Module:
 
 def load_compressed_tensors(folder: Path) -> nn.Module:
     """The folder loaded by transformers + compressed-tensors, de-quantized at load time (float32)."""
-    with contextlib.redirect_stderr(io.StringIO()):  # the library's progress bars
+    # Its progress bars, and a warning that the dequantize option overrides the file's config (intended).
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
         return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
                                                     quantization_config=CompressedTensorsConfig(dequantize=True)).eval()
 
