@@ -28,8 +28,8 @@ SETTINGS = ("W8 g32 sym", "W4 g32 sym", "W4 g32 asym float-min", "W4/W8 per-chan
 # engine format -> setting -> what it becomes ("exact": memopt's weights bit for bit)
 _CELLS = {
     "gguf": ("Q8_0, exact", "Q4_0, exact", "Q4_1, exact (the Q4_1 grid)",
-             "Q4_0 / Q8_0, exact when groups are multiples of 32 (scales repeated per block); g128 on 576-wide "
-             "rows: re-quantized at g32", "Q4_1, minimum -zero*scale rounded to fp16",
+             "Q4_0 / Q8_0, exact when groups are multiples of 32 (scales repeated per block; the shorter "
+             "last group of g128 on 576-wide rows too)", "Q4_1, minimum -zero*scale rounded to fp16",
              "Q4_0 / Q4_1 holding the codes: exact, 4.5 / 5.0 bpw", "Q5_0 / Q5_1, exact",
              "Q8_0 holding the codes: exact, 8.5 bpw", "zeros stored in the blocks (no sparse kernels)", "F16 / BF16, exact"),
     "compressed-tensors": ("W8A16 g32, exact", "W4A16 g32, exact", "re-quantized with an integer zero point",

@@ -55,13 +55,14 @@ def test_file_metadata_describes_the_llama(tmp_path, q4_1_model):
     assert fields["tokenizer.ggml.merges"].contents() == ["Ġ t", "h e"]
 
 
-@pytest.mark.parametrize("quant, expected_type, how", [
-    (QuantConfig(bits=4, granularity="group", group_size=64), "Q4_0", "copied"),  # g64 = two blocks, same scale
-    (QuantConfig(bits=3, granularity="group", group_size=32), "Q4_0", "widened"),
-    (QuantConfig(bits=8), "Q8_0", "copied"),  # per-channel: 64 inputs = two blocks per row
+@pytest.mark.parametrize("hidden, quant, expected_type, how", [
+    (64, QuantConfig(bits=4, granularity="group", group_size=64), "Q4_0", "copied"),  # g64 = two blocks, same scale
+    (96, QuantConfig(bits=4, granularity="group", group_size=64), "Q4_0", "copied"),  # 96 = 64 + a last group of 32
+    (64, QuantConfig(bits=3, granularity="group", group_size=32), "Q4_0", "widened"),
+    (64, QuantConfig(bits=8), "Q8_0", "copied"),  # per-channel: 64 inputs = two blocks per row
 ])
-def test_settings_without_their_own_type_are_held_exactly(tmp_path, quant, expected_type, how):
-    model = compressed(tiny_llama(), quant)
+def test_settings_without_their_own_type_are_held_exactly(tmp_path, hidden, quant, expected_type, how):
+    model = compressed(tiny_llama(hidden=hidden), quant)
     report = export(source(model, byte_tokenizer()), ExportRequest("gguf"), tmp_path / "out")
     assert {(p.target, p.how, p.exact) for p in report.layers} == {(expected_type, how, True)}
     assert set(gguf_weight_errors(tmp_path / "out" / "model.gguf", model).values()) == {0.0}
