@@ -177,3 +177,17 @@ def ct_layer_plan(name: str, module: nn.Module, ftype: FormatType, group_size: i
     if not exact:
         note += "; the format has no mask: pruned weights decode to the grid point nearest 0"
     return LayerPlan(name, source_label(module), ftype.name, how, exact, note, bpw)
+
+
+def onnx_layer_plan(name: str, module: nn.Module, ftype: FormatType) -> LayerPlan:
+    """What a Linear becomes in the ONNX graph: memopt's weights as float32, or ONNX Runtime's re-quantization."""
+    source = source_label(module)
+    if not ftype.is_quantized:
+        return LayerPlan(name, source, ftype.name, DENSE, True, "memopt's weights as float32 (de-quantized)", 32.0)
+    if ftype.name == "int8":
+        return LayerPlan(name, source, ftype.name, REQUANTIZED, False,
+                         "ONNX Runtime dynamic quantization: int8 per output channel (fp32 scale, int8 zero point), "
+                         "activations quantized at run time", 8 + 40 / module.in_features)
+    return LayerPlan(name, source, ftype.name, REQUANTIZED, False,
+                     f"ONNX Runtime MatMulNBits: 4-bit symmetric blocks of {ftype.group_size} with fp32 scales",
+                     ftype.bits + 32 / ftype.group_size)

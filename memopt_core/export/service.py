@@ -14,14 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from memopt_core.compression.walk import linear_layers
 from memopt_core.errors import ConfigError, UnsupportedModelError
 from memopt_core.export import compressed_tensors as ct
 from memopt_core.export import gguf as gguf_writer
 from memopt_core.export import onnx as onnx_writer
 from memopt_core.export import verify
 from memopt_core.export.files import check_destination, listing, staged_folder, tensor_bytes
-from memopt_core.export.formats import FormatType, check_format, format_type
-from memopt_core.export.layer_plan import LayerPlan
+from memopt_core.export.formats import ONNX_TYPES, FormatType, check_format, format_type
+from memopt_core.export.layer_plan import LayerPlan, onnx_layer_plan
 
 GGUF_FILE = "model.gguf"
 
@@ -115,7 +116,9 @@ def plan_export(source: ExportSource, request: ExportRequest) -> ExportPlan:
                                         f"{source.kind}: export it to onnx instead")
         layers = ct.plan_compressed_tensors(source.model, ftype, request.group_size)
         return ExportPlan(request.type or _most_common(p.target for p in layers), layers)
-    return ExportPlan(request.type or "fp32", [], [])
+    onnx_type = ftype or ONNX_TYPES["fp32"]
+    layers = [onnx_layer_plan(name, module, onnx_type) for name, module in linear_layers(source.model).items()]
+    return ExportPlan(onnx_type.name, layers)
 
 
 def _most_common(values) -> str:

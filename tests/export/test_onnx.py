@@ -29,6 +29,7 @@ def test_float_graph_reproduces_memopts_quantized_model(tmp_path):
     with torch.no_grad():
         assert torch.allclose(runner(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)
     assert report.roundtrip.perplexity == pytest.approx(report.memopt["perplexity"], rel=1e-4)
+    assert all(p.exact and p.target == "fp32" for p in report.layers)
     assert report.roundtrip.tokens_per_second > 0 and report.memopt["pytorch_dense_fp32_tokens_per_second"] > 0
 
 
@@ -37,6 +38,7 @@ def test_int8_uses_dynamic_quantization_and_stays_close(tmp_path):
     report = export(source(model, byte_tokenizer(), windows()), ExportRequest("onnx", "int8", verify=True), tmp_path / "out")
     assert _ops(tmp_path / "out" / "model.onnx")["MatMulInteger"] >= 14
     assert not (tmp_path / "out" / ".float").exists()
+    assert len(report.layers) == 15 and {(p.target, p.how, p.exact) for p in report.layers} == {("int8", "re-quantized", False)}
     assert report.roundtrip.perplexity == pytest.approx(report.memopt["perplexity"], rel=0.02)
 
 
