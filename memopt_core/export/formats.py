@@ -102,7 +102,7 @@ def format_type(fmt: str, name: str) -> FormatType:
 
 # Explicit quantization flags a --type may be given with: the flag, and how to read it off a QuantConfig.
 _FLAG_VALUES = {
-    "bits": lambda q: q.bits if q is not None else 16,
+    "bits": lambda q: 16 if q is None else (q.method if q.is_cast else q.bits),
     "group_size": lambda q: q.group_size if q is not None and q.granularity == "group" else None,
     "asymmetric": lambda q: q is not None and not q.is_cast and not q.symmetric,
     "zero_point": lambda q: q.zero_point if q is not None and not q.is_cast and not q.symmetric else None,
