@@ -124,7 +124,7 @@ def show_plan_result(plan: dict[str, Any]) -> None:
     st.markdown(f"**{plan['type']}**: {exact} of {len(layers)} layers keep exactly memopt's weights; "
                 f"memopt holds the model in {plan['stored_bytes'] / MIB:,.1f} MiB.")
     if layers:
-        st.dataframe(layers_table(layers), hide_index=True, use_container_width=True)
+        st.dataframe(layers_table(layers), hide_index=True, width="stretch")
 
 
 def _figure(value: float | None, pattern: str) -> str:
@@ -155,8 +155,8 @@ def show_report(report: dict[str, Any]) -> None:
     for note in report["notes"]:
         st.caption(f"Note: {note}")
     if report["layers"]:
-        st.dataframe(layers_table(report["layers"]), hide_index=True, use_container_width=True)
-    st.dataframe(pd.DataFrame(report["files"]), hide_index=True, use_container_width=True)
+        st.dataframe(layers_table(report["layers"]), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(report["files"]), hide_index=True, width="stretch")
     _download(report)
 
 
@@ -172,7 +172,7 @@ def _download(report: dict[str, Any]) -> None:
 
 
 def show_support_table() -> None:
-    st.dataframe(pd.DataFrame(support_table()), hide_index=True, use_container_width=True)
+    st.dataframe(pd.DataFrame(support_table()), hide_index=True, width="stretch")
 
 
 def current_setting(spec: ModelSpec | None, evaluation: EvalConfig | None, prune, quant) -> RunConfig | None:
