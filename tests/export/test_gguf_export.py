@@ -60,6 +60,7 @@ def test_file_metadata_describes_the_llama(tmp_path, q4_1_model):
     (96, QuantConfig(bits=4, granularity="group", group_size=64), "Q4_0", "copied"),  # 96 = 64 + a last group of 32
     (64, QuantConfig(bits=3, granularity="group", group_size=32), "Q4_0", "widened"),
     (64, QuantConfig(bits=8), "Q8_0", "copied"),  # per-channel: 64 inputs = two blocks per row
+    (64, QuantConfig(method="bf16"), "BF16", "dense"),
 ])
 def test_settings_without_their_own_type_are_held_exactly(tmp_path, hidden, quant, expected_type, how):
     model = compressed(tiny_llama(hidden=hidden), quant)
