@@ -85,6 +85,7 @@ def _source(config: RunConfig | None, saved: str | None, evaluation: EvalConfig 
 
 def show_plan(config: RunConfig | None, fmt: str, type_name: str | None) -> None:
     """Compress only (no evaluation) and show what each layer becomes in the format."""
+    # torch, transformers and the format libraries: imported on the first plan only.
     from memopt_core.export.service import ExportRequest, ExportSource, plan_export
 
     with user_errors("plan"), st.spinner("Compressing a copy to plan the export ..."):
@@ -99,6 +100,7 @@ def show_plan(config: RunConfig | None, fmt: str, type_name: str | None) -> None
 def run_export(config: RunConfig | None, saved: str | None, evaluation: EvalConfig | None, fmt: str,
                type_name: str | None, verify: bool) -> None:
     """Evaluate the setting, write the export under the cache and (optionally) verify it."""
+    # torch, transformers and the format libraries: imported on the first export only.
     from memopt_core.export.service import ExportRequest, export
 
     with st.status("Compressing and evaluating the setting ...", expanded=True) as status, user_errors("export"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments, calib_config,
-                                    eval_config, gptq_options, print_json, quant_kwargs)
+                                    eval_config, print_json, quant_kwargs)
 from memopt_core.config import (DEVICES, DTYPES, PRUNE_METHODS, PRUNE_PATTERNS, RANGE_METHODS, ModelSpec,
                                 PruneConfig, QuantConfig, RunConfig, TargetConfig)
 from memopt_core.errors import ConfigError
@@ -108,7 +108,7 @@ def handle_export(args: argparse.Namespace) -> int:
                                            trust_remote_code=args.trust_remote_code),
                            prune=prune, quant=export_quant(args), eval=evaluation, calib=calib_config(args),
                            targets=TargetConfig(include=tuple(args.include), exclude=tuple(args.exclude)))
-        source = source_from_run(Workbench.load(config.model), config, gptq=gptq_options(args))
+        source = source_from_run(Workbench.load(config.model), config)
     report = export(source, request, args.out)
     if args.json:
         print_json(report.to_dict())

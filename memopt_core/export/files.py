@@ -15,7 +15,7 @@ from typing import Iterator
 import gguf
 
 from memopt_core.errors import ConfigError, ModelLoadError
-from memopt_core.loading.paths import user_path
+from memopt_core.paths import user_path
 
 
 def check_destination(directory: str | os.PathLike) -> Path:

@@ -26,6 +26,7 @@ from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from torch import nn
 
 from memopt_core.compression.compress import structural_copy
+from memopt_core.compression.layers import dense_linear
 from memopt_core.compression.walk import effective_weight, linear_layers, set_module
 
 MODEL_FILE = "model.onnx"
@@ -33,23 +34,14 @@ OPSET = 18
 INT4_BLOCK = 32
 
 
-def dense_linear(module: nn.Module) -> nn.Linear:
-    """A plain float32 ``nn.Linear`` computing with ``module``'s effective weight (a new module)."""
-    weight = effective_weight(module).detach().float()  # [out, in]
-    bias = getattr(module, "bias", None)
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    linear.weight = nn.Parameter(weight.clone(), requires_grad=False)
-    if bias is not None:
-        linear.bias = nn.Parameter(bias.detach().float().clone(), requires_grad=False)
-    return linear
-
-
 def dense_copy(model: nn.Module) -> nn.Module:
     """A float32 copy of ``model`` whose compressed layers are plain Linears (``model`` unchanged)."""
     copy = structural_copy(model)
     for name, module in linear_layers(copy).items():
         if type(module) is not nn.Linear:
-            set_module(copy, name, dense_linear(module))
+            bias = getattr(module, "bias", None)
+            weight = effective_weight(module).detach().float().clone()  # [out, in], memopt's de-quantized weight
+            set_module(copy, name, dense_linear(weight, None if bias is None else nn.Parameter(bias.detach().float())))
     return copy.float().eval()
 
 

@@ -17,17 +17,11 @@ from memopt_core.evaluation.encoder import sentence_embeddings
 from memopt_core.evaluation.quality import evaluate, prepare
 from memopt_core.export.service import ExportSource
 from memopt_core.loading.models import LoadedModel, load_model
-from memopt_core.loading.paths import user_path
+from memopt_core.paths import user_path
 from memopt_core.loading.saved import MANIFEST
 
 if TYPE_CHECKING:  # the type only: export sits beside runs, not above it
     from memopt_core.runs.workbench import Workbench
-
-
-def setting_label(config: RunConfig) -> str:
-    """``magnitude 50% + W4A16 g32 sym``; ``dense`` for no compression."""
-    parts = [p.label for p in (config.prune, config.quant) if p is not None]
-    return " + ".join(parts) or "dense"
 
 
 def _inputs(loaded: LoadedModel, data, model, reference) -> dict[str, Any]:
@@ -39,15 +33,15 @@ def _inputs(loaded: LoadedModel, data, model, reference) -> dict[str, Any]:
             "original_embeddings": None if reference is None else reference.embeddings}
 
 
-def source_from_run(bench: "Workbench", config: RunConfig, gptq=None) -> ExportSource:
+def source_from_run(bench: "Workbench", config: RunConfig) -> ExportSource:
     """Compress a copy of ``bench``'s original at ``config`` and evaluate it (the original is not changed)."""
     if config.quant is not None and config.quant.storage == "fake":
         raise ConfigError("fake quantization keeps dequantized floats: an export needs the packed codes; drop --fake")
     baseline = bench.baseline(config.eval)
-    compressed, memory = bench.compress(config, gptq=gptq)
+    compressed, memory = bench.compress(config)
     metrics, _ = evaluate(compressed.model, bench.loaded, baseline.data, config.eval, baseline.reference)
     rows = layer_sparsity(compressed.model, compressed.target_names)
-    memopt = {"setting": setting_label(config), **metrics, "stored_bytes": memory.stored_bytes,
+    memopt = {"setting": config.label, **metrics, "stored_bytes": memory.stored_bytes,
               "bits_per_weight": memory.bits_per_weight, "sparsity": overall_sparsity(rows),
               "protocol": baseline.data.protocol}
     return ExportSource(compressed.model, bench.loaded.tokenizer, bench.loaded.kind, bench.loaded.name, memopt,
@@ -73,7 +67,7 @@ def source_from_saved(folder: str | Path, eval_config: EvalConfig, device: str =
     metrics, _ = evaluate(loaded.model, loaded, data, eval_config)
     run = manifest.get("run") or {}
     config = RunConfig.from_dict(run["config"]) if run.get("config") else None
-    memopt = {"setting": setting_label(config) if config else "saved", **metrics,
+    memopt = {"setting": config.label if config else "saved", **metrics,
               "stored_bytes": stored_bytes(loaded.model),
               "bits_per_weight": (run.get("memory") or {}).get("bits_per_weight"),
               "sparsity": run.get("sparsity"), "recorded_perplexity": (run.get("compressed") or {}).get("perplexity"),
