@@ -116,15 +116,19 @@ def run_export(config: RunConfig | None, saved: str | None, evaluation: EvalConf
 
 def layers_table(layers: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per layer: name, what memopt holds, the format's type, how, exact, bits per weight."""
-    table = pd.DataFrame(layers, columns=["name", "source", "target", "how", "exact", "bits_per_weight", "note"])
-    return table.rename(columns={"source": "memopt holds", "target": "becomes", "bits_per_weight": "bpw in format"})
+    table = pd.DataFrame(layers, columns=["name", "source", "target", "how", "exact", "bits_per_weight", "bytes", "note"])
+    table["bytes"] = table["bytes"].round().astype(int)
+    return table.rename(columns={"source": "memopt holds", "target": "becomes", "bits_per_weight": "bpw in format",
+                                 "bytes": "bytes in format"})
 
 
 def show_plan_result(plan: dict[str, Any]) -> None:
     layers = plan["layers"]
     exact = sum(1 for layer in layers if layer["exact"])
-    st.markdown(f"**{plan['type']}**: {exact} of {len(layers)} layers keep exactly memopt's weights; "
-                f"memopt holds the model in {plan['stored_bytes'] / MIB:,.1f} MiB.")
+    in_format = sum(layer["bytes"] for layer in layers)
+    st.markdown(f"**{plan['type']}**: {exact} of {len(layers)} layers keep exactly memopt's weights; their weights "
+                f"take {in_format / MIB:,.2f} MiB in the format (embeddings and norms stay as they are); memopt "
+                f"holds the whole model in {plan['stored_bytes'] / MIB:,.1f} MiB.")
     if layers:
         st.dataframe(layers_table(layers), hide_index=True, width="stretch")
 

@@ -7,7 +7,9 @@ only re-quantized where its grid has no counterpart in the format (never silentl
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -35,9 +37,25 @@ class LayerPlan:
     exact: bool
     note: str
     bits_per_weight: float
+    weights: int = 0  # out * in
+
+    @property
+    def bytes(self) -> float:
+        """The layer's bytes in the format (codes, scales and minimums; biases apart)."""
+        return self.weights * self.bits_per_weight / 8
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "bytes": self.bytes}
+
+
+def _sized(plan_layer: Callable[..., LayerPlan]) -> Callable[..., LayerPlan]:
+    """Fill ``weights`` of the plan a per-layer rule returns (its arguments start with name, module)."""
+    @functools.wraps(plan_layer)
+    def sized(name: str, module: nn.Module, *args) -> LayerPlan:
+        plan = plan_layer(name, module, *args)
+        plan.weights = module.in_features * module.out_features
+        return plan
+    return sized
 
 
 def grid_of(module: nn.Module) -> QuantizedWeight | None:
@@ -93,6 +111,7 @@ def _same_grid(grid: QuantizedWeight, ftype: FormatType) -> str | None:
     return None
 
 
+@_sized
 def gguf_layer_plan(name: str, module: nn.Module, ftype: FormatType) -> LayerPlan:
     """How ``module`` is written as GGUF type ``ftype`` (a ConfigError when no block fits its rows)."""
     in_f = module.in_features
@@ -152,6 +171,7 @@ def auto_ct_type(module: nn.Module) -> FormatType | None:
     return CT_TYPES[f"W{bits}A16" + ("" if grid.zero_kind == "symmetric" else "-asym")]
 
 
+@_sized
 def ct_layer_plan(name: str, module: nn.Module, ftype: FormatType, group_size: int | None) -> LayerPlan:
     """How ``module`` is written as compressed-tensors ``ftype`` with ``group_size`` (None: per channel)."""
     grid = grid_of(module)
@@ -179,6 +199,7 @@ def ct_layer_plan(name: str, module: nn.Module, ftype: FormatType, group_size: i
     return LayerPlan(name, source_label(module), ftype.name, how, exact, note, bpw)
 
 
+@_sized
 def onnx_layer_plan(name: str, module: nn.Module, ftype: FormatType) -> LayerPlan:
     """What a Linear becomes in the ONNX graph: memopt's weights as float32, or ONNX Runtime's re-quantization."""
     source = source_label(module)

@@ -26,6 +26,7 @@ def test_q4_1_file_holds_memopts_codes_and_transformers_reads_the_same_model(tmp
     path = tmp_path / "out" / "model.gguf"
     assert [f["path"] for f in report.files] == [str(path)]
     assert all(p.exact and p.how == "copied" for p in report.layers) and len(report.layers) == 14
+    assert report.layers[0].name.endswith("q_proj") and report.layers[0].bytes == 64 * 64 // 32 * 20  # 20-byte blocks
     errors = gguf_weight_errors(path, q4_1_model)
     assert set(errors.values()) == {0.0} and len(errors) == 2 * 9 + 2  # 14 linears, 4 norms, token_embd, output_norm
     reader = gguf.GGUFReader(str(path))
