@@ -93,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--part", choices=("all", "smollm2", "minilm"), default="all")
+    parser.add_argument("--rows", default=None, help="comma-separated row numbers (1-7) of the SmolLM2 table")
     args = parser.parse_args()
     if args.part != "smollm2":
         minilm()
@@ -104,7 +105,10 @@ def main() -> None:
     print(f"SmolLM2-135M fp32; perplexity on {args.max_tokens} Wikipedia tokens in windows of {evaluation.seq_len}")
     sources = {}
     with tempfile.TemporaryDirectory() as scratch:
+        wanted = None if args.rows is None else {int(n) for n in args.rows.split(",")}
         for index, (label, fmt, type_name, group, quant) in enumerate(ROWS):
+            if wanted is not None and index + 1 not in wanted:
+                continue
             start = time.perf_counter()
             if quant not in sources:
                 sources[quant] = source_from_run(bench, RunConfig(spec, quant=quant, eval=evaluation))
