@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from memopt_core.cli import main
+from memopt_core.cli import run as cli_run
+from memopt_core.cli import sweep as cli_sweep
 from memopt_core.compression import memory
 from memopt_core.config import CalibConfig
 from memopt_core.loading.models import REMOTE_CODE_WARNING
-from memopt_core.runs import sweep
-from memopt_core.runs import workbench as runner
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -178,7 +178,7 @@ def _cheap_eval(config):
 @pytest.fixture
 def cheap_runs(monkeypatch):
     """Runs that pass validation still load and run for real, on at most 64 tokens and 2 calibration samples."""
-    real_run, real_sweep = runner.run, sweep.run_sweep
+    real_run, real_sweep = cli_run.run, cli_sweep.run_sweep
 
     def run(config, **kwargs):
         calib = dataclasses.replace(config.calib, samples=min(config.calib.samples, 2),
@@ -190,8 +190,8 @@ def cheap_runs(monkeypatch):
 
     monkeypatch.setattr(memory, "_release_freed_heap", lambda: None)  # a full gc per copy: slow, and only
     # sharpens the RSS figure, which no assertion here reads
-    monkeypatch.setattr(runner, "run", run)
-    monkeypatch.setattr(sweep, "run_sweep", run_sweep)
+    monkeypatch.setattr(cli_run, "run", run)  # the names the commands call
+    monkeypatch.setattr(cli_sweep, "run_sweep", run_sweep)
     # sweeps calibrate with the default CalibConfig: make that default small too
     solver_default = CalibConfig.__init__.__defaults__[4:]
     monkeypatch.setattr(CalibConfig.__init__, "__defaults__", ("both", 2, 32, 0, *solver_default))
