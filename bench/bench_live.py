@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from memopt_core.compression.kernels import DEQUANTIZE, FUSED_INT8  # noqa: E402
-from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig  # noqa: E402
+from memopt_core.config import EvalConfig, ModelSpec, QuantConfig, RunConfig  # noqa: E402
 from memopt_core.evaluation.causal_lm import (SENTIMENT_LABELS, SENTIMENT_PROMPT, _pad_id, _pad_right,  # noqa: E402
                                              sentiment_accuracy, zero_shot_scores)
 from memopt_core.evaluation.lm_records import Estimate  # noqa: E402

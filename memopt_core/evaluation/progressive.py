@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from memopt_core.errors import ConfigError, DataError
 from memopt_core.evaluation.compute import compute_in, model_device, synchronize
-from memopt_core.evaluation.intervals import DEFAULT_INTERVAL, MeanInterval, check_method, mean_interval
+from memopt_core.evaluation.intervals import DEFAULT_INTERVAL, check_method, mean_interval
 from memopt_core.evaluation.lm_records import Estimate, LMMetrics, LMReference
 from memopt_core.evaluation.stats import rest_log_mass
 

@@ -18,8 +18,11 @@ import torch
 from torch import nn
 
 from memopt_core.config import EvalConfig
+from memopt_core.evaluation.causal_lm import greedy_generate, zero_shot_sentiment
+from memopt_core.evaluation.compute import compute_in
 from memopt_core.evaluation.encoder import (classifier_accuracy, classifier_predictions, encoder_metrics, fit_probe,
                                             sentence_embeddings)
+from memopt_core.evaluation.progressive import evaluate_causal_lm
 from memopt_core.loading.models import LoadedModel
 from memopt_core.texts import TextSource, load_labelled_sentences, load_text, token_windows
 
@@ -62,6 +65,21 @@ def prepare(loaded: LoadedModel, config: EvalConfig) -> EvalData:
     return EvalData(windows=windows, sentences=sentences, text=text, protocol=protocol)
 
 
+def _lm_metrics(model: nn.Module, loaded: LoadedModel, data: EvalData, config: EvalConfig,
+                reference: Reference | None) -> tuple[dict[str, Any], Reference]:
+    """All windows at once (the progressive loop run to its end), zero-shot and generation."""
+    metrics, lm_reference = evaluate_causal_lm(model, data.windows, reference.lm if reference else None,
+                                               kl_top_k=config.kl_top_k, compute=config.compute_dtype)
+    out = asdict(metrics)
+    with compute_in(model, config.compute_dtype):
+        if config.zero_shot:
+            out["zero_shot"] = asdict(zero_shot_sentiment(model, loaded.tokenizer, data.sentences))
+        if config.gen_tokens:
+            out["generation"] = {"prompt": config.prompt,
+                                 "text": greedy_generate(model, loaded.tokenizer, config.prompt, config.gen_tokens)}
+    return out, reference or Reference(metrics=out, lm=lm_reference)
+
+
 def _encoder_metrics(model: nn.Module, loaded: LoadedModel, data: EvalData, config: EvalConfig,
                      reference: Reference | None) -> tuple[dict[str, Any], Reference]:
     texts = [s for s, _ in data.sentences]
@@ -76,11 +94,11 @@ def _encoder_metrics(model: nn.Module, loaded: LoadedModel, data: EvalData, conf
 
 def evaluate(model: nn.Module, loaded: LoadedModel, data: EvalData, config: EvalConfig,
              reference: Reference | None = None) -> tuple[dict[str, Any], Reference]:
-    """Measure an encoder or classifier ``model`` (the original when ``reference`` is None, else a
-    copy compared with it). Causal LMs are scored window by window (``runs/progressive_run.py``)."""
-    if loaded.kind == "causal-lm":
-        raise ValueError("causal LMs are scored by WindowScorer, not evaluate()")
+    """Measure ``model`` (the original when ``reference`` is None, else a copy compared with it) in
+    one go. Runs score causal LMs window by window with estimates (``runs/progressive_run.py``)."""
     with torch.inference_mode():
+        if loaded.kind == "causal-lm":
+            return _lm_metrics(model, loaded, data, config, reference)
         if loaded.kind == "encoder":
             metrics, new_reference = _encoder_metrics(model, loaded, data, config, reference)
             new_reference.metrics = new_reference.metrics or metrics

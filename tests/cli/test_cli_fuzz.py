@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from memopt_core.cli import main
+from memopt_core.cli import run as cli_run
+from memopt_core.cli import sweep as cli_sweep
 from memopt_core.compression import memory
 from memopt_core.config import CalibConfig
 from memopt_core.loading.models import REMOTE_CODE_WARNING
-from memopt_core.runs import sweep
-from memopt_core.runs import workbench as runner
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -178,7 +178,7 @@ def _cheap_eval(config):
 @pytest.fixture
 def cheap_runs(monkeypatch):
     """Runs that pass validation still load and run for real, on at most 64 tokens and 2 calibration samples."""
-    real_run, real_sweep = runner.run, sweep.run_sweep
+    real_run, real_sweep = cli_run.run, cli_sweep.run_sweep
 
     def run(config, **kwargs):
         calib = dataclasses.replace(config.calib, samples=min(config.calib.samples, 2),
@@ -190,8 +190,8 @@ def cheap_runs(monkeypatch):
 
     monkeypatch.setattr(memory, "_release_freed_heap", lambda: None)  # a full gc per copy: slow, and only
     # sharpens the RSS figure, which no assertion here reads
-    monkeypatch.setattr(runner, "run", run)
-    monkeypatch.setattr(sweep, "run_sweep", run_sweep)
+    monkeypatch.setattr(cli_run, "run", run)  # the names the commands call
+    monkeypatch.setattr(cli_sweep, "run_sweep", run_sweep)
     # sweeps calibrate with the default CalibConfig: make that default small too
     solver_default = CalibConfig.__init__.__defaults__[4:]
     monkeypatch.setattr(CalibConfig.__init__, "__defaults__", ("both", 2, 32, 0, *solver_default))
@@ -211,6 +211,7 @@ def assert_one_line_outcome(code: int, out: str, err: str, args: list[str]) -> N
 
 # the fuzzers -----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 @example(data=None)
@@ -277,6 +278,7 @@ def test_real_calls_end_to_end(args, tmp_path, capsys):
     assert (code == 0) == ("1" not in args and "nothing-matches*" not in args)
 
 
+@pytest.mark.slow
 def test_real_sweep_end_to_end(tmp_path, capsys):
     args = ["sweep", *TINY, "--bits", "16,4,2", "--prune-ratios", "0,0.5", "--db", str(tmp_path / "r.db"), "--json"]
     assert main(args) == 0
@@ -289,6 +291,7 @@ def test_real_sweep_end_to_end(tmp_path, capsys):
     ["models", "--bogus"],
     ["run", *TINY, "--bits", "4", "--json"],
 ])
+@pytest.mark.slow
 def test_subprocess_calls_print_no_traceback(args, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MEMOPT_CACHE": os.environ["MEMOPT_CACHE"], "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "memopt_core", *args], env=env, cwd=tmp_path, capture_output=True,
