@@ -1,6 +1,6 @@
 """How honest are the early 95% intervals? Coverage of the exact figure on SmolLM2, one run.
 
-    python bench/bench_intervals.py [--max-tokens 16384] [--settings 24]
+    python bench/bench_intervals.py [--max-tokens 16384] [--seq-len 512] [--settings 24]
 
 Scores 24 settings (RTN widths and groupings, magnitude pruning, a few combinations) on the first
 16,384 tokens of the bundled Wikipedia text (32 windows of 512) with the same loop the dashboard
@@ -52,8 +52,9 @@ def score_settings(bench: Workbench, evaluation: EvalConfig, count: int) -> dict
     """Per-token diff (own NLL - original's), own NLL and KL of each setting -> name: [n_settings x [N]]."""
     original = bench.original(evaluation)
     original.lm.finish()
-    figures: dict[str, list[torch.Tensor]] = {"ratio": [], "perplexity": [], "kl": [], "labels": []}
-    for prune, quant in settings()[:count]:
+    figures: dict = {"ratio": [], "perplexity": [], "kl": [], "labels": [], "window": evaluation.seq_len - 1}
+    every = settings()
+    for prune, quant in (every[round(i * len(every) / count)] for i in range(count)):  # spread if fewer
         config = RunConfig(bench.loaded.spec, prune=prune, quant=quant, eval=evaluation)
         began = time.perf_counter()
         compressed, _ = bench.compress(config)
@@ -110,24 +111,26 @@ def print_table(table: dict, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=16384)
+    parser.add_argument("--seq-len", type=int, default=512, help="window length (512: the dashboard's default)")
     parser.add_argument("--settings", type=int, default=24)
     parser.add_argument("--save", type=Path, default=Path("/tmp/memopt-interval-figures.pt"))
     parser.add_argument("--load", action="store_true", help="print the tables from --save without scoring")
     args = parser.parse_args()
-    evaluation = EvalConfig(max_tokens=args.max_tokens, seq_len=512, gen_tokens=0, zero_shot=False)
+    evaluation = EvalConfig(max_tokens=args.max_tokens, seq_len=args.seq_len, gen_tokens=0, zero_shot=False)
     if args.load:
         figures = torch.load(args.save)
     else:
         bench = Workbench.load(ModelSpec("smollm2-135m"))
-        print(f"scoring {args.settings} settings on {args.max_tokens:,} tokens (windows of 512):", flush=True)
+        print(f"scoring {args.settings} settings on {args.max_tokens:,} tokens (windows of {args.seq_len}):", flush=True)
         figures = score_settings(bench, evaluation, args.settings)
         torch.save(figures, args.save)
-    windows = args.max_tokens // 512
-    print_coverage(figures, 511, windows)
+    print_coverage(figures)
 
 
-def print_coverage(figures: dict, window: int, windows: int) -> None:
-    n = len(figures["ratio"])
+def print_coverage(figures: dict) -> None:
+    """Both coverage tables of saved per-token figures (``figures["window"]``: scored tokens per window)."""
+    n, window = len(figures["ratio"]), figures["window"]
+    windows = figures["ratio"][0].numel() // window
     print_table(coverage(figures, window, windows, rotate=False),
                 f"coverage of the exact figure over {n} settings, estimates from the first windows "
                 "(median relative half-width in brackets):")

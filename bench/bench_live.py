@@ -1,6 +1,6 @@
 """Answers at the speed of a slider, on the bundled SmolLM2: ratios measured in one run.
 
-    python bench/bench_live.py [--max-tokens 4096] [--no-browser] [--coverage /tmp/memopt-interval-figures.pt]
+    python bench/bench_live.py [--max-tokens 4096] [--no-browser | --browser-only] [--coverage /tmp/memopt-interval-figures.pt]
 
 Targets (issue 9), all warm (model loaded, the original's reference stored) unless said:
 - first estimate <= 2x (compression + one window's dense forward);
@@ -36,6 +36,8 @@ from memopt_core.evaluation.causal_lm import (SENTIMENT_LABELS, SENTIMENT_PROMPT
 from memopt_core.evaluation.lm_records import Estimate  # noqa: E402
 from memopt_core.evaluation.progressive import evaluate_causal_lm  # noqa: E402
 from memopt_core.runs.workbench import Workbench  # noqa: E402
+from bench_intervals import print_coverage  # noqa: E402
+from screenshots import browser_tab, dashboard, live_off, pick, set_slider, settle, throwaway_cache  # noqa: E402
 
 SETTINGS = (QuantConfig(bits=4, granularity="group", group_size=64), QuantConfig(bits=3, granularity="group",
                                                                                  group_size=128),
@@ -145,46 +147,58 @@ def compute_dtypes(bench: Workbench, windows: torch.Tensor) -> None:
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
 
 
+SHOWN_TEXTS = ("[...document.querySelectorAll('[data-testid=\"stElementContainer\"]:not([data-stale=\"true\"]) "
+               "[data-testid=\"stMarkdownContainer\"]')].map(e => e.innerText)")
+
+
+def wait_after_release(tab, key: str) -> tuple[float, float]:
+    """Release the focused slider one step (``key``) -> seconds to the first estimate and to the exact figure."""
+    began, first = time.perf_counter(), None
+    tab.keyboard.press(key)  # the value is sent to the server when the key is released
+    while True:
+        shown = tab.evaluate(SHOWN_TEXTS)
+        now = time.perf_counter() - began
+        if first is None and any(t.startswith("Estimate from") for t in shown):
+            first = now
+        if first is not None and any(t.startswith("Exact: all") for t in shown):
+            return first, now
+        time.sleep(0.05)
+
+
 def browser_seconds(max_tokens: int) -> None:
     """Seconds a person waits in Chromium from releasing the bit-width slider to the first estimate
-    and to the exact figure (second move; the first loads the model and stores the reference)."""
-    from screenshots import browser_tab, dashboard, pick, set_slider, throwaway_cache
-
+    and to the exact figure: the first release loads SmolLM2 and scores the original (an empty
+    store), the next two are warm (settings never run before)."""
     source = Path(os.environ.get("MEMOPT_CACHE") or Path.home() / ".cache" / "memopt")
     cache = throwaway_cache(source)
     env = {**os.environ, "MEMOPT_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    texts = ("[...document.querySelectorAll('[data-testid=\"stElementContainer\"]:not([data-stale=\"true\"]) "
-             "[data-testid=\"stMarkdownContainer\"]')].map(e => e.innerText)")
     with dashboard(env) as url, browser_tab(url) as tab:
-        tab.get_by_role("checkbox", name="Live").wait_for()
-        pick(tab, "Model", "smollm2")
-        set_slider(tab, "Max tokens", f"{max_tokens:,}".replace(",", ""))
-        for move, key in enumerate(("ArrowLeft", "ArrowRight")):
-            slider = tab.get_by_role("slider", name="Bit width")
-            slider.focus()
-            began, first = time.perf_counter(), None
-            slider.press(key)  # one step: the value is sent when the key is released
-            while True:
-                shown = tab.evaluate(texts)
-                if first is None and any(t.startswith("Estimate from") for t in shown):
-                    first = time.perf_counter() - began
-                if any(t.startswith("Exact: all") for t in shown) and first is not None:
-                    exact = time.perf_counter() - began
-                    break
-                time.sleep(0.05)
-            what = "cold: model load and the original's scoring included" if move == 0 else "warm"
-            print(f"browser, slider release -> first estimate {first:.1f} s, -> exact figure {exact:.1f} s ({what})")
+        live_off(tab)  # choose model and tokens without starting runs, then turn live on
+        pick(tab, "Model", "SmolLM2")
+        set_slider(tab, "Max tokens", str(max_tokens))
+        tab.get_by_text("Live", exact=True).click()
+        settle(tab)
+        tab.get_by_role("slider", name="Bit width").focus()
+        for move in ("cold: model load and the original's scoring included", "warm", "warm"):
+            first, exact = wait_after_release(tab, "ArrowRight")  # 4 -> 5 -> 6 -> 8 bits
+            print(f"browser, slider release -> first estimate {first:.1f} s, -> exact figure {exact:.1f} s ({move}; "
+                  f"bits {tab.get_by_role('slider', name='Bit width').get_attribute('aria-valuetext')})", flush=True)
+            tab.get_by_role("slider", name="Bit width").focus()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--browser-only", action="store_true", help="only the seconds waited in the browser")
     parser.add_argument("--coverage", type=Path, default=Path("/tmp/memopt-interval-figures.pt"))
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; torch threads "
           f"{torch.get_num_threads()}")
     evaluation = EvalConfig(max_tokens=args.max_tokens, gen_tokens=0, zero_shot=False)
+    if args.browser_only:
+        browser_seconds(args.max_tokens)
+        return
     bench, load_s = seconds(lambda: Workbench.load(ModelSpec("smollm2-135m")))
     print(f"SmolLM2 loaded in {load_s:.1f} s")
     live_ratios(bench, evaluation)
@@ -192,10 +206,8 @@ def main() -> None:
     zero_shot(bench, evaluation)
     compute_dtypes(bench, bench.original(evaluation).data.windows)
     if args.coverage.is_file():
-        from bench_intervals import print_coverage
-
         figures = torch.load(args.coverage)
-        print_coverage(figures, 511, figures["ratio"][0].numel() // 511)
+        print_coverage(figures)
     else:
         print(f"coverage: run bench/bench_intervals.py first (it saves {args.coverage})")
     if not args.no_browser:
