@@ -1,6 +1,6 @@
 """Answers at the speed of a slider, on the bundled SmolLM2: ratios measured in one run.
 
-    python bench/bench_live.py [--max-tokens 4096] [--no-browser | --browser-only] [--coverage /tmp/memopt-interval-figures.pt]
+    python bench/bench_live.py [--max-tokens 4096] [--parts live,cold,zero-shot,dtype,coverage,browser] [--coverage /tmp/memopt-interval-figures.pt]
 
 Targets (issue 9), all warm (model loaded, the original's reference stored) unless said:
 - first estimate <= 2x (compression + one window's dense forward);
@@ -42,6 +42,7 @@ from screenshots import browser_tab, dashboard, live_off, pick, set_slider, sett
 SETTINGS = (QuantConfig(bits=4, granularity="group", group_size=64), QuantConfig(bits=3, granularity="group",
                                                                                  group_size=128),
             QuantConfig(bits=8))
+PARTS = ("live", "cold", "zero-shot", "dtype", "coverage", "browser")
 
 
 def seconds(fn) -> tuple[object, float]:
@@ -58,13 +59,13 @@ def dense_window_seconds(bench: Workbench, windows: torch.Tensor) -> float:
     return statistics.median(times)
 
 
-def live_ratios(bench: Workbench, evaluation: EvalConfig) -> None:
+def live_ratios(bench: Workbench, evaluation: EvalConfig, settings: tuple[QuantConfig, ...]) -> None:
     original = bench.original(evaluation)
     original.metrics()  # warm: the reference is scored (or loaded) and stored
     windows = original.data.windows
     dense = dense_window_seconds(bench, windows)
     print(f"one window's dense forward: {dense:.2f} s ({windows.shape[0]} windows of {windows.shape[1]})")
-    for quant in SETTINGS:
+    for quant in settings:
         config = RunConfig(bench.loaded.spec, quant=quant, eval=evaluation)
         (compressed, _), compress_s = seconds(lambda: bench.compress(config))
         _, evaluate_s = seconds(lambda: evaluate_causal_lm(compressed.model, windows, original.lm.covering(
@@ -168,7 +169,7 @@ def wait_after_release(tab, key: str) -> tuple[float, float]:
 def browser_seconds(max_tokens: int) -> None:
     """Seconds a person waits in Chromium from releasing the bit-width slider to the first estimate
     and to the exact figure: the first release loads SmolLM2 and scores the original (an empty
-    store), the next two are warm (settings never run before)."""
+    store), the next is warm (a setting never run before)."""
     source = Path(os.environ.get("MEMOPT_CACHE") or Path.home() / ".cache" / "memopt")
     cache = throwaway_cache(source)
     env = {**os.environ, "MEMOPT_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -179,7 +180,7 @@ def browser_seconds(max_tokens: int) -> None:
         tab.get_by_text("Live", exact=True).click()
         settle(tab)
         tab.get_by_role("slider", name="Bit width").focus()
-        for move in ("cold: model load and the original's scoring included", "warm", "warm"):
+        for move in ("cold: model load and the original's scoring included", "warm"):
             first, exact = wait_after_release(tab, "ArrowRight")  # 4 -> 5 -> 6 -> 8 bits
             print(f"browser, slider release -> first estimate {first:.1f} s, -> exact figure {exact:.1f} s ({move}; "
                   f"bits {tab.get_by_role('slider', name='Bit width').get_attribute('aria-valuetext')})", flush=True)
@@ -189,28 +190,32 @@ def browser_seconds(max_tokens: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=4096)
-    parser.add_argument("--no-browser", action="store_true")
-    parser.add_argument("--browser-only", action="store_true", help="only the seconds waited in the browser")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--settings", type=int, default=len(SETTINGS), help="how many of the live settings")
     parser.add_argument("--coverage", type=Path, default=Path("/tmp/memopt-interval-figures.pt"))
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; torch threads "
           f"{torch.get_num_threads()}")
     evaluation = EvalConfig(max_tokens=args.max_tokens, gen_tokens=0, zero_shot=False)
-    if args.browser_only:
-        browser_seconds(args.max_tokens)
-        return
-    bench, load_s = seconds(lambda: Workbench.load(ModelSpec("smollm2-135m")))
-    print(f"SmolLM2 loaded in {load_s:.1f} s")
-    live_ratios(bench, evaluation)
-    cold_start(evaluation)
-    zero_shot(bench, evaluation)
-    compute_dtypes(bench, bench.original(evaluation).data.windows)
-    if args.coverage.is_file():
-        figures = torch.load(args.coverage)
-        print_coverage(figures)
-    else:
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        parser.error(f"--parts: unknown {sorted(parts - set(PARTS))}; choose from {', '.join(PARTS)}")
+    if parts & {"live", "zero-shot", "dtype"}:
+        bench, load_s = seconds(lambda: Workbench.load(ModelSpec("smollm2-135m")))
+        print(f"SmolLM2 loaded in {load_s:.1f} s")
+    if "live" in parts:
+        live_ratios(bench, evaluation, SETTINGS[:args.settings])
+    if "cold" in parts:
+        cold_start(evaluation)
+    if "zero-shot" in parts:
+        zero_shot(bench, evaluation)
+    if "dtype" in parts:
+        compute_dtypes(bench, bench.original(evaluation).data.windows)
+    if "coverage" in parts and args.coverage.is_file():
+        print_coverage(torch.load(args.coverage))
+    elif "coverage" in parts:
         print(f"coverage: run bench/bench_intervals.py first (it saves {args.coverage})")
-    if not args.no_browser:
+    if "browser" in parts:
         browser_seconds(args.max_tokens)
 
 
