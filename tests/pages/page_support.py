@@ -36,8 +36,9 @@ def new_app() -> AppTest:
 
 def use_tiny_model(at: AppTest, model: str = "tiny-llama", live: bool = True) -> AppTest:
     """Pick a tiny bundled model and the smallest evaluation budget; ``live=False`` turns live mode
-    off first, so nothing runs until Run is pressed."""
-    at.toggle(key="compress.live").set_value(live)
+    off first, so nothing runs until Run is pressed (pages other than Compress have no live mode)."""
+    if any(toggle.key == "compress.live" for toggle in at.toggle):
+        at.toggle(key="compress.live").set_value(live)
     at.selectbox(key="model.choice").set_value(model)
     at.select_slider(key="eval.max_tokens").set_value(128)
     at.select_slider(key="eval.seq_len").set_value(64)
