@@ -48,11 +48,12 @@ class CurvePoint:
 
 @dataclass(frozen=True)
 class Update:
-    """What the loop reports after each step: the step's loss, and the curve point when it evaluated."""
+    """What the loop reports after each step (and once at step 0, before training, with no loss):
+    the step's loss, and the curve point when it evaluated."""
 
     step: int
     steps: int
-    loss: float
+    loss: float | None
     seconds: float
     point: CurvePoint | None = None
 
@@ -85,6 +86,7 @@ class Distillation:
         self.stop_reason, self.message = "finished", ""
         self.best_step, self._best_value, self._best_state = 0, None, None
         self._teacher_validation = None
+        self.original_validation: float | None = None
         self._losses: list[float] = []
 
     def run(self, cancel: threading.Event | None = None) -> Iterator[Update]:
@@ -92,8 +94,9 @@ class Distillation:
         config = self.config
         optimizer = torch.optim.AdamW(self.view.parameter_groups(config.lr, config.scale_lr_factor), weight_decay=0.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, config.steps))
+        self.original_validation = self._original_value()
         start = time.perf_counter()
-        self._evaluate(start)  # step 0: the compressed copy as it came
+        yield Update(0, config.steps, None, 0.0, self._evaluate(start))  # step 0: the copy as it came
         for step in range(config.steps):
             if cancel is not None and cancel.is_set():
                 self._stop("stopped", f"stopped after {step} of {config.steps} steps")
@@ -153,6 +156,13 @@ class Distillation:
         embeddings = pooled_embeddings(_encoder(student)(**encoded).last_hidden_state, mask)
         return cosine_loss(embeddings, target), int(mask.sum())
 
+    def _original_value(self) -> float:
+        """The teacher's own validation value: the level the curve climbs (or falls) toward."""
+        if self.kind != "causal-lm":
+            return 1.0
+        metrics, _ = evaluate_causal_lm(self.teacher, self.data.validation, kl_top_k=1)
+        return metrics.perplexity
+
     def _validation_value(self) -> float:
         if self.kind == "causal-lm":
             metrics, _ = evaluate_causal_lm(self.view.model, self.data.validation, kl_top_k=1)
@@ -196,6 +206,7 @@ class Distillation:
         return {"steps": self.config.steps, "steps_done": self.steps_done, "tokens": self.tokens,
                 "seconds": self.seconds, "validation_seconds": self.validation_seconds,
                 "train_seconds": self.seconds - self.validation_seconds, "metric": self.metric,
+                "original_validation": self.original_validation,
                 "best_step": self.best_step, "best_validation": self._best_value, "stop_reason": self.stop_reason,
                 "message": self.message, "curve": [asdict(p) for p in self.curve]}
 

@@ -95,7 +95,8 @@ def test_a_stopped_recovery_is_stored_under_the_steps_it_ran(bench, tmp_path):
     store, config, cancel = ResultStore(tmp_path / "runs.db"), _config(), threading.Event()
 
     def stop_after_one(update):
-        cancel.set()
+        if update.step == 1:
+            cancel.set()
 
     result, _ = stored_recovery(config, SMALL, store, lambda: bench, cancel=cancel, on_update=stop_after_one)
     assert result["recovery"]["stop_reason"] == "stopped" and result["recovery"]["steps_done"] == 1
