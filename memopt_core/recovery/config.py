@@ -41,10 +41,11 @@ class RecoveryConfig:
     checkpoint so far is what a stopped or finished run keeps. ``layers``: the compressed layers
     only, or their norms too; ``only``: fnmatch patterns restricting which compressed layers train.
     AdamW at ``lr`` (scales at ``lr * scale_lr_factor``), linear warm-up over the first tenth of
-    the steps (at most 10), cosine decay to a tenth. ``max_seconds`` stops training early.
+    the steps (at most 10), cosine decay to a tenth over the steps, or over ``max_seconds`` when
+    that time limit comes first (training stops there).
     """
 
-    steps: int = 150
+    steps: int = 60
     lr: float = 1e-4
     tokens_per_step: int = 512
     seq_len: int = 256
@@ -54,7 +55,7 @@ class RecoveryConfig:
     only: tuple[str, ...] = ()
     scale_lr_factor: float = 1.0
     ce_weight: float = 0.0
-    eval_every: int = 25
+    eval_every: int = 10
     validation_windows: int = 4
     validation_sentences: int = 64
     seed: int = 0

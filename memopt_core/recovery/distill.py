@@ -58,13 +58,14 @@ class Update:
     point: CurvePoint | None = None
 
 
-def schedule(step: int, steps: int) -> float:
+def schedule(step: int, steps: int, time_used: float = 0.0) -> float:
     """Learning-rate factor of ``step`` (0-based): linear warm-up over the first tenth of the steps
-    (at most 10), then a cosine from 1 down to 0.1."""
+    (at most 10), then a cosine from 1 down to 0.1 over the remaining steps, or over the time limit
+    when ``time_used`` (the fraction of it spent) runs out first."""
     warmup = min(10, max(1, steps // 10))
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
+    progress = min(1.0, max((step - warmup) / max(1, steps - warmup), time_used))
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -93,7 +94,7 @@ class Distillation:
         """Train step by step, yielding an :class:`Update` after each; see the class doc."""
         config = self.config
         optimizer = torch.optim.AdamW(self.view.parameter_groups(config.lr, config.scale_lr_factor), weight_decay=0.0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, config.steps))
+        base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.original_validation = self._original_value()
         start = time.perf_counter()
         yield Update(0, config.steps, None, 0.0, self._evaluate(start))  # step 0: the copy as it came
@@ -104,10 +105,12 @@ class Distillation:
             if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
                 self._stop("time limit", f"time limit of {config.max_seconds:g} s reached after {step} steps")
                 break
+            time_used = (time.perf_counter() - start) / config.max_seconds if config.max_seconds else 0.0
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * schedule(step, config.steps, time_used)
             loss = self._step(step, optimizer)
             if loss is None:
                 break
-            scheduler.step()
             self.steps_done = step + 1
             point = None
             if self.steps_done % config.eval_every == 0 or self.steps_done == config.steps:

@@ -130,3 +130,9 @@ def test_schedule_warms_up_then_decays_to_a_tenth():
     assert factors[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
     assert factors[10] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.1, abs=1e-3)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+
+
+def test_schedule_follows_the_time_limit_when_it_comes_first():
+    assert schedule(20, 100, time_used=0.5) == pytest.approx(0.55)  # half the time: halfway down the cosine
+    assert schedule(20, 100, time_used=0.0) == schedule(20, 100)
+    assert schedule(20, 100, time_used=1.5) == pytest.approx(0.1)
