@@ -4,11 +4,12 @@
                                    [--max-tokens 4096] [--skip-lora] [--json-out FILE]
 
 SmolLM2-135M, each setting compressed, then recovered for at most ``--max-seconds`` of training
-(validation scoring included) or ``--steps`` steps: magnitude 50% and RTN W3 g64 (targets: >= 80%
-of the perplexity gap to the original closed on at least two texts), Wanda 50% and GPTQ W3 g64
-(reported). Perplexity on the first ``--max-tokens`` tokens (512-token windows) of the bundled
-Wikipedia leads and news, which training never reads (it starts after their first 16,448 tokens),
-and of gensim's Lee test corpus (``lee.cor``), which training never reads at all.
+(validation scoring included; CPU seconds of this process, see CLOCK) or ``--steps`` steps:
+magnitude 50% and RTN W3 g64 (targets: >= 80% of the perplexity gap to the original closed on at
+least two texts), Wanda 50% and GPTQ W3 g64 (reported). Perplexity on the first ``--max-tokens``
+tokens (512-token windows) of the bundled Wikipedia leads and news, which training never reads (it
+starts after their first 16,448 tokens), and of gensim's Lee test corpus (``lee.cor``), which
+training never reads at all.
 Gap closed = (compressed - recovered) / (compressed - original).
 
 Straight-through training vs a LoRA adapter (``peft``, rank 16 on every targeted layer, merged and
@@ -45,6 +46,9 @@ from memopt_core.runs.workbench import Workbench  # noqa: E402
 from bench.bench_calibrated import lee_text  # noqa: E402
 
 G64 = dict(granularity="group", group_size=64)
+# Training time is counted in CPU seconds of this process: on a machine shared with other work, wall
+# time measures the neighbours. With one thread, N CPU seconds are what N seconds of one idle core do.
+CLOCK = time.process_time
 SETTINGS = {"magnitude 50%": (PruneConfig("magnitude", 0.5), None),
             "RTN W3 g64": (None, QuantConfig(bits=3, **G64)),
             "wanda 50%": (PruneConfig("wanda", 0.5), None),
@@ -77,12 +81,12 @@ def distil(bench: Workbench, compressed, recovery: RecoveryConfig, freeze_zeros:
     data = training_data("causal-lm", bench.loaded.tokenizer, recovery, eval_config, [])
     view = open_for_training_(compressed.model, compressed.target_names, freeze_zeros=freeze_zeros,
                               train_norms=recovery.train_norms)
-    loop = Distillation(view, bench.loaded.model, bench.loaded.tokenizer, "causal-lm", data, recovery)
+    loop = Distillation(view, bench.loaded.model, bench.loaded.tokenizer, "causal-lm", data, recovery, CLOCK)
     with torch.enable_grad():
         for update in loop.run():
             if update.point is not None:
                 print(f"    step {update.point.step:4d}  validation ppl {update.point.validation:9.2f}  "
-                      f"{update.seconds:6.0f} s", flush=True)
+                      f"{update.seconds:6.0f} CPU s", flush=True)
     loop.finish()
     view.export_()
     return loop.summary(), data
@@ -111,8 +115,9 @@ def smollm2(args, recovery: RecoveryConfig) -> dict:
         sparsity_after = overall_sparsity(layer_sparsity(compressed.model, compressed.target_names))
         show("recovered", after, f"(best checkpoint: step {summary['best_step']})")
         show("gap closed", {k: 100 * v for k, v in closed.items()}, "%")
-        print(f"  {summary['steps_done']} steps, {summary['tokens']:,} tokens, {summary['seconds']:.0f} s "
-              f"({summary['train_seconds']:.0f} s training, {summary['validation_seconds']:.0f} s validation), "
+        print(f"  {summary['steps_done']} steps, {summary['tokens']:,} tokens, {summary['seconds']:.0f} CPU s "
+              f"({summary['train_seconds']:.0f} training, {summary['validation_seconds']:.0f} validation; "
+              f"{summary['wall_seconds']:.0f} s wall), "
               f"{summary['stop_reason']}; stored bytes {bytes_before:,} -> {module_storage_bytes(compressed.model):,}; "
               f"sparsity {sparsity_before:.4f} -> {sparsity_after:.4f}; load average {load_average()}", flush=True)
         results[name] = {"before": before, "after": after, "gap_closed": closed, "summary": summary,
@@ -131,14 +136,14 @@ def lora_comparison(bench, windows, original, recovery, eval_config, ste) -> dic
     lora = RecoveryConfig(**{**recovery.to_dict(), "lr": recovery.lr * 10})
     print(f"RTN W3 g64 with a LoRA adapter (rank 16, lr {lora.lr:g}), merged and re-quantized onto the same grid "
           f"(load average {load_average()})", flush=True)
-    outcome = lora_recover(bench, compressed, lora, eval_config)
+    outcome = lora_recover(bench, compressed, lora, eval_config, CLOCK)
     merged = perplexities(compressed.model, windows)
-    show("adapter kept (dense)", outcome["adapter_perplexity"] and {"validation": outcome["adapter_perplexity"]})
+    show("adapter kept (dense)", {"validation": outcome["adapter_perplexity"]}, "(held-out validation windows)")
     show("merged + re-quantized", merged)
     show("gap closed", {k: 100 * v for k, v in gaps_closed(original, before, merged).items()}, "%")
     if ste is not None:
         show("straight-through", ste["after"])
-    print(f"  {outcome['summary']['steps_done']} steps, {outcome['summary']['seconds']:.0f} s; codes changed by the "
+    print(f"  {outcome['summary']['steps_done']} steps, {outcome['summary']['seconds']:.0f} CPU s; codes changed by the "
           f"merge: {outcome['codes_changed']:.2%}", flush=True)
     return {"before": before, "merged": merged, **outcome}
 
@@ -148,12 +153,13 @@ def minilm(max_seconds: float) -> dict:
     config = RunConfig(bench.loaded.spec, prune=PruneConfig("magnitude", 0.5), eval=EvalConfig(zero_shot=False))
     recovery = RecoveryConfig(steps=1000, max_seconds=max_seconds, eval_every=10)
     print(f"MiniLM-L6 magnitude 50%, at most {max_seconds:.0f} s (load average {load_average()})", flush=True)
-    run = recover(bench, config, recovery)
+    run = recover(bench, config, recovery, clock=CLOCK)
     before, after = run.before["cosine_similarity"], run.result.compressed["cosine_similarity"]
     summary = run.recovery
     print(f"  cosine to the original: compressed {before:.4f}, recovered {after:.4f}; gap to 1 closed "
           f"{(after - before) / (1 - before):.1%} in {summary['steps_done']} steps, {summary['tokens']:,} tokens, "
-          f"{summary['seconds']:.0f} s; same bytes {summary['checks']['same_bytes']}", flush=True)
+          f"{summary['seconds']:.0f} CPU s ({summary['wall_seconds']:.0f} s wall); same bytes "
+          f"{summary['checks']['same_bytes']}", flush=True)
     return {"before": before, "after": after, "summary": {k: v for k, v in summary.items() if k != "curve"}}
 
 
@@ -169,7 +175,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch threads {torch.get_num_threads()}, load average at start {load_average()}", flush=True)
+    print(f"torch threads {torch.get_num_threads()}, load average at start {load_average()}; training time "
+          "counted in CPU seconds of this process", flush=True)
     recovery = RecoveryConfig(steps=args.steps, max_seconds=args.max_seconds)
     print(f"recovery: {recovery.to_dict()}", flush=True)
     start = time.perf_counter()

@@ -3,6 +3,8 @@ on top of the frozen dequantized weights, trained by the same distillation loop,
 re-quantized onto each layer's own grid (same scales, new codes), so it is stored as before."""
 from __future__ import annotations
 
+import time
+
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
@@ -52,16 +54,16 @@ class LoraView(TrainableView):
         return changed / total
 
 
-def lora_recover(bench, compressed, recovery: RecoveryConfig, eval_config: EvalConfig) -> dict:
+def lora_recover(bench, compressed, recovery: RecoveryConfig, eval_config: EvalConfig, clock=time.perf_counter) -> dict:
     """Train a LoRA adapter on ``compressed`` (quantized; changed in place), merge, re-quantize."""
     data = training_data("causal-lm", bench.loaded.tokenizer, recovery, eval_config, [])
     view = LoraView(compressed.model, compressed.target_names, recovery.train_norms)
-    loop = Distillation(view, bench.loaded.model, bench.loaded.tokenizer, "causal-lm", data, recovery)
+    loop = Distillation(view, bench.loaded.model, bench.loaded.tokenizer, "causal-lm", data, recovery, clock)
     with torch.enable_grad():
         for update in loop.run():
             if update.point is not None:
                 print(f"    step {update.point.step:4d}  validation ppl {update.point.validation:9.2f} (adapter, dense)  "
-                      f"{update.seconds:6.0f} s", flush=True)
+                      f"{update.seconds:6.0f} CPU s", flush=True)
     loop.finish()
     summary = loop.summary()
     return {"adapter_perplexity": summary["best_validation"], "codes_changed": view.export_(), "summary": summary}

@@ -17,7 +17,7 @@ import math
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -76,14 +76,15 @@ class Distillation:
     ``stop_reason`` ('finished', 'stopped', 'time limit', 'diverged') and ``message`` say what happened."""
 
     def __init__(self, view: TrainableView, teacher: nn.Module, tokenizer, kind: str, data: TrainingData,
-                 config: RecoveryConfig) -> None:
+                 config: RecoveryConfig, clock: Callable[[], float] = time.perf_counter) -> None:
         self.view, self.teacher, self.tokenizer, self.kind = view, teacher, tokenizer, kind
         self.data, self.config = data, config
+        self.clock = clock  # what seconds and the time limit count: wall time, or process CPU time (a shared machine)
         self.metric = "perplexity" if kind == "causal-lm" else "cosine"
         self.device = model_device(teacher)
         self.curve: list[CurvePoint] = []
         self.steps_done = self.tokens = 0
-        self.seconds = self.validation_seconds = 0.0
+        self.seconds = self.validation_seconds = self.wall_seconds = 0.0
         self.stop_reason, self.message = "finished", ""
         self.best_step, self._best_value, self._best_state = 0, None, None
         self._teacher_validation = None
@@ -96,16 +97,16 @@ class Distillation:
         optimizer = torch.optim.AdamW(self.view.parameter_groups(config.lr, config.scale_lr_factor), weight_decay=0.0)
         base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.original_validation = self._original_value()
-        start = time.perf_counter()
+        start, wall_start = self.clock(), time.perf_counter()
         yield Update(0, config.steps, None, 0.0, self._evaluate(start))  # step 0: the copy as it came
         for step in range(config.steps):
             if cancel is not None and cancel.is_set():
                 self._stop("stopped", f"stopped after {step} of {config.steps} steps")
                 break
-            if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
+            if config.max_seconds is not None and self.clock() - start > config.max_seconds:
                 self._stop("time limit", f"time limit of {config.max_seconds:g} s reached after {step} steps")
                 break
-            time_used = (time.perf_counter() - start) / config.max_seconds if config.max_seconds else 0.0
+            time_used = (self.clock() - start) / config.max_seconds if config.max_seconds else 0.0
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * schedule(step, config.steps, time_used)
             loss = self._step(step, optimizer)
@@ -115,10 +116,10 @@ class Distillation:
             point = None
             if self.steps_done % config.eval_every == 0 or self.steps_done == config.steps:
                 point = self._evaluate(start)
-            yield Update(self.steps_done, config.steps, loss, time.perf_counter() - start, point)
+            yield Update(self.steps_done, config.steps, loss, self.clock() - start, point)
         if not self.curve or self.curve[-1].step != self.steps_done:
             self._evaluate(start)  # the last good state is a candidate too
-        self.seconds = time.perf_counter() - start
+        self.seconds, self.wall_seconds = self.clock() - start, time.perf_counter() - wall_start
 
     def _step(self, step: int, optimizer: torch.optim.Optimizer) -> float | None:
         """One optimizer step; None (and nothing applied) when the loss or a gradient is not finite."""
@@ -183,15 +184,15 @@ class Distillation:
         return value < self._best_value if self.metric == "perplexity" else value > self._best_value
 
     def _evaluate(self, start: float) -> CurvePoint:
-        began = time.perf_counter()
+        began = self.clock()
         value = self._validation_value()
         best = self._better(value) and self.view.all_finite()
         if best:
             self.best_step, self._best_value, self._best_state = self.steps_done, value, self.view.state()
         loss = sum(self._losses) / len(self._losses) if self._losses else None
         self._losses = []
-        self.validation_seconds += time.perf_counter() - began
-        point = CurvePoint(self.steps_done, self.tokens, time.perf_counter() - start, loss, value, best)
+        self.validation_seconds += self.clock() - began
+        point = CurvePoint(self.steps_done, self.tokens, self.clock() - start, loss, value, best)
         self.curve.append(point)
         return point
 
@@ -210,6 +211,8 @@ class Distillation:
                 "seconds": self.seconds, "validation_seconds": self.validation_seconds,
                 "train_seconds": self.seconds - self.validation_seconds, "metric": self.metric,
                 "original_validation": self.original_validation,
+                "wall_seconds": self.wall_seconds,
+                "clock": "wall" if self.clock is time.perf_counter else getattr(self.clock, "__name__", "custom"),
                 "best_step": self.best_step, "best_validation": self._best_value, "stop_reason": self.stop_reason,
                 "message": self.message, "curve": [asdict(p) for p in self.curve]}
 

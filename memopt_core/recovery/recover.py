@@ -73,11 +73,12 @@ def _checks(before: RunResult, after: RunResult) -> dict[str, Any]:
 
 def recover(bench: Workbench, config: RunConfig, recovery: RecoveryConfig, cancel: threading.Event | None = None,
             on_phase: Callable[[str], None] | None = None, on_update: Callable[[Update], None] | None = None,
-            gptq=None) -> RecoveredRun:
+            gptq=None, clock: Callable[[], float] = time.perf_counter) -> RecoveredRun:
     """Compress ``config`` on ``bench``'s original (never changed), then recover the copy.
 
     ``cancel`` stops training between steps (the best checkpoint so far is kept and measured);
-    ``on_phase`` hears each phase's name, ``on_update`` each training step."""
+    ``on_phase`` hears each phase's name, ``on_update`` each training step; ``clock`` is what the
+    recovery's seconds and time limit count (wall time; ``time.process_time`` on a shared machine)."""
     check_recoverable(config)
     loaded, phase = bench.loaded, on_phase or (lambda text: None)
     if loaded.kind not in RECOVERABLE_KINDS:
@@ -96,7 +97,7 @@ def recover(bench: Workbench, config: RunConfig, recovery: RecoveryConfig, cance
     trained = {"layers": len(view.layers), "norm_tensors": len(view.norms),
                "parameters": sum(p.numel() for p in view.named_parameters().values())}
     phase("Training")
-    loop = Distillation(view, loaded.model, loaded.tokenizer, loaded.kind, data, recovery)
+    loop = Distillation(view, loaded.model, loaded.tokenizer, loaded.kind, data, recovery, clock)
     with torch.inference_mode(False), torch.enable_grad():
         for update in loop.run(cancel):
             if on_update is not None:
