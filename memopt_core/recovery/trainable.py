@@ -31,74 +31,12 @@ from memopt_core.compression.quantize import _dense_linear
 from memopt_core.compression.walk import effective_weight, set_module
 from memopt_core.errors import ConfigError
 from memopt_core.primitives.packing import pack_codes, pack_mask, unpack_mask
+from memopt_core.recovery.ste import Grid, fake_quantize, grid_codes
 
 
 def _exactly(value: Tensor, trained: Tensor) -> Tensor:
     """``value`` in the forward, the gradient of ``trained`` in the backward (straight through)."""
     return value + (trained - trained.detach())
-
-
-def _fp16(t: Tensor) -> Tensor:
-    """``t`` rounded to fp16 (as it will be stored), straight through for the gradient."""
-    return _exactly(t.detach().half().float(), t)
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A quantized layer's grid: ``bits``, ``zero_kind`` ('symmetric', 'int', 'float'), and the
-    group of each input column ``columns`` (long ``[in]``) into the scale's ``n_groups``."""
-
-    bits: int
-    zero_kind: str
-    columns: Tensor
-
-    @property
-    def levels(self) -> int:
-        return 2 ** self.bits - 1
-
-
-def grid_codes(w: Tensor, scale: Tensor, zero: Tensor | None, grid: Grid,
-               keep: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Round ``w [out, in]`` onto the grid of ``scale`` / ``zero [rows, n_groups]`` (rows = out, or 1).
-
-    Returns ``(codes, soft, s, z)``: ``codes`` float ``[out, in]`` exact integers ``0..2**bits-1``
-    (detached); ``soft`` the unrounded position, carrying the gradient where the rounded code is
-    inside the grid and none outside (``torch.fake_quantize_per_channel_affine``'s rule); the
-    fp16-rounded scale and zero (or minimum) broadcast to columns ``[rows, in]``. With ``keep``
-    (bool ``[out, in]``), a kept weight never decodes to 0: it moves to the next level."""
-    s = _fp16(scale)[:, grid.columns]  # [rows, in]
-    s_safe = torch.where(s == 0, torch.ones_like(s), s)  # an all-zero group decodes to 0 whatever its codes
-    if grid.zero_kind == "float":
-        z = _fp16(zero)[:, grid.columns]  # the group minimum
-        raw = (w - z) / s_safe
-    else:
-        z = zero.float()[:, grid.columns] if grid.zero_kind == "int" else torch.full_like(s, 2 ** (grid.bits - 1))
-        raw = w / s_safe + z
-    rounded = raw.detach().round()
-    inside = (rounded >= 0) & (rounded <= grid.levels)
-    soft = torch.where(inside, raw, raw.detach())
-    codes = rounded.clamp(0, grid.levels)
-    if keep is not None:
-        codes = _avoid_zero(codes, raw.detach(), s.detach(), z.detach(), keep, grid)
-    return codes, soft, s, z
-
-
-def _avoid_zero(codes: Tensor, soft: Tensor, s: Tensor, z: Tensor, keep: Tensor, grid: Grid) -> Tensor:
-    """Kept weights that would decode to exactly 0 move one level toward their unrounded side (or
-    the side that exists); pruned weights take the zero code where the grid has one."""
-    zero_at = -z / torch.where(s == 0, torch.ones_like(s), s) if grid.zero_kind == "float" else z
-    zero_at = zero_at.expand_as(codes)  # the position of 0 in code units
-    up = ((soft >= zero_at) & (codes < grid.levels)) | (codes == 0)
-    at_zero = keep & (decode(codes, s, z, grid.zero_kind) == 0)
-    codes = torch.where(at_zero, torch.where(up, codes + 1, codes - 1), codes)
-    if grid.zero_kind == "float":  # no zero code: the stored bitmask zeroes pruned weights
-        return codes
-    return torch.where(keep, codes, zero_at)
-
-
-def decode(codes: Tensor, s: Tensor, z: Tensor, zero_kind: str) -> Tensor:
-    """Float codes ``[out, in]`` -> weight, with the operation order of ``primitives.quant``."""
-    return codes * s + z if zero_kind == "float" else (codes - z) * s
 
 
 class TrainableLinear(nn.Module):
@@ -123,11 +61,7 @@ class TrainableLinear(nn.Module):
         self.cast_dtype = source.weight.dtype if isinstance(source, CastLinear) else None
 
     def _open_grid(self, source: QuantLinear) -> None:
-        columns = torch.arange(self.in_features, device=source.scale.device) // source.group_size
-        if source.scale.numel() == 1:  # per-tensor: one scale for all columns
-            columns = torch.zeros_like(columns)
-        self.grid = Grid(source.bits, source.zero_kind, columns)
-        self.group_size = source.group_size
+        self.grid = Grid(source.bits, source.zero_kind, source.group_size)
         self.has_mask = source.mask is not None
         self.scale = nn.Parameter(source.scale.float().clone())
         zero = None if source.zero is None else source.zero.float().clone()
@@ -140,8 +74,7 @@ class TrainableLinear(nn.Module):
         """The weight the exported layer will compute with, ``[out, in]`` float32, differentiable."""
         w = self.weight
         if self.grid is not None:
-            codes, soft, s, z = grid_codes(w, self.scale, self.zero, self.grid, self.keep)
-            w = decode(_exactly(codes, soft), s, z, self.grid.zero_kind)
+            w = fake_quantize(w, self.scale, self.zero, self.grid, self.keep)
         elif self.cast_dtype is not None:
             w = _exactly(w.detach().to(self.cast_dtype).float(), w)
         if self.keep is not None:
@@ -171,8 +104,9 @@ class TrainableLinear(nn.Module):
         return _dense_linear(w.to(self.source_dtype), self)
 
     def _export_quant(self, bias: nn.Parameter | None) -> QuantLinear:
-        codes, _, _, _ = grid_codes(self.weight, self.scale, self.zero, self.grid, self.keep)
-        module = QuantLinear(self.in_features, self.out_features, self.grid.bits, self.group_size,
+        codes = grid_codes(self.weight, self.scale, self.zero, self.grid, self.keep)[0]
+        codes = codes.reshape(self.out_features, self.in_features)
+        module = QuantLinear(self.in_features, self.out_features, self.grid.bits, self.grid.group_size,
                              self.grid.zero_kind, tuple(self.scale.shape), self.has_mask, bias, self.source_dtype)
         module.packed = pack_codes(codes.to(torch.uint8), self.grid.bits)
         module.scale = self.scale.half()

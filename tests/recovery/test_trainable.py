@@ -10,7 +10,8 @@ from memopt_core.compression.walk import effective_weight
 from memopt_core.config import ModelSpec, PruneConfig, QuantConfig, RunConfig
 from memopt_core.errors import ConfigError
 from memopt_core.loading.models import weights_checksum
-from memopt_core.recovery.trainable import Grid, TrainableLinear, grid_codes, open_for_training_
+from memopt_core.recovery.ste import Grid, grid_codes
+from memopt_core.recovery.trainable import TrainableLinear, open_for_training_
 
 G16 = dict(granularity="group", group_size=16)
 SETTINGS = {
@@ -109,8 +110,8 @@ def test_codes_at_opening_are_the_stored_codes(tiny_llama):
     stored = {n: compressed.model.get_submodule(n).codes().float() for n in compressed.target_names}
     view = open_for_training_(compressed.model, compressed.target_names, freeze_zeros=False, train_norms=False)
     for name, layer in view.layers.items():
-        codes, *_ = grid_codes(layer.weight, layer.scale, layer.zero, layer.grid)
-        assert torch.equal(codes, stored[name])
+        codes = grid_codes(layer.weight, layer.scale, layer.zero, layer.grid)[0]
+        assert torch.equal(codes.reshape(stored[name].shape), stored[name])
 
 
 def _symmetric_layer(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> TrainableLinear:
@@ -147,11 +148,11 @@ def test_straight_through_matches_torch_fake_quantize_and_its_learnable_scale():
 
 def test_hand_worked_float_minimum_grid_and_kept_weight_off_zero():
     # one group of 4: minimum -0.5, scale 0.25 (fp16-exact), 2 bits -> levels -0.5, -0.25, 0, 0.25
-    grid = Grid(bits=2, zero_kind="float", columns=torch.zeros(4, dtype=torch.long))
+    grid = Grid(bits=2, zero_kind="float", group_size=4)
     w = torch.tensor([[-0.6, -0.2, 0.05, 0.2]])
     scale, minimum = torch.tensor([[0.25]]), torch.tensor([[-0.5]])
-    codes, *_ = grid_codes(w, scale, minimum, grid)
+    codes = grid_codes(w, scale, minimum, grid)[0].reshape(1, 4)
     assert codes.tolist() == [[0.0, 1.0, 2.0, 3.0]]  # -0.6 clamps to the minimum; 0.05 rounds to level 0.0
     keep = torch.tensor([[True, True, True, False]])
-    codes, *_ = grid_codes(w, scale, minimum, grid, keep)
+    codes = grid_codes(w, scale, minimum, grid, keep)[0].reshape(1, 4)
     assert codes.tolist() == [[0.0, 1.0, 3.0, 3.0]]  # the kept 0.05 may not decode to 0: it moves up
