@@ -36,7 +36,7 @@ from memopt_core.compression.layers import module_storage_bytes  # noqa: E402
 from memopt_core.compression.sparsity import layer_sparsity, overall_sparsity  # noqa: E402
 from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig  # noqa: E402
 from memopt_core.evaluation.causal_lm import evaluate_causal_lm  # noqa: E402
-from memopt_core.loading.texts import load_text, token_windows  # noqa: E402
+from memopt_core.texts import load_text, token_windows  # noqa: E402
 from memopt_core.recovery.config import RecoveryConfig  # noqa: E402
 from memopt_core.recovery.data import training_data  # noqa: E402
 from memopt_core.recovery.distill import Distillation  # noqa: E402

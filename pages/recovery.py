@@ -2,6 +2,7 @@
 import streamlit as st
 
 from memopt_core.config import RunConfig
+from memopt_core.recovery.config import check_recoverable
 from ui.compress_settings import prune_settings, quant_settings
 from ui.errors import user_errors
 from ui.model_settings import model_and_evaluation
@@ -33,8 +34,6 @@ if spec is not None and evaluation is not None:
 ready = config is not None and recovery is not None
 if st.button("Recover", type="primary", key="recovery.run", disabled=not ready, icon=":material/healing:"):
     with user_errors("recovery"):
-        from memopt_core.recovery.recover import check_recoverable
-
         check_recoverable(config)
         start(config, recovery)
 

@@ -10,11 +10,15 @@ import threading
 from dataclasses import asdict
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from memopt_core.config import RunConfig
 from memopt_core.recovery.config import RecoveryConfig
-from memopt_core.recovery.distill import Update
 from memopt_core.runs.store import ResultStore
 from ui.errors import error_message
+
+if TYPE_CHECKING:
+    from memopt_core.recovery.distill import Update
 
 
 class RecoveryJob:
@@ -36,7 +40,8 @@ class RecoveryJob:
         self.thread.start()
 
     def _work(self, bench, store: ResultStore | None) -> None:
-        from memopt_core.recovery.stored import stored_recovery  # torch: loaded by the worker, not the page
+        # Imported here, in the worker: the runner pulls in transformers, which the page itself spares.
+        from memopt_core.recovery.recover import stored_recovery
 
         try:
             result, from_store = stored_recovery(self.config, self.recovery, store, lambda: bench, cancel=self.cancel,
@@ -54,7 +59,7 @@ class RecoveryJob:
     def _phase(self, text: str) -> None:
         self._set(phase=text)
 
-    def _update(self, update: Update) -> None:
+    def _update(self, update: "Update") -> None:
         with self._lock:
             self._state.update(step=update.step, loss=update.loss, seconds=update.seconds)
             if update.point is not None:

@@ -11,13 +11,15 @@ import streamlit as st
 from memopt_core.config import RunConfig
 from memopt_core.recovery.charts import recovery_curve
 from memopt_core.recovery.config import RecoveryConfig
+from memopt_core.recovery.stored import peek_recovered
 from ui import result_view
 from ui.chart_glue import show_chart
 from ui.errors import user_errors
 from ui.loaders import is_loaded, result_store, workbench
+from ui.model_settings import bundled_kind
 from ui.recovery_job import RecoveryJob
+from ui.vocabulary import KEEP
 
-KEEP = "session"
 JOB = "recovery.job"  # the RecoveryJob of this browser session
 SHOWN = "recovery.shown"  # {"result": dict, "from_store": bool} answered from the store
 STEPS = (10, 20, 40, 60, 100, 150, 200, 300, 500)
@@ -52,8 +54,6 @@ def recovery_settings(where=st) -> RecoveryConfig:
 
 def start(config: RunConfig, recovery: RecoveryConfig) -> None:
     """Answer from the store, or load the original (in the page, once) and start a worker."""
-    from memopt_core.recovery.stored import peek_recovered
-
     old = st.session_state.get(JOB)
     if old is not None and not old.snapshot()["done"]:
         old.stop()  # one recovery per session: the new setting replaces the old one
@@ -82,8 +82,6 @@ def _progress_text(state: dict[str, Any], metric: str) -> str:
 
 
 def _metric(config: RunConfig) -> str:
-    from ui.model_settings import bundled_kind
-
     return "cosine" if bundled_kind(config.model) == "encoder" else "perplexity"
 
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from memopt_core.cli.common import gptq_options, print_json
+from memopt_core.cli.common import print_json
 from memopt_core.cli.run import add_setting_arguments, run_config
-from memopt_core.errors import ConfigError
-from memopt_core.recovery.config import TRAIN_LAYERS, RecoveryConfig
+from memopt_core.cli.text_report import format_run
+from memopt_core.loading.saved import check_save_target, save_compressed
+from memopt_core.recovery.config import TRAIN_LAYERS, RecoveryConfig, check_recoverable
+from memopt_core.recovery.recover import recover
+from memopt_core.recovery.stored import peek_recovered, store_recovered
+from memopt_core.runs.store import ResultStore
+from memopt_core.runs.workbench import Workbench
 
 
 def register(sub) -> None:
@@ -89,23 +94,12 @@ def format_recovery(result: dict) -> str:
 
 
 def handle_recover(args: argparse.Namespace) -> int:
-    # torch and transformers load here, not at import: `--help` and argument errors stay instant.
-    from memopt_core.recovery.recover import check_recoverable, recover
-    from memopt_core.runs.workbench import Workbench
-
     config, recovery = run_config(args), recovery_config(args)  # validate everything before loading
     check_recoverable(config)
     if args.save is not None:
-        from memopt_core.loading.saved import check_save_target
-
         check_save_target(args.save)
-    if args.db is not None and args.no_act_order:  # the store keys settings, not GPTQ's solver options
-        raise ConfigError("stored recoveries run GPTQ with activation ordering; drop --no-act-order or --db")
     store = None
     if args.db is not None:
-        from memopt_core.recovery.stored import peek_recovered
-        from memopt_core.runs.store import ResultStore
-
         store = ResultStore(args.db)
         found = peek_recovered(config, recovery, store)
         if found is not None:
@@ -113,14 +107,10 @@ def handle_recover(args: argparse.Namespace) -> int:
             return _print(found, args.json)
     _say(f"loading {config.model.source}")
     bench = Workbench.load(config.model)
-    run = recover(bench, config, recovery, on_phase=_say, on_update=_report_update, gptq=gptq_options(args))
+    run = recover(bench, config, recovery, on_phase=_say, on_update=_report_update)
     if store is not None:
-        from memopt_core.recovery.stored import store_recovered
-
-        store_recovered(run, config, recovery, store)
+        store_recovered(run.to_dict(), run.before_result.to_dict(), config, recovery, store)
     if args.save is not None:
-        from memopt_core.loading.saved import save_compressed
-
         save_compressed(run.compressed, bench.loaded, run.result, args.save)
     return _print(run.to_dict(), args.json, run.result)
 
@@ -131,8 +121,6 @@ def _print(result: dict, as_json: bool, run_result=None) -> int:
         print_json(result)
         return 0
     if run_result is not None:
-        from memopt_core.cli.text_report import format_run
-
         print(format_run(run_result))
     print(format_recovery(result))
     return 0

@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from memopt_core.config import RunConfig
 from memopt_core.errors import ConfigError, choices
 
 TRAIN_LAYERS = ("compressed+norms", "compressed")
@@ -102,3 +103,13 @@ class RecoveryConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RecoveryConfig":
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def check_recoverable(config: RunConfig) -> None:
+    """Refuse settings recovery cannot train, before anything is loaded (ConfigError)."""
+    if config.prune is None and config.quant is None:
+        raise ConfigError("nothing to recover: the setting neither prunes nor quantizes; choose a prune ratio or "
+                          "a bit width")
+    if config.quant is not None and config.quant.storage == "fake":
+        raise ConfigError("recovery needs packed storage: fake quantization holds dense floats with no grid to "
+                          "train on; drop the fake option")

@@ -21,7 +21,7 @@ import torch
 from memopt_core.compression.calibration_data import protected_prefix
 from memopt_core.config import EvalConfig
 from memopt_core.errors import DataError
-from memopt_core.loading.texts import load_text, token_windows
+from memopt_core.texts import load_text, token_windows
 from memopt_core.recovery.config import RecoveryConfig
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

@@ -1,4 +1,5 @@
-"""One compressed setting recovered end to end, on a loaded original (a Workbench).
+"""One compressed setting recovered end to end, on a loaded original (a Workbench), and the same
+answered from the results store when it is there (``stored_recovery``).
 
 Training data first (a text too short fails before anything is computed), then a compressed copy
 measured as an ordinary run (``before``), then the copy opened for training, distilled from the
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -17,41 +17,17 @@ import torch
 from memopt_core.compression.compress import CompressedModel
 from memopt_core.compression.memory import MemoryReport, memory_report
 from memopt_core.config import RunConfig
-from memopt_core.errors import ConfigError, UnsupportedModelError
-from memopt_core.recovery.config import RecoveryConfig
+from memopt_core.errors import UnsupportedModelError
+from memopt_core.recovery.config import RecoveryConfig, check_recoverable
 from memopt_core.recovery.data import training_data
 from memopt_core.recovery.distill import Distillation, Update
+from memopt_core.recovery.result import RecoveredRun
+from memopt_core.recovery.stored import peek_recovered, store_recovered
 from memopt_core.recovery.trainable import open_for_training_
+from memopt_core.runs.store import ResultStore
 from memopt_core.runs.workbench import RunResult, Workbench
 
 RECOVERABLE_KINDS = ("causal-lm", "encoder")
-
-
-@dataclass
-class RecoveredRun:
-    """``result`` measured after recovery; ``before`` the same metrics before it; ``recovery`` the
-    settings, training data, loop summary (curve included) and the memory and sparsity checks;
-    ``before_result`` the unrecovered run; ``compressed`` the recovered copy (for saving)."""
-
-    result: RunResult
-    before: dict[str, Any]
-    recovery: dict[str, Any]
-    before_result: RunResult
-    compressed: CompressedModel
-
-    def to_dict(self) -> dict[str, Any]:
-        """``run``'s JSON object plus ``before_recovery`` and ``recovery``."""
-        return {**self.result.to_dict(), "before_recovery": self.before, "recovery": self.recovery}
-
-
-def check_recoverable(config: RunConfig) -> None:
-    """Refuse settings recovery cannot train, before anything is loaded (ConfigError)."""
-    if config.prune is None and config.quant is None:
-        raise ConfigError("nothing to recover: the setting neither prunes nor quantizes; choose a prune ratio or "
-                          "a bit width")
-    if config.quant is not None and config.quant.storage == "fake":
-        raise ConfigError("recovery needs packed storage: fake quantization holds dense floats with no grid to "
-                          "train on; drop the fake option")
 
 
 def _memory_after(bench: Workbench, compressed: CompressedModel, before: MemoryReport) -> MemoryReport:
@@ -73,7 +49,7 @@ def _checks(before: RunResult, after: RunResult) -> dict[str, Any]:
 
 def recover(bench: Workbench, config: RunConfig, recovery: RecoveryConfig, cancel: threading.Event | None = None,
             on_phase: Callable[[str], None] | None = None, on_update: Callable[[Update], None] | None = None,
-            gptq=None, clock: Callable[[], float] = time.perf_counter) -> RecoveredRun:
+            clock: Callable[[], float] = time.perf_counter) -> RecoveredRun:
     """Compress ``config`` on ``bench``'s original (never changed), then recover the copy.
 
     ``cancel`` stops training between steps (the best checkpoint so far is kept and measured);
@@ -88,7 +64,7 @@ def recover(bench: Workbench, config: RunConfig, recovery: RecoveryConfig, cance
     data = training_data(loaded.kind, loaded.tokenizer, recovery, config.eval, [s for s, _ in baseline.data.sentences])
     phase("Compressing a copy")
     start = time.perf_counter()
-    compressed, memory = bench.compress(config, gptq=gptq)
+    compressed, memory = bench.compress(config)
     timings = {"compress_s": time.perf_counter() - start, **compressed.timings}
     phase("Scoring the compressed copy before recovery")
     before = bench.measure(config, compressed, memory, dict(timings))
@@ -113,3 +89,20 @@ def recover(bench: Workbench, config: RunConfig, recovery: RecoveryConfig, cance
             "trained": trained, "checks": _checks(before, after)}
     return RecoveredRun(result=after, before=before.compressed, recovery=info, before_result=before,
                         compressed=compressed)
+
+
+def stored_recovery(config: RunConfig, recovery: RecoveryConfig, store: ResultStore | None,
+                    workbench: Callable[[], Any], cancel: threading.Event | None = None,
+                    on_phase: Callable[[str], None] | None = None,
+                    on_update: Callable[[Update], None] | None = None) -> tuple[dict[str, Any], bool]:
+    """``(result dict, from the store)``: the stored full recovery when there is one, else recover
+    on ``workbench()`` (called only then) and store what came out, stopped or not."""
+    check_recoverable(config)
+    found = peek_recovered(config, recovery, store) if store is not None else None
+    if found is not None:
+        return found, True
+    run = recover(workbench(), config, recovery, cancel=cancel, on_phase=on_phase, on_update=on_update)
+    result = run.to_dict()
+    if store is not None:
+        store_recovered(result, run.before_result.to_dict(), config, recovery, store)
+    return result, False

@@ -1,4 +1,5 @@
-"""Recovered runs in the results store, beside the unrecovered ones.
+"""Recovered runs in the results store, beside the unrecovered ones (keys, labels, look-ups; the
+run itself is ``recover.stored_recovery``).
 
 A recovered run is keyed like its setting plus the recovery settings, and labelled
 "<setting> + recovery N steps"; a run stopped early is keyed and labelled with the step it stopped
@@ -9,16 +10,13 @@ unrecovered run measured on the way is stored under the ordinary run's key when 
 from __future__ import annotations
 
 import json
-import threading
-from typing import Any, Callable
+from typing import Any
 
 from memopt_core.config import RunConfig
 from memopt_core.recovery.config import RecoveryConfig
-from memopt_core.recovery.distill import Update
-from memopt_core.recovery.recover import RecoveredRun, check_recoverable, recover
 from memopt_core.runs.identity import eval_identity, model_identity, setting_identity
 from memopt_core.runs.store import ResultStore, run_key
-from memopt_core.runs.sweep import config_key, setting_label
+from memopt_core.runs.stored import config_key
 
 
 def recovery_key(config: RunConfig, recovery: RecoveryConfig, identity: str | None = None,
@@ -34,7 +32,7 @@ def recovery_key(config: RunConfig, recovery: RecoveryConfig, identity: str | No
 
 def recovered_label(config: RunConfig, recovery: RecoveryConfig, steps_done: int | None = None) -> str:
     """'magnitude 50% + recovery 150 steps', or '... + recovery 40 of 150 steps (stopped)'."""
-    setting = setting_label(config.prune, config.quant)
+    setting = config.label
     if steps_done is None or steps_done == recovery.steps:
         return f"{setting} {recovery.label}"
     return f"{setting} + recovery {steps_done} of {recovery.steps} steps (stopped)"
@@ -45,34 +43,20 @@ def peek_recovered(config: RunConfig, recovery: RecoveryConfig, store: ResultSto
     return store.get(recovery_key(config, recovery))
 
 
-def store_recovered(run: RecoveredRun, config: RunConfig, recovery: RecoveryConfig, store: ResultStore) -> str:
-    """Put a recovered run (and its unrecovered run, when missing) into ``store``; returns its key."""
+def store_recovered(result: dict[str, Any], before: dict[str, Any], config: RunConfig, recovery: RecoveryConfig,
+                    store: ResultStore) -> str:
+    """Put a recovered run's ``result`` (``RecoveredRun.to_dict()``) into ``store``, and the unrecovered
+    run ``before`` (``RunResult.to_dict()``) under the ordinary run's key when that is missing.
+    Returns the recovered run's key."""
     identity = model_identity(config.model)
     plain = config_key(config, identity)
     if store.get(plain) is None:
-        store.put(plain, config.model.source, identity, setting_label(config.prune, config.quant),
-                  run.before_result.to_dict())
-    done = run.recovery["steps_done"]
-    stopped = None if run.recovery["stop_reason"] == "finished" else done
+        store.put(plain, config.model.source, identity, config.label, before)
+    done = result["recovery"]["steps_done"]
+    stopped = None if result["recovery"]["stop_reason"] == "finished" else done
     key = recovery_key(config, recovery, identity, stopped_at=stopped)
-    store.put(key, config.model.source, identity, recovered_label(config, recovery, done), run.to_dict())
+    store.put(key, config.model.source, identity, recovered_label(config, recovery, done), result)
     return key
-
-
-def stored_recovery(config: RunConfig, recovery: RecoveryConfig, store: ResultStore | None,
-                    workbench: Callable[[], Any], cancel: threading.Event | None = None,
-                    on_phase: Callable[[str], None] | None = None,
-                    on_update: Callable[[Update], None] | None = None) -> tuple[dict[str, Any], bool]:
-    """``(result dict, from the store)``: the stored full recovery when there is one, else recover
-    on ``workbench()`` (called only then) and store what came out, stopped or not."""
-    check_recoverable(config)
-    found = peek_recovered(config, recovery, store) if store is not None else None
-    if found is not None:
-        return found, True
-    run = recover(workbench(), config, recovery, cancel=cancel, on_phase=on_phase, on_update=on_update)
-    if store is not None:
-        store_recovered(run, config, recovery, store)
-    return run.to_dict(), False
 
 
 def _same_setting(result: dict[str, Any], config: RunConfig) -> bool:

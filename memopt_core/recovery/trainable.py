@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from memopt_core.compression.layers import CastLinear, QuantLinear, SparseLinear
-from memopt_core.compression.quantize import _dense_linear
+from memopt_core.compression.layers import CastLinear, QuantLinear, SparseLinear, dense_linear
 from memopt_core.compression.walk import effective_weight, set_module
 from memopt_core.errors import ConfigError
 from memopt_core.primitives.packing import pack_codes, pack_mask, unpack_mask
@@ -101,7 +100,7 @@ class TrainableLinear(nn.Module):
             module = SparseLinear(self.in_features, self.out_features, int(keep.sum()), self.source_dtype, bias)
             module.mask, module.values = pack_mask(keep), w[keep].to(self.source_dtype)
             return module
-        return _dense_linear(w.to(self.source_dtype), self)
+        return dense_linear(w.to(self.source_dtype), bias)
 
     def _export_quant(self, bias: nn.Parameter | None) -> QuantLinear:
         codes = grid_codes(self.weight, self.scale, self.zero, self.grid, self.keep)[0]

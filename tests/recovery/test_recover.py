@@ -11,10 +11,10 @@ from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig, 
 from memopt_core.errors import ConfigError, DataError
 from memopt_core.loading.models import weights_checksum
 from memopt_core.recovery.config import RecoveryConfig
-from memopt_core.recovery.recover import recover
-from memopt_core.recovery.stored import recovered_label, recovered_results, recovery_key, stored_recovery
+from memopt_core.recovery.recover import recover, stored_recovery
+from memopt_core.recovery.stored import recovered_label, recovered_results, recovery_key
 from memopt_core.runs.store import ResultStore
-from memopt_core.runs.sweep import config_key
+from memopt_core.runs.stored import config_key
 from memopt_core.runs.workbench import Workbench
 
 SMALL_EVAL = EvalConfig(seq_len=32, max_tokens=128, gen_tokens=0, zero_shot=False)
