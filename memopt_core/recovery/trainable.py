@@ -4,8 +4,8 @@ Each compressed Linear is swapped for a :class:`TrainableLinear` holding a float
 (initialised to the weight the layer computes with) that computes with the weight its storage
 would hold, so what trains is what will be stored:
 
-- quantized (``QuantLinear``): the latent weight is rounded onto the layer's grid at every forward,
-  with a straight-through estimator (the rounding passes the gradient as if it were the identity,
+- quantized (``QuantLinear``): the latent weight is rounded onto the layer's grid at every forward
+  (``ste.fake_quantize``), with a straight-through estimator (the rounding passes the gradient as if it were the identity,
   zero outside the grid's range); the scales (and float minimums) train too, with the LSQ gradient
   that this gives, and are rounded to fp16 in the forward exactly as they will be stored;
 - pruned (``SparseLinear``, or a dense ``nn.Linear`` holding pruned zeros): ``latent * keep``, so a
