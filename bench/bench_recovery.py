@@ -1,7 +1,8 @@
 """Recovery by distillation on the bundled models. Prints figures and ratios; asserts nothing.
 
-    python bench/bench_recovery.py [--steps 300] [--max-seconds 600] [--threads N] [--only NAME ...]
-                                   [--max-tokens 4096] [--skip-lora] [--json-out FILE]
+    python bench/bench_recovery.py [--steps 400] [--max-seconds 1200] [--reported-seconds 1200]
+                                   [--threads N] [--only NAME ...] [--max-tokens 4096] [--texts NAME ...]
+                                   [--skip-lora] [--json-out FILE]
 
 SmolLM2-135M, each setting compressed, then recovered for at most ``--max-seconds`` of training
 (validation scoring included; CPU seconds of this process, see CLOCK) or ``--steps`` steps:
@@ -63,8 +64,12 @@ def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def eval_windows(tokenizer, max_tokens: int) -> dict:
-    texts = {"wikipedia": load_text("wikipedia").text, "news": load_text("news").text, "lee": lee_text()}
+EVAL_TEXTS = ("wikipedia", "news", "lee")
+
+
+def eval_windows(tokenizer, max_tokens: int, names: list[str]) -> dict:
+    """The first ``max_tokens`` tokens (512-token windows) of each named text."""
+    texts = {name: lee_text() if name == "lee" else load_text(name).text for name in names}
     return {name: token_windows(tokenizer, text, 512, max_tokens) for name, text in texts.items()}
 
 
@@ -99,7 +104,7 @@ def distil(bench: Workbench, compressed, recovery: RecoveryConfig, freeze_zeros:
 def smollm2(args, recovery: RecoveryConfig, save) -> dict:
     bench = Workbench.load(ModelSpec("smollm2-135m"))
     eval_config = EvalConfig(max_tokens=args.max_tokens, gen_tokens=0, zero_shot=False)
-    windows = eval_windows(bench.loaded.tokenizer, args.max_tokens)
+    windows = eval_windows(bench.loaded.tokenizer, args.max_tokens, args.texts)
     original = perplexities(bench.loaded.model, windows)
     print("SmolLM2-135M, perplexity on the first", args.max_tokens, "tokens of each text", flush=True)
     show("original", original)
@@ -186,8 +191,12 @@ def main() -> None:
                         help="the same budget for the reported settings (Wanda, GPTQ)")
     parser.add_argument("--eval-every", type=int, default=20, help="steps between validation scores")
     parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--texts", nargs="+", default=list(EVAL_TEXTS), choices=EVAL_TEXTS,
+                        help="evaluated texts (default all three)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--only", nargs="*", default=[], help=f"settings among {list(SETTINGS)}, or 'minilm'")
+    parser.add_argument("--minilm-seconds", type=float, default=120.0,
+                        help="MiniLM's training budget, CPU seconds (default 120: a minute on two cores)")
     parser.add_argument("--skip-lora", action="store_true")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
@@ -207,7 +216,7 @@ def main() -> None:
             Path(args.json_out).write_text(json.dumps(results, indent=2, default=str))
 
     if not args.only or "minilm" in args.only:
-        save(minilm(120.0), "minilm")
+        save(minilm(args.minilm_seconds), "minilm")
     if not args.only or any(name in SETTINGS for name in args.only):
         save(smollm2(args, recovery, save))
     print(f"total {time.perf_counter() - start:.0f} s, load average at the end {load_average()}", flush=True)
