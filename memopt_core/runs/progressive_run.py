@@ -78,7 +78,7 @@ def _record_kernels(model, rows: list[dict[str, Any]], metrics: dict[str, Any]) 
         metrics["kernels"] = used
 
 
-def _protocol(original: OriginalEvaluation, calibration: dict[str, Any] | None) -> dict[str, Any]:
+def run_protocol(original: OriginalEvaluation, calibration: dict[str, Any] | None) -> dict[str, Any]:
     """The evaluation protocol, how intervals are computed, and the calibration data of calibrated methods."""
     protocol = dict(original.data.protocol)
     if original.lm is not None:
@@ -99,7 +99,7 @@ def run_steps(bench, config: RunConfig, cancel: CancelToken | None = None, targe
     rows = bench.layer_rows(compressed, memory)
     partial = {"model": model_summary(bench.loaded), "config": config.to_dict(), "memory": memory.to_dict(),
                "sparsity": overall_sparsity(rows), "layers": [dict(row) for row in rows], "timings": dict(timings),
-               "protocol": _protocol(original, compressed.calibration), "notes": run_notes(bench.loaded, config, memory)}
+               "protocol": run_protocol(original, compressed.calibration), "notes": run_notes(bench.loaded, config, memory)}
     timings["layers_s"] = time.perf_counter() - began - timings["compress_s"]
     yield Compressed(partial)
     if cancel is not None and cancel.is_set():

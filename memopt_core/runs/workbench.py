@@ -18,15 +18,15 @@ from memopt_core.compression.compress import CompressedModel, compress_copy, lay
 from memopt_core.config import CalibConfig, EvalConfig, RunConfig, SolverConfig
 from memopt_core.evaluation.lm_records import Estimate
 from memopt_core.evaluation.progressive import CancelToken
-from memopt_core.evaluation.quality import EvalData, Reference
+from memopt_core.evaluation.quality import EvalData, Reference, evaluate
 from memopt_core.evaluation.reference_store import ReferenceStore
 from memopt_core.loading.devices import resolve_device
 from memopt_core.compression.memory import MemoryReport, measure_growth, memory_report
 from memopt_core.loading.models import LoadedModel, load_model
-from memopt_core.compression.sparsity import layer_sparsity
+from memopt_core.compression.sparsity import layer_sparsity, overall_sparsity
 from memopt_core.runs.baselines import OriginalEvaluation
-from memopt_core.runs.progressive_run import Compressed, run_steps
-from memopt_core.runs.result import RunResult
+from memopt_core.runs.progressive_run import Compressed, run_protocol, run_steps
+from memopt_core.runs.result import RunResult, model_summary, run_notes
 
 
 @dataclass
@@ -107,6 +107,21 @@ class Workbench:
             row.update(bits=layer.bits_per_weight, stored_bytes=layer.stored_bytes, dense_bytes=layer.dense_bytes,
                        sqnr_db=errors[row["name"]])
         return rows
+
+    def measure(self, config: RunConfig, compressed: CompressedModel, memory: MemoryReport,
+                timings: dict[str, float]) -> RunResult:
+        """Evaluate a compressed copy of this original in one go against its baseline and assemble
+        the result (``timings`` gains ``evaluate_s``; the copy is not changed). Used where a copy is
+        changed after compression (recovery); a plain setting runs through :meth:`run_steps`."""
+        original, baseline = self.original(config.eval), self.baseline(config.eval)
+        start = time.perf_counter()
+        metrics, _ = evaluate(compressed.model, self.loaded, baseline.data, config.eval, baseline.reference)
+        timings["evaluate_s"] = time.perf_counter() - start
+        rows = self.layer_rows(compressed, memory)
+        return RunResult(model=model_summary(self.loaded), config=config, baseline=baseline.reference.metrics,
+                         compressed=metrics, memory=memory, sparsity=overall_sparsity(rows), layers=rows,
+                         timings=timings, protocol=run_protocol(original, compressed.calibration),
+                         notes=run_notes(self.loaded, config, memory))
 
     def run_steps(self, config: RunConfig, cancel: CancelToken | None = None, target_ci: float | None = None,
                   save_dir: str | None = None) -> Iterator[Compressed | Estimate | RunResult]:
