@@ -1,0 +1,115 @@
+"""The number formats memopt stores besides its integer grid: one entry point for each operation.
+
+``quantize_format(w, name, ...)`` -> :class:`StoredWeight`; ``dequantize_format(stored)``;
+``format_levels(stored, index)`` (the values one block can take, for histograms);
+``format_nbytes(name, out, in, ...)`` (closed-form stored bytes, for the planner; equal to
+``quantize_format(...).nbytes``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from memopt_core.primitives.formats.fp8 import dequantize_fp8, fp8_levels, quantize_fp8
+from memopt_core.primitives.formats.ggml_blocks import LEGACY_BLOCK
+from memopt_core.primitives.formats.kquants import KQUANTS, SUPERBLOCK, dequantize_kquant, kquant_levels, \
+    layout_for, quantize_kquant
+from memopt_core.primitives.formats.microscaling import (MX_BLOCK, NV_BLOCK, dequantize_microscaling,
+                                                         microscaling_levels, quantize_mxfp4, quantize_nvfp4)
+from memopt_core.primitives.formats.nf4 import BLOCK as NF4_BLOCK
+from memopt_core.primitives.formats.nf4 import STATS_BLOCK, dequantize_nf4, nf4_levels, quantize_nf4
+from memopt_core.primitives.formats.stored import StoredWeight
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """What the dashboard and the CLI say about a format."""
+
+    name: str
+    title: str
+    element_bits: int
+    block: int | None  # weights sharing one scale (None: per channel / per tensor)
+    formula: str
+
+
+FORMAT_INFO = {info.name: info for info in (
+    FormatInfo("nf4", "NF4 (QLoRA, bitsandbytes)", 4, NF4_BLOCK,
+               "w' = NF4[code] * absmax(block of 64); NF4 = 16 quantiles of N(0, 1) scaled to [-1, 1]"),
+    FormatInfo("fp8-e4m3", "FP8 E4M3", 8, None, "w' = fp8_e4m3(w / s) * s, s = absmax / 448 (per channel or tensor)"),
+    FormatInfo("fp8-e5m2", "FP8 E5M2", 8, None, "w' = fp8_e5m2(w / s) * s, s = absmax / 57344 (per channel or tensor)"),
+    FormatInfo("mxfp4", "MXFP4 (OCP microscaling)", 4, MX_BLOCK,
+               "w' = E2M1[code] * 2^X, X = floor(log2(absmax of 32)) - 2 (an E8M0 byte)"),
+    FormatInfo("nvfp4", "NVFP4 (NVIDIA)", 4, NV_BLOCK,
+               "w' = E2M1[code] * s * g, s = fp8_e4m3(absmax of 16 / 6 / g), g = amax / (6 * 448)"),
+    FormatInfo("q2_k", "Q2_K (llama.cpp layout)", 2, 16, "w' = d * sc * q - dmin * m; q 2-bit, sc and m 4-bit per 16"),
+    FormatInfo("q3_k", "Q3_K (llama.cpp layout)", 3, 16, "w' = d * sc * q; q in -4..3, sc 6-bit signed per 16"),
+    FormatInfo("q4_k", "Q4_K (llama.cpp layout)", 4, 32, "w' = d * sc * q - dmin * m; q 4-bit, sc and m 6-bit per 32"),
+    FormatInfo("q6_k", "Q6_K (llama.cpp layout)", 6, 16, "w' = d * sc * q; q in -32..31, sc 8-bit signed per 16"),
+)}
+FORMAT_NAMES = tuple(FORMAT_INFO)
+_LEGACY_TYPE_SIZE = {"q5_0": 22, "q8_0": 34, "iq4_nl": 18}
+
+
+def quantize_format(w: torch.Tensor, name: str, double_quant: bool = False, per_channel: bool = True) -> StoredWeight:
+    """``w [out, in]`` (not changed) stored in format ``name``. ``double_quant``: NF4's scales
+    quantized too; ``per_channel``: FP8 scale per output row (else one per tensor)."""
+    if name == "nf4":
+        return quantize_nf4(w, double_quant)
+    if name.startswith("fp8-"):
+        return quantize_fp8(w, name.removeprefix("fp8-"), per_channel)
+    if name == "mxfp4":
+        return quantize_mxfp4(w)
+    if name == "nvfp4":
+        return quantize_nvfp4(w)
+    if name in KQUANTS:
+        return quantize_kquant(w, name)
+    raise ValueError(f"format {name!r} is not supported; choose {', '.join(FORMAT_NAMES)}")
+
+
+def dequantize_format(stored: StoredWeight) -> torch.Tensor:
+    """Stored weight -> float32 ``[out, in]`` (a new tensor)."""
+    if stored.format == "nf4":
+        return dequantize_nf4(stored)
+    if stored.format.startswith("fp8-"):
+        return dequantize_fp8(stored)
+    if stored.format in ("mxfp4", "nvfp4"):
+        return dequantize_microscaling(stored)
+    return dequantize_kquant(stored)
+
+
+def format_levels(stored: StoredWeight, index: int = 0) -> torch.Tensor:
+    """Values the ``index``-th block (row for FP8) can take, ascending float32."""
+    if stored.format == "nf4":
+        return nf4_levels(stored, index)
+    if stored.format.startswith("fp8-"):
+        return fp8_levels(stored, index)
+    if stored.format in ("mxfp4", "nvfp4"):
+        return microscaling_levels(stored, index)
+    return kquant_levels(stored, index)
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def format_nbytes(name: str, out_features: int, in_features: int, double_quant: bool = False,
+                  per_channel: bool = True) -> int:
+    """Bytes a ``[out, in]`` weight takes in ``name``, in closed form (equals the stored bytes)."""
+    n = out_features * in_features
+    if name == "nf4":
+        blocks = _ceil(n, NF4_BLOCK)
+        scales = blocks + 4 * _ceil(blocks, STATS_BLOCK) + 4 if double_quant else 4 * blocks
+        return _ceil(n, 2) + scales
+    if name.startswith("fp8-"):
+        return n + 4 * (out_features if per_channel else 1)
+    if name == "mxfp4":
+        return _ceil(n, 2) + _ceil(n, MX_BLOCK)
+    if name == "nvfp4":
+        return _ceil(n, 2) + _ceil(n, NV_BLOCK) + 4
+    if name in KQUANTS:
+        layout = layout_for(name, in_features)
+        if layout in KQUANTS:
+            return n // SUPERBLOCK * KQUANTS[layout].type_size
+        return 2 * n if layout == "f16" else n // LEGACY_BLOCK * _LEGACY_TYPE_SIZE[layout]
+    raise ValueError(f"format {name!r} is not supported; choose {', '.join(FORMAT_NAMES)}")
