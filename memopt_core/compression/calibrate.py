@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from memopt_core.compression.calibration_data import BlockInputs, LayerStatistics, capture_block_inputs, forward_block
 from memopt_core.config import PruneConfig, QuantConfig, RunConfig
 from memopt_core.errors import ConfigError
-from memopt_core.compression.layers import QuantLinear, weight_storage_bytes
+from memopt_core.compression.layers import QuantLinear, RotatedLinear, weight_storage_bytes
+from memopt_core.primitives.formats.hadamard import random_signs, rotate_hessian, rotate_weight
 from memopt_core.primitives.gptq import GPTQOptions, gptq_quantize
 from memopt_core.primitives.packing import pack_codes, pack_mask
 from memopt_core.primitives.quant import QuantizedWeight, dequantize, sqnr_db
@@ -85,9 +86,12 @@ def _dense_from(weight: Tensor, source: nn.Module) -> nn.Linear:
 
 
 def _store_quantized(model: nn.Module, name: str, qw: QuantizedWeight, source: nn.Module, source_weight: Tensor,
-                     quant: QuantConfig, keep: Tensor | None) -> dict[str, Any]:
-    """Put the packed layer (or, for storage 'fake', its dequantized dense twin) at ``name``."""
+                     quant: QuantConfig, keep: Tensor | None, signs: Tensor | None = None) -> dict[str, Any]:
+    """Put the packed layer (or, for storage 'fake', its dequantized dense twin) at ``name``.
+    With ``signs``, ``qw`` holds the rotated weight and the layer rotates its inputs."""
     stored: nn.Module = quant_linear_from(qw, source, keep)
+    if signs is not None:
+        stored = RotatedLinear(stored, signs)
     bits = weight_storage_bytes(stored) * 8 / source_weight.numel()
     simulated = quant.storage == "fake"
     if simulated:
@@ -120,6 +124,10 @@ def _quantize_layer(model: nn.Module, name: str, quant: QuantConfig, stats: Laye
         return quantize_(model, quant, [name])[name]
     module = model.get_submodule(name)
     weight = effective_weight(module).detach()  # [out, in]
+    if quant.rotate == "hadamard":  # GPTQ in the rotated basis: W Q against the rotated inputs' Q^T H Q
+        signs = random_signs(weight.shape[1]).to(weight.device)
+        qw = gptq_quantize(rotate_weight(weight.float(), signs), rotate_hessian(stats.hessian, signs), quant, options)
+        return _store_quantized(model, name, qw, module, weight, quant, None, signs)
     qw = gptq_quantize(weight, stats.hessian, quant, options, keep)
     return _store_quantized(model, name, qw, module, weight, quant, keep)
 

@@ -14,7 +14,8 @@ from torch import nn
 
 from memopt_core.config import QuantConfig
 from memopt_core.errors import ConfigError
-from memopt_core.compression.layers import CastLinear, QuantLinear, weight_storage_bytes
+from memopt_core.compression.layers import CastLinear, FormatLinear, QuantLinear, RotatedLinear, weight_storage_bytes
+from memopt_core.primitives.formats.hadamard import random_signs, rotate_weight
 from memopt_core.primitives.quant import sqnr_db
 from memopt_core.compression.walk import effective_weight, set_module
 
@@ -32,11 +33,25 @@ def _dense_linear(weight: torch.Tensor, source: nn.Module) -> nn.Linear:
     return layer
 
 
+def _packed(module: nn.Module, cfg: QuantConfig) -> nn.Module:
+    """The integer grid (QuantLinear) or another number format (FormatLinear) of ``module``'s weight."""
+    return QuantLinear.from_linear(module, cfg) if cfg.format == "int" else FormatLinear.from_linear(module, cfg)
+
+
+def rotated(module: nn.Module, cfg: QuantConfig) -> RotatedLinear:
+    """``module``'s weight rotated (``W Q``, float32), stored as ``cfg`` says, inputs rotated at run time."""
+    weight = effective_weight(module).detach()  # [out, in]
+    signs = random_signs(weight.shape[1]).to(weight.device)
+    return RotatedLinear(_packed(_dense_linear(rotate_weight(weight.float(), signs), module), cfg), signs)
+
+
 def _compressed(module: nn.Module, cfg: QuantConfig) -> nn.Module:
     """The module that stores ``module``'s weight as ``cfg`` says (packed, before any 'fake')."""
     if cfg.is_cast:
         return CastLinear.from_linear(module, _CAST_DTYPES[cfg.method])
-    return QuantLinear.from_linear(module, cfg)
+    if cfg.rotate == "hadamard":
+        return rotated(module, cfg)
+    return _packed(module, cfg)
 
 
 def quantize_(model: nn.Module, cfg: QuantConfig, names: list[str]) -> dict[str, dict]:
