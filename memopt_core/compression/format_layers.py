@@ -101,6 +101,8 @@ class RotatedLinear(nn.Module):
     histograms and sparsity compare with the original weight directly."""
 
     def __init__(self, inner: nn.Module, signs: torch.Tensor | None = None) -> None:
+        """``inner``: a compressed layer (or a dense nn.Linear) holding the rotated weight ``W Q``;
+        ``signs [in]`` of +-1 (None: a skeleton for ``load_state_dict``)."""
         super().__init__()
         self.in_features, self.out_features = inner.in_features, inner.out_features
         self.inner = inner
@@ -114,7 +116,7 @@ class RotatedLinear(nn.Module):
 
     @property
     def weight_dtype(self) -> torch.dtype:
-        return getattr(self.inner, "weight_dtype", torch.float32)
+        return getattr(self.inner, "weight_dtype", None) or effective_weight(self.inner).dtype
 
     def sign_vector(self) -> torch.Tensor:
         """``D`` as float32 ``[in]`` of +-1."""
@@ -126,7 +128,7 @@ class RotatedLinear(nn.Module):
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The effective weight in the original basis, ``[out, in]`` in ``dtype`` (default: the source dtype)."""
-        w = unrotate_weight(self.inner.dequantized_weight(torch.float32), self.sign_vector())
+        w = unrotate_weight(effective_weight(self.inner).float(), self.sign_vector())
         return w.to(dtype or self.weight_dtype)
 
     def spec(self) -> dict:
