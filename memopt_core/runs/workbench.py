@@ -18,6 +18,7 @@ from memopt_core.loading.devices import resolve_device
 from memopt_core.compression.memory import MemoryReport, measure_growth, memory_report
 from memopt_core.loading.models import LoadedModel, load_model
 from memopt_core.evaluation.quality import EvalData, Reference, evaluate, prepare
+from memopt_core.runs.format_notes import format_notes, layer_layout
 from memopt_core.compression.sparsity import layer_sparsity, overall_sparsity
 
 
@@ -129,7 +130,7 @@ class Workbench:
         for row in rows:
             layer = by_name[row["name"]]
             row.update(bits=layer.bits_per_weight, stored_bytes=layer.stored_bytes, dense_bytes=layer.dense_bytes,
-                       sqnr_db=errors[row["name"]])
+                       sqnr_db=errors[row["name"]], layout=layer_layout(compressed.model.get_submodule(row["name"])))
         return rows
 
     def run(self, config: RunConfig, save_dir: str | None = None, gptq=None) -> RunResult:
@@ -147,7 +148,7 @@ class Workbench:
         result = RunResult(model=model_summary(self.loaded), config=config, baseline=baseline.reference.metrics,
                            compressed=metrics, memory=memory, sparsity=overall_sparsity(rows), layers=rows,
                            timings=timings, protocol=_protocol(baseline.data.protocol, compressed),
-                           notes=run_notes(self.loaded, config, memory))
+                           notes=run_notes(self.loaded, config, memory) + format_notes(config.quant, rows))
         if save_dir is not None:
             from memopt_core.loading.saved import save_compressed
 

@@ -49,6 +49,7 @@ FORMAT_INFO = {info.name: info for info in (
 )}
 FORMAT_NAMES = tuple(FORMAT_INFO)
 _LEGACY_TYPE_SIZE = {"q5_0": 22, "q8_0": 34, "iq4_nl": 18}
+_LAYOUT_ELEMENT_BITS = {"q5_0": 5, "q8_0": 8, "iq4_nl": 4, "f16": 16}
 
 
 def quantize_format(w: torch.Tensor, name: str, double_quant: bool = False, per_channel: bool = True) -> StoredWeight:
@@ -113,3 +114,12 @@ def format_nbytes(name: str, out_features: int, in_features: int, double_quant: 
             return n // SUPERBLOCK * KQUANTS[layout].type_size
         return 2 * n if layout == "f16" else n // LEGACY_BLOCK * _LEGACY_TYPE_SIZE[layout]
     raise ValueError(f"format {name!r} is not supported; choose {', '.join(FORMAT_NAMES)}")
+
+
+def format_value_bits(name: str, in_features: int) -> int:
+    """Bits of one stored value (scales apart) for a ``name`` weight with rows of ``in_features``:
+    the format's element bits, or its fallback layout's for k-quants on narrow rows."""
+    if name in KQUANTS:
+        layout = layout_for(name, in_features)
+        return _LAYOUT_ELEMENT_BITS.get(layout, FORMAT_INFO[name].element_bits)
+    return FORMAT_INFO[name].element_bits
