@@ -121,7 +121,7 @@ def _prune_layer(model: nn.Module, name: str, prune: PruneConfig, stats: LayerSt
 def _quantize_layer(model: nn.Module, name: str, quant: QuantConfig, stats: LayerStatistics,
                     options: GPTQOptions, keep: Tensor | None) -> dict[str, Any]:
     if quant.method != "gptq":
-        return quantize_(model, quant, [name])[name]
+        return quantize_(model, quant, [name], pruned=keep is not None)[name]
     module = model.get_submodule(name)
     weight = effective_weight(module).detach()  # [out, in]
     if quant.rotate == "hadamard":  # GPTQ in the rotated basis: W Q against the rotated inputs' Q^T H Q

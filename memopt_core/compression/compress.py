@@ -95,7 +95,7 @@ def compress_copy(original: nn.Module, config: RunConfig,
             timings["prune_s"] = time.perf_counter() - start
         start = time.perf_counter()
         if config.quant is not None:
-            quantize_(model, config.quant, names)
+            quantize_(model, config.quant, names, pruned=config.prune is not None)
             simulated = config.quant.storage == "fake"
             timings["quantize_s"] = time.perf_counter() - start
         elif config.prune is not None:

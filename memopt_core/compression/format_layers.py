@@ -47,13 +47,14 @@ class FormatLinear(KeepsStoredDtype):
         return super()._apply(fn, recurse)
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, cfg: QuantConfig) -> "FormatLinear":
-        """Store ``linear``'s weight (nn.Linear or a compressed layer; not changed) in ``cfg.format``."""
+    def from_linear(cls, linear: nn.Module, cfg: QuantConfig, keep_zeros: bool = False) -> "FormatLinear":
+        """Store ``linear``'s weight (nn.Linear or a compressed layer; not changed) in ``cfg.format``;
+        ``keep_zeros`` (a pruned weight): a mask keeps its zeros exact where the format cannot."""
         w = effective_weight(linear).detach()  # [out, in]
         stored = quantize_format(w, cfg.format, double_quant=cfg.double_quant,
                                  per_channel=cfg.granularity == "per-channel")
         zeros = w == 0
-        needs_mask = bool(zeros.any()) and bool(dequantize_format(stored)[zeros].ne(0).any())
+        needs_mask = keep_zeros and bool(zeros.any()) and bool(dequantize_format(stored)[zeros].ne(0).any())
         layout = {name: (tuple(t.shape), t.dtype) for name, t in stored.tensors.items()}
         module = cls(w.shape[1], w.shape[0], stored.format, stored.meta, layout, needs_mask, copy_bias(linear), w.dtype)
         for name, tensor in stored.tensors.items():

@@ -33,9 +33,12 @@ def _dense_linear(weight: torch.Tensor, source: nn.Module) -> nn.Linear:
     return layer
 
 
-def _packed(module: nn.Module, cfg: QuantConfig) -> nn.Module:
-    """The integer grid (QuantLinear) or another number format (FormatLinear) of ``module``'s weight."""
-    return QuantLinear.from_linear(module, cfg) if cfg.format == "int" else FormatLinear.from_linear(module, cfg)
+def _packed(module: nn.Module, cfg: QuantConfig, pruned: bool = False) -> nn.Module:
+    """The integer grid (QuantLinear) or another number format (FormatLinear) of ``module``'s weight;
+    ``pruned``: its zeros were pruned and must stay exactly zero."""
+    if cfg.format == "int":
+        return QuantLinear.from_linear(module, cfg)
+    return FormatLinear.from_linear(module, cfg, keep_zeros=pruned)
 
 
 def rotated(module: nn.Module, cfg: QuantConfig) -> RotatedLinear:
@@ -45,19 +48,21 @@ def rotated(module: nn.Module, cfg: QuantConfig) -> RotatedLinear:
     return RotatedLinear(_packed(_dense_linear(rotate_weight(weight.float(), signs), module), cfg), signs)
 
 
-def _compressed(module: nn.Module, cfg: QuantConfig) -> nn.Module:
+def _compressed(module: nn.Module, cfg: QuantConfig, pruned: bool) -> nn.Module:
     """The module that stores ``module``'s weight as ``cfg`` says (packed, before any 'fake')."""
     if cfg.is_cast:
         return CastLinear.from_linear(module, _CAST_DTYPES[cfg.method])
     if cfg.rotate == "hadamard":
         return rotated(module, cfg)
-    return _packed(module, cfg)
+    return _packed(module, cfg, pruned)
 
 
-def quantize_(model: nn.Module, cfg: QuantConfig, names: list[str]) -> dict[str, dict]:
+def quantize_(model: nn.Module, cfg: QuantConfig, names: list[str], pruned: bool = False) -> dict[str, dict]:
     """Quantize the layers ``names`` of ``model`` (changed in place: the modules are replaced, their
     tensors are not touched). Each named module is an ``nn.Linear`` or a module of
-    ``memopt_core.compression.layers`` (e.g. an already pruned one: its zeros stay zero).
+    ``memopt_core.compression.layers`` (e.g. an already pruned one: its zeros stay zero; for formats
+    without an exact zero, ``pruned=True`` stores a mask of them, while the few exact zeros of an
+    unpruned weight may round like any other value).
 
     Returns ``{name: {'bits': stored weight bits per weight (codes + scales + zeros + mask),
     'sqnr_db': of the new effective weight against the source weight, 'simulated': True for
@@ -69,7 +74,7 @@ def quantize_(model: nn.Module, cfg: QuantConfig, names: list[str]) -> dict[str,
     for name in names:
         source = model.get_submodule(name)
         source_weight = effective_weight(source).detach()  # [out, in]
-        stored = _compressed(source, cfg)
+        stored = _compressed(source, cfg, pruned)
         bits = weight_storage_bytes(stored) * 8 / source_weight.numel()
         simulated = cfg.storage == "fake"
         if simulated:

@@ -66,10 +66,15 @@ def test_a_model_cast_keeps_stored_float_buffers():
 def test_pruned_zeros_stay_zero_where_the_format_has_no_exact_zero():
     model = nn.Sequential(linear(in_f=64, seed=2))  # 64 columns: q3_k falls back to IQ4_NL, which has no 0 level
     prune_(model, PruneConfig(ratio=0.5), ["0"])
-    quantize_(model, QuantConfig(format="q3_k"), ["0"])
+    quantize_(model, QuantConfig(format="q3_k"), ["0"], pruned=True)
     layer = model[0]
     assert layer.meta["layout"] == "iq4_nl" and layer.mask is not None
     assert (effective_weight(layer) == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
+    unpruned = nn.Sequential(linear(in_f=64, seed=2))
+    with torch.no_grad():
+        unpruned[0].weight[0, :3] = 0.0  # a few exact zeros of an unpruned weight: no mask for them
+    quantize_(unpruned, QuantConfig(format="q3_k"), ["0"])
+    assert unpruned[0].mask is None
 
 
 def test_rotation_with_quantization_off_keeps_the_model_function(tiny_llama):
