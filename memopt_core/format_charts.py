@@ -34,7 +34,8 @@ def format_tradeoff(table: pd.DataFrame) -> go.Figure:
     higher_is_better = label.endswith("(higher is better)")
     quality = pd.Series(finite(frame[metric]), dtype=float, index=frame.index)
     losses = (-quality if higher_is_better else quality).fillna(np.inf).tolist()
-    frame = frame.assign(front=pareto_mask(frame["bits_per_weight"].astype(float).tolist(), losses))
+    on_front = pareto_mask(frame["bits_per_weight"].astype(float).tolist(), losses)
+    frame = frame.assign(front=[bool(f) and q == q for f, q in zip(on_front, quality)])  # a diverged run never is
     figure = go.Figure()
     for index, (family, part) in enumerate(frame.groupby("family", sort=False)):
         customdata, template = _hover(part)
