@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memopt_core.compression.rotation_report import rotation_reports, summary  # noqa: E402
+from memopt_core.compression.rotation_report import by_module, rotation_reports, summary  # noqa: E402
 from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, QuantConfig, RunConfig  # noqa: E402
 from memopt_core.runs.format_presets import NATURAL_FORMATS  # noqa: E402
 from memopt_core.runs.workbench import Workbench  # noqa: E402
@@ -97,13 +97,21 @@ def diagnostics(bench, spec) -> dict:
     tokens = bench.calibration(RunConfig(spec, calib=CalibConfig(samples=4, seq_len=256))).tokens
     out = {}
     for label, quant in (("W4 per-channel", QuantConfig(bits=4)), ("W3 g64", QuantConfig(bits=3, **G64))):
-        stats = summary(rotation_reports(bench.loaded.model, tokens, quant))
-        out[label] = stats
+        reports = rotation_reports(bench.loaded.model, tokens, quant)
+        stats, modules = summary(reports), by_module(reports)
+        out[label] = {"all": stats, "by_module": modules}
         print(f"  {label}: rows' absmax/RMS {stats['absmax_to_rms_plain']:.3f} -> {stats['absmax_to_rms_rotated']:.3f}; "
               f"top-8 input channels hold {stats['activation_share_top']:.1%} of the input energy and carry "
               f"{stats['error_share_top_plain']:.1%} -> {stats['error_share_top_rotated']:.1%} of the output error; "
-              f"relative output error {stats['output_error_plain']:.4g} -> {stats['output_error_rotated']:.4g}; "
-              f"rotation lowers it in {stats['layers_helped']:.0%} of the layers", flush=True)
+              f"relative output error, first token {stats['first_token_error_plain']:.4g} -> "
+              f"{stats['first_token_error_rotated']:.4g}, other tokens {stats['other_tokens_error_plain']:.4g} -> "
+              f"{stats['other_tokens_error_rotated']:.4g}; rotation lowers it in {stats['layers_helped']:.0%} of the "
+              "layers", flush=True)
+        for module, part in modules.items():
+            print(f"    {module:<18} first token {part['first_token_error_plain']:.4g} -> "
+                  f"{part['first_token_error_rotated']:.4g}, other tokens {part['other_tokens_error_plain']:.4g} -> "
+                  f"{part['other_tokens_error_rotated']:.4g}, absmax/RMS {part['absmax_to_rms_plain']:.2f} -> "
+                  f"{part['absmax_to_rms_rotated']:.2f}", flush=True)
     return out
 
 

@@ -43,8 +43,10 @@ def _measure(spec: ModelSpec, quant: QuantConfig) -> pd.DataFrame:
     return pd.DataFrame([{"layer": r.layer, "absmax/RMS": r.absmax_to_rms[0], "absmax/RMS rotated": r.absmax_to_rms[1],
                           "input energy in top 8 channels": r.activation_share,
                           "error share via top 8": r.error_share[0], "error share via top 8, rotated": r.error_share[1],
-                          "output error": r.output_error[0], "output error, rotated": r.output_error[1]}
-                         for r in reports])
+                          "first-token error": r.first_token_error[0],
+                          "first-token error, rotated": r.first_token_error[1],
+                          "other-token error": r.other_tokens_error[0],
+                          "other-token error, rotated": r.other_tokens_error[1]} for r in reports])
 
 
 def show_rotation_lesson(spec: ModelSpec | None) -> None:
@@ -58,11 +60,12 @@ def show_rotation_lesson(spec: ModelSpec | None) -> None:
         return
     with user_errors("rotation measurement"), st.spinner("Measuring every layer with and without rotation ..."):
         frame = _measure(spec, labels[choice])
-        helped = (frame["output error, rotated"] < frame["output error"]).mean()
+        helped = (frame["other-token error, rotated"] < frame["other-token error"]).mean()
         st.markdown(f"Rows' mean absmax/RMS **{frame['absmax/RMS'].mean():.2f} → "
-                    f"{frame['absmax/RMS rotated'].mean():.2f}** with rotation; output error share through the top-8 "
-                    f"activation channels **{frame['error share via top 8'].mean():.1%} → "
-                    f"{frame['error share via top 8, rotated'].mean():.1%}**; rotation lowers the output error of "
+                    f"{frame['absmax/RMS rotated'].mean():.2f}** with rotation; relative output error of the first "
+                    f"token **{frame['first-token error'].mean():.3g} → {frame['first-token error, rotated'].mean():.3g}**,"
+                    f" of the other tokens **{frame['other-token error'].mean():.3g} → "
+                    f"{frame['other-token error, rotated'].mean():.3g}**; rotation lowers the other tokens' error in "
                     f"**{helped:.0%}** of the layers.")
         st.dataframe(frame, hide_index=True, column_config={
             c: st.column_config.NumberColumn(format="percent") for c in frame.columns if "share" in c or "energy" in c})

@@ -1,15 +1,16 @@
 """Why a Hadamard rotation helps or hurts a model: measured per layer, with and without rotation.
 
-For each targeted Linear (weight ``W [out, in]``, inputs ``X [tokens, in]`` from a forward pass):
+For each targeted Linear (weight ``W [out, in]``, inputs ``X`` from a forward pass):
 
 - **absmax / RMS of the rows** before and after rotation (``W`` vs ``W Q``): the grid's step is set
-  by the absmax, the error it causes by the step, so a higher ratio means a coarser grid for the
-  same RMS. Rotation pulls every row towards a Gaussian (ratio ~3.5 for a block of 64): it lowers
-  the ratio of rows with outliers and *raises* it for rows that are flatter than a Gaussian;
+  by the absmax, the error it causes by the step. Rotation pulls every row towards a Gaussian:
+  it lowers the ratio of rows with outliers and raises it for rows flatter than a Gaussian;
 - **where the error lands**: the weight error ``E = W' - W`` (in the original basis) reaches the
-  output as ``X E^T``; input channel ``j`` carries about ``mean(X_j^2) * ||E_:,j||^2`` of it. The
-  share of that carried by the few channels with the largest activations, and the relative output
-  error ``||X E^T||^2 / ||X W^T||^2``, are reported for both.
+  output as ``X E^T``. Input channel ``j`` carries about ``mean(X_j^2) * ||E_:,j||^2`` of it: the
+  share carried by the few channels with the largest activations is reported, and the relative
+  output error ``||X E^T||^2 / ||X W^T||^2`` separately for the first token of each sequence (in
+  LLMs the attention sink, whose activations are hundreds of times larger in a few channels and
+  whose value vector is nearly zero) and for the other tokens.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ class RotationLayerReport:
     absmax_to_rms: tuple[float, float]  # rows' mean, (plain, rotated)
     activation_share: float  # share of the inputs' energy in the top channels
     error_share: tuple[float, float]  # share of the output error through the top channels, (plain, rotated)
-    output_error: tuple[float, float]  # ||X E^T||^2 / ||X W^T||^2, (plain, rotated)
+    first_token_error: tuple[float, float]  # ||x_0 E^T||^2 / ||x_0 W^T||^2 over sequences, (plain, rotated)
+    other_tokens_error: tuple[float, float]  # the same over the other tokens, (plain, rotated)
 
 
 def _quantized(w: torch.Tensor, quant: QuantConfig) -> torch.Tensor:
@@ -43,28 +45,33 @@ def _quantized(w: torch.Tensor, quant: QuantConfig) -> torch.Tensor:
     return dequantize_format(quantize_format(w, quant.format, quant.double_quant, quant.granularity == "per-channel"))
 
 
-def _shares(x: torch.Tensor, w: torch.Tensor, error: torch.Tensor, top: torch.Tensor) -> tuple[float, float]:
-    """(share of the per-channel output error in ``top`` channels, relative output error)."""
+def _relative(x: torch.Tensor, w: torch.Tensor, error: torch.Tensor) -> float:
+    """``||x E^T||^2 / ||x W^T||^2`` for inputs ``x [n, in]``."""
+    return ((x @ error.T).pow(2).sum() / (x @ w.T).pow(2).sum().clamp_min(1e-30)).item()
+
+
+def _channel_share(x: torch.Tensor, error: torch.Tensor, top: torch.Tensor) -> float:
     per_channel = x.pow(2).mean(0) * error.pow(2).sum(0)  # [in]
-    share = (per_channel[top].sum() / per_channel.sum().clamp_min(1e-30)).item()
-    relative = ((x @ error.T).pow(2).sum() / (x @ w.T).pow(2).sum().clamp_min(1e-30)).item()
-    return share, relative
+    return (per_channel[top].sum() / per_channel.sum().clamp_min(1e-30)).item()
 
 
 def layer_report(name: str, weight: torch.Tensor, inputs: torch.Tensor, quant: QuantConfig,
                  top_k: int = TOP_CHANNELS) -> RotationLayerReport:
-    """The report of one layer: ``weight [out, in]`` and its ``inputs [tokens, in]`` (neither changed);
-    ``quant`` without rotation (both variants are computed)."""
-    w, x = weight.detach().float(), inputs.detach().float().reshape(-1, weight.shape[1])
+    """The report of one layer: ``weight [out, in]`` and its ``inputs [sequences, tokens, in]`` (or
+    ``[tokens, in]``: one sequence); neither is changed. ``quant`` without rotation (both are computed)."""
+    w = weight.detach().float()
+    x = inputs.detach().float().reshape(-1 if inputs.dim() > 2 else 1, *inputs.shape[-2:])  # [seq, tokens, in]
+    first, rest, every = x[:, 0], x[:, 1:].reshape(-1, w.shape[1]), x.reshape(-1, w.shape[1])
     signs = random_signs(w.shape[1]).to(w.device)
     rotated = rotate_weight(w, signs)
-    plain_error = _quantized(w, quant) - w
-    rotated_error = unrotate_weight(_quantized(rotated, quant), signs) - w
-    energy = x.pow(2).mean(0)
+    errors = (_quantized(w, quant) - w, unrotate_weight(_quantized(rotated, quant), signs) - w)
+    energy = every.pow(2).mean(0)
     top = energy.topk(min(top_k, energy.numel())).indices
-    plain, turned = _shares(x, w, plain_error, top), _shares(x, w, rotated_error, top)
-    return RotationLayerReport(name, (absmax_to_rms(w).mean().item(), absmax_to_rms(rotated).mean().item()),
-                               (energy[top].sum() / energy.sum()).item(), (plain[0], turned[0]), (plain[1], turned[1]))
+    return RotationLayerReport(
+        name, (absmax_to_rms(w).mean().item(), absmax_to_rms(rotated).mean().item()),
+        (energy[top].sum() / energy.sum()).item(), tuple(_channel_share(every, e, top) for e in errors),
+        tuple(_relative(first, w, e) for e in errors),
+        tuple(_relative(rest, w, e) if rest.numel() else float("nan") for e in errors))
 
 
 @torch.no_grad()
@@ -90,8 +97,15 @@ def rotation_reports(model: nn.Module, tokens: torch.Tensor, quant: QuantConfig,
     return reports
 
 
+def module_type(name: str) -> str:
+    """'self_attn.v_proj' of 'model.layers.3.self_attn.v_proj' (the name after the block index)."""
+    parts = name.split(".")
+    digits = [i for i, part in enumerate(parts) if part.isdigit()]
+    return ".".join(parts[digits[0] + 1:]) if digits else name
+
+
 def summary(reports: list[RotationLayerReport]) -> dict[str, float]:
-    """Means over layers, and the fraction of layers whose output error rotation lowers."""
+    """Means over layers, and the fraction of layers whose error (other tokens) rotation lowers."""
     n = max(len(reports), 1)
     mean = lambda values: sum(values) / n  # noqa: E731 - a local shorthand
     return {"absmax_to_rms_plain": mean(r.absmax_to_rms[0] for r in reports),
@@ -99,6 +113,16 @@ def summary(reports: list[RotationLayerReport]) -> dict[str, float]:
             "activation_share_top": mean(r.activation_share for r in reports),
             "error_share_top_plain": mean(r.error_share[0] for r in reports),
             "error_share_top_rotated": mean(r.error_share[1] for r in reports),
-            "output_error_plain": mean(r.output_error[0] for r in reports),
-            "output_error_rotated": mean(r.output_error[1] for r in reports),
-            "layers_helped": sum(r.output_error[1] < r.output_error[0] for r in reports) / n}
+            "first_token_error_plain": mean(r.first_token_error[0] for r in reports),
+            "first_token_error_rotated": mean(r.first_token_error[1] for r in reports),
+            "other_tokens_error_plain": mean(r.other_tokens_error[0] for r in reports),
+            "other_tokens_error_rotated": mean(r.other_tokens_error[1] for r in reports),
+            "layers_helped": sum(r.other_tokens_error[1] < r.other_tokens_error[0] for r in reports) / n}
+
+
+def by_module(reports: list[RotationLayerReport]) -> dict[str, dict[str, float]]:
+    """:func:`summary` per module type (q_proj, v_proj, down_proj ...)."""
+    groups: dict[str, list[RotationLayerReport]] = {}
+    for report in reports:
+        groups.setdefault(module_type(report.layer), []).append(report)
+    return {name: summary(group) for name, group in groups.items()}

@@ -17,9 +17,9 @@ def test_flat_rows_lose_and_outlier_rows_gain_from_rotation():
     cfg = QuantConfig(bits=4)
     flat_report, spiky_report = layer_report("flat", flat, x, cfg), layer_report("spiky", spiky, x, cfg)
     assert flat_report.absmax_to_rms[0] < 1.8 < 2.5 < flat_report.absmax_to_rms[1]  # uniform: sqrt(3); Gaussian of 128: ~2.9
-    assert flat_report.output_error[1] > 2 * flat_report.output_error[0]
+    assert flat_report.other_tokens_error[1] > 2 * flat_report.other_tokens_error[0]
     assert spiky_report.absmax_to_rms[1] < 0.5 * spiky_report.absmax_to_rms[0]
-    assert spiky_report.output_error[1] < 0.5 * spiky_report.output_error[0]
+    assert spiky_report.other_tokens_error[1] < 0.5 * spiky_report.other_tokens_error[0]
 
 
 def test_error_share_counts_the_loudest_input_channels():
@@ -34,7 +34,21 @@ def test_error_share_counts_the_loudest_input_channels():
 
 def test_reports_cover_every_target_layer_through_hooks():
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
-    reports = rotation_reports(model, torch.randn(4, 64), QuantConfig(bits=4), names=["0", "2"])
+    reports = rotation_reports(model, torch.randn(3, 5, 64), QuantConfig(bits=4), names=["0", "2"])
     assert [r.layer for r in reports] == ["0", "2"]
     stats = summary(reports)
     assert 0 <= stats["layers_helped"] <= 1 and stats["absmax_to_rms_plain"] > 1
+
+
+def test_first_token_error_is_measured_apart():
+    """A first token whose input lies where the weight maps to almost nothing (an attention sink's
+    value): plain rounding error stays small there, rotated error does not."""
+    generator = torch.Generator().manual_seed(3)
+    w = torch.randn(32, 128, generator=generator) * 0.02
+    w[:, :4] = 0.0005 * torch.randn(32, 4, generator=generator)  # the sink's channels barely reach the output
+    x = torch.randn(2, 16, 128, generator=generator)
+    x[:, 0] = 0.0
+    x[:, 0, :4] = 100.0  # the first token lives in those channels only
+    report = layer_report("v_proj", w, x, QuantConfig(bits=4))
+    assert report.first_token_error[1] > 10 * report.first_token_error[0]
+    assert report.other_tokens_error[0] < 0.1
