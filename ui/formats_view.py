@@ -13,10 +13,11 @@ from memopt_core.config import EvalConfig, ModelSpec, QuantConfig, RunConfig
 from memopt_core.runs.format_presets import NATURAL_FORMATS, ROTATION_PAIRS, by_label
 from memopt_core.runs.sweep import run_settings
 from ui.chart_glue import show_chart
-from ui.loaders import LazyWorkbench, peek_stored, result_store
+from ui.loaders import loader, peek_stored, result_store
 from ui.sweep_view import display_table
+from ui.vocabulary import KEEP
 
-KEEP = "session"
+
 RESULT = "formats.result"  # {"table", "configs", "spec", "evaluation"}
 DEFAULT = ("W4A16 g32 sym", "W4A16 g64 sym", "NF4 b64", "NF4 b64 dq", "MXFP4 b32", "NVFP4 b16", "Q4_K",
            "FP8-E4M3 per-channel")
@@ -43,7 +44,7 @@ def run_comparison(spec: ModelSpec, evaluation: EvalConfig, quants: list[QuantCo
         bar.progress(min(done / max(total, 1), 1.0), text=f"{done} of {total} done · now: {label}")
 
     result = run_settings(spec, [(None, q) for q in quants], evaluation, store=result_store(), progress=progress,
-                          sweep_name=f"{spec.source} formats", workbench=LazyWorkbench(spec))
+                          sweep_name=f"{spec.source} formats", load=loader())
     st.session_state[RESULT] = {"table": result.table, "configs": quants, "spec": spec, "evaluation": evaluation}
 
 

@@ -5,9 +5,15 @@ import argparse
 import sys
 from contextlib import contextmanager
 
-from memopt_core.cli.common import (add_calib_arguments, add_eval_arguments, add_model_arguments, add_quant_arguments,
-                                 calib_config, eval_config, model_spec)
-from memopt_core.errors import ConfigError, DataError
+from tqdm import tqdm
+
+from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments, add_model_arguments,
+                                    add_quant_arguments, calib_config, eval_config, model_spec, print_json,
+                                    quant_kwargs)
+from memopt_core.errors import ConfigError, DataError, choices
+from memopt_core.paths import user_path
+from memopt_core.runs.store import ResultStore
+from memopt_core.runs.sweep import SweepGrid, run_sweep
 
 
 def _csv(kind):
@@ -47,8 +53,6 @@ def register(sub) -> None:
 @contextmanager
 def _progress_bar():
     """A progress callback drawing a bar on stderr, closed even when the sweep fails."""
-    from tqdm import tqdm
-
     # disable=None: no bar when stderr is not a terminal (pipes, logs), so an error stays one line there;
     # leave=False: a bar closed early (the sweep failed) is wiped before the error line is printed.
     bar = tqdm(total=None, file=sys.stderr, unit="setting", dynamic_ncols=True, disable=None, leave=False)
@@ -69,10 +73,6 @@ def _progress_bar():
 
 def build_grid(args: argparse.Namespace):
     """The sweep's grid; quantizers are an axis (16 bits and casts are run once, not per quantizer)."""
-    from memopt_core.cli.common import INTEGER_QUANT_METHODS, quant_kwargs
-    from memopt_core.errors import choices
-    from memopt_core.runs.sweep import SweepGrid
-
     if not args.bits:
         raise ConfigError("--bits is empty; give at least one bit width, e.g. 16,8,4")
     if args.group_size is not None and args.group_sizes is not None:
@@ -92,8 +92,6 @@ def build_grid(args: argparse.Namespace):
 
 def check_out(path: str) -> None:
     """Refuse an --out that cannot be a CSV file: a folder, or a file in a folder that does not exist."""
-    from memopt_core.loading.paths import user_path
-
     target = user_path(path, "--out")
     if target.is_dir():
         raise ConfigError(f"--out {path!r} is a folder; give a file name such as results.csv")
@@ -102,13 +100,7 @@ def check_out(path: str) -> None:
 
 
 def handle_sweep(args: argparse.Namespace) -> int:
-    from memopt_core.cli.common import print_json
-    from memopt_core.runs.store import ResultStore
 
-    from memopt_core.runs.sweep import run_sweep
-
-    if args.no_act_order:  # the store keys sweeps by their settings; GPTQ's solver options are not among them
-        raise ConfigError("sweeps run GPTQ with activation ordering; compare --no-act-order with 'run'")
     spec, grid, evaluation = model_spec(args), build_grid(args), eval_config(args)
     if args.out:
         check_out(args.out)  # before the sweep: a typo in --out must not cost the sweep's results

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from memopt_core.config import BUNDLED_TEXTS, CalibConfig, EvalConfig
-from memopt_core.loading.texts import load_text, token_windows
 from memopt_core.errors import ConfigError, DataError
+from memopt_core.texts import load_text, token_windows
 
 PROTECTED_TOKENS = 16_384
 # Tokens after the protected prefix that are also skipped: a prefix cut can only change the

@@ -12,12 +12,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memopt_core.compression.walk import effective_weight
 from memopt_core.config import QuantConfig
 from memopt_core.primitives.packing import pack_codes, pack_mask, packed_nbytes, unpack_codes, unpack_mask
-from memopt_core.primitives.quant import dequantize_codes, quantize_weight
+from memopt_core.primitives.quant import QuantizedWeight, dequantize, dequantize_codes, quantize_weight
 from memopt_core.compression.format_layers import FormatLinear, RotatedLinear
-from memopt_core.compression.layer_base import DTYPES, KeepsStoredDtype, base_spec, copy_bias, dtype_name, empty_bias
-from memopt_core.compression.walk import effective_weight
+# copy_bias is imported by the walkers from here, beside dense_linear.
+from memopt_core.compression.layer_base import DTYPES, KeepsStoredDtype, base_spec, copy_bias, dtype_name, empty_bias  # noqa: F401
+
+
+def dense_linear(weight: torch.Tensor, bias: nn.Parameter | None) -> nn.Linear:
+    """A new ``nn.Linear`` holding ``weight`` ``[out, in]`` (not copied) and ``bias``.
+
+    Built on the meta device, so no random initialisation is paid for, then given the tensors."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+    layer.bias = bias
+    return layer
 
 
 class QuantLinear(KeepsStoredDtype):
@@ -55,19 +66,24 @@ class QuantLinear(KeepsStoredDtype):
 
     @classmethod
     def from_linear(cls, linear: nn.Module, cfg: QuantConfig) -> "QuantLinear":
-        """Quantize ``linear`` (nn.Linear or a module of this file; not changed) into a new QuantLinear."""
+        """Quantize ``linear`` (nn.Linear or a module of this file; not changed) into a new QuantLinear;
+        its zero weights (pruned ones) stay exactly zero."""
         w = effective_weight(linear).detach()  # [out, in]
-        qw = quantize_weight(w, cfg)
-        zeros = w == 0
-        # A float minimum cannot always represent 0: keep pruned weights at exactly 0 with a mask.
-        needs_mask = bool(zeros.any()) and bool(dequantize_codes(qw.codes, qw.scale, qw.zero, qw.bits, qw.group_size,
-                                                                 qw.zero_kind)[zeros].ne(0).any())
-        module = cls(w.shape[1], w.shape[0], qw.bits, qw.group_size, qw.zero_kind, tuple(qw.scale.shape),
-                     needs_mask, copy_bias(linear), w.dtype)
+        return cls.from_quantized(quantize_weight(w, cfg), copy_bias(linear), w.dtype, keep=w != 0)
+
+    @classmethod
+    def from_quantized(cls, qw: QuantizedWeight, bias: nn.Parameter | None, dtype: torch.dtype,
+                       keep: torch.Tensor | None = None) -> "QuantLinear":
+        """A new QuantLinear holding ``qw`` (codes ``[out, in]``, copied) and ``bias``; ``dtype`` is the
+        source weight's. ``keep`` (bool ``[out, in]``) marks the weights that are not pruned: a mask is
+        stored only when pruned positions would not decode to exactly 0 (a float-minimum grid)."""
+        out_f, in_f = qw.shape
+        needs_mask = keep is not None and not bool(keep.all()) and bool(dequantize(qw)[~keep].ne(0).any())
+        module = cls(in_f, out_f, qw.bits, qw.group_size, qw.zero_kind, tuple(qw.scale.shape), needs_mask, bias, dtype)
         module.packed = pack_codes(qw.codes, qw.bits)
         module.scale = qw.scale.clone()
         module.zero = None if qw.zero is None else qw.zero.clone()
-        module.mask = pack_mask(~zeros) if needs_mask else None
+        module.mask = pack_mask(keep) if needs_mask else None
         return module
 
     def codes(self) -> torch.Tensor:

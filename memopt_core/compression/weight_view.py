@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 import torch
 
 from memopt_core.compression.compress import compress_copy
+from memopt_core.compression.walk import effective_weight
 from memopt_core.config import QuantConfig, RunConfig, TargetConfig
 from memopt_core.primitives.formats.hadamard import absmax_to_rms, random_signs, rotate_weight
 from memopt_core.primitives.formats.registry import format_levels, quantize_format
 from memopt_core.primitives.quant import dequantize_codes, quantize_weight, weight_clip_ratio
-from memopt_core.compression.walk import effective_weight
 
 MAX_POINTS = 20_000  # enough for a smooth histogram, small enough to send to a browser
 

@@ -5,6 +5,7 @@ it stopped and a rerun of a finished sweep answers from the store without loadin
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -15,10 +16,10 @@ import pandas as pd
 
 from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig
 from memopt_core.errors import ConfigError
-from memopt_core.runs.identity import eval_identity, model_identity, setting_identity
-from memopt_core.runs.pareto import pareto_mask
-from memopt_core.runs.rows import QUALITY_METRIC, result_row
-from memopt_core.runs.store import ResultStore, run_key
+from memopt_core.runs.pareto import mark_pareto
+from memopt_core.runs.rows import result_row
+from memopt_core.runs.store import ResultStore
+from memopt_core.runs.stored import RunnerLoader, stored_run
 
 Progress = Callable[[int, int, str, float | None], None]  # (done, total, current setting, seconds left)
 
@@ -93,20 +94,6 @@ class SweepResult:
     computed: int
 
 
-def setting_label(prune: PruneConfig | None, quant: QuantConfig | None) -> str:
-    return " + ".join(x.label for x in (prune, quant) if x is not None) or "uncompressed"
-
-
-def mark_pareto(table: pd.DataFrame) -> pd.DataFrame:
-    """Add a boolean ``pareto`` column: lowest stored bytes for the quality, best quality for the bytes."""
-    if table.empty:
-        return table.assign(pareto=pd.Series(dtype=bool))
-    metric, higher_is_better = QUALITY_METRIC[table["kind"].iloc[0]]
-    quality = table[metric].astype(float)
-    losses = (-quality if higher_is_better else quality).tolist()
-    return table.assign(pareto=pareto_mask(table["stored_bytes"].astype(float).tolist(), losses))
-
-
 class _Eta:
     """Seconds left: the remaining settings times the mean time of those computed so far
     (an upper bound when some of the rest are in the store already)."""
@@ -120,53 +107,33 @@ class _Eta:
         return remaining_to_compute * sum(self.computed_seconds) / len(self.computed_seconds)
 
 
-def config_key(config: RunConfig, identity: str | None = None) -> str:
-    """The results-store key of ``config``, computed without loading the model."""
-    calib = config.calib if config.needs_calibration else None
-    return run_key(identity or model_identity(config.model), setting_identity(config.prune, config.quant, calib),
-                   eval_identity(config.model, config.eval, config.targets))
+def _load_once() -> RunnerLoader:
+    """A loader that loads the sweep's one model on first use and then reuses it."""
+    # torch + transformers load here, on the first setting to compute: a sweep answered from the
+    # store needs neither.
+    from memopt_core.runs.workbench import Workbench
 
-
-def stored_run(config: RunConfig, store: ResultStore | None, workbench=None,
-               sweep_name: str | None = None) -> tuple[dict[str, Any], bool, Any]:
-    """The result of ``config`` from the store if it is there, else run it and store it.
-
-    Returns (``RunResult.to_dict()``, whether it came from the store, the workbench used or None).
-    ``workbench`` is loaded only when a run is really needed."""
-    identity = model_identity(config.model)
-    key = config_key(config, identity)
-    found = store.get(key) if store is not None else None
-    if found is not None:
-        return found, True, workbench
-    if workbench is None:
-        from memopt_core.runs.workbench import Workbench
-
-        workbench = Workbench.load(config.model)
-    result = workbench.run(config).to_dict()
-    if store is not None:
-        store.put(key, config.model.source, identity, setting_label(config.prune, config.quant), result,
-                  sweep=sweep_name)
-    return result, False, workbench
+    return functools.cache(Workbench.load)
 
 
 def run_sweep(spec: ModelSpec, grid: SweepGrid, eval_config: EvalConfig | None = None,
               targets: TargetConfig | None = None, store: ResultStore | None = None,
               progress: Progress | None = None, cancel: threading.Event | None = None,
-              sweep_name: str | None = None, workbench=None, calib: CalibConfig | None = None) -> SweepResult:
+              sweep_name: str | None = None, load: RunnerLoader | None = None,
+              calib: CalibConfig | None = None) -> SweepResult:
     """Run every setting of ``grid`` on ``spec``; returns one row per finished setting.
 
-    ``workbench`` (a loaded :class:`memopt_core.runs.workbench.Workbench`) is reused when given; otherwise
-    the model is loaded on the first setting the store does not already hold. ``cancel`` is
-    checked between settings: what finished is kept (and stored)."""
-    return run_settings(spec, grid.settings(), eval_config, targets, store, progress, cancel, sweep_name, workbench,
-                        calib)
+    ``load`` gives the loaded model (default: :meth:`Workbench.load`, once per sweep); it is called
+    only for settings the store does not already hold. ``cancel`` is checked between settings:
+    what finished is kept (and stored)."""
+    return run_settings(spec, grid.settings(), eval_config, targets, store, progress, cancel, sweep_name, load, calib)
 
 
 def run_settings(spec: ModelSpec, settings: list[tuple[PruneConfig | None, QuantConfig | None]],
                  eval_config: EvalConfig | None = None, targets: TargetConfig | None = None,
                  store: ResultStore | None = None, progress: Progress | None = None,
-                 cancel: threading.Event | None = None, sweep_name: str | None = None, workbench=None,
-                 calib: CalibConfig | None = None) -> SweepResult:
+                 cancel: threading.Event | None = None, sweep_name: str | None = None,
+                 load: RunnerLoader | None = None, calib: CalibConfig | None = None) -> SweepResult:
     """:func:`run_sweep` over an explicit list of (prune, quant) settings (e.g. the formats comparison)."""
     start = time.perf_counter()
     eval_config = eval_config or EvalConfig()
@@ -174,20 +141,21 @@ def run_settings(spec: ModelSpec, settings: list[tuple[PruneConfig | None, Quant
     calib = calib or CalibConfig()  # used by the calibrated settings (GPTQ, Wanda, SparseGPT) only
     configs = [RunConfig(model=spec, prune=p, quant=q, targets=targets, eval=eval_config, calib=calib)
                for p, q in settings]
+    load = load or _load_once()
     rows, from_store, eta, cancelled = [], 0, _Eta(), False
     for done, config in enumerate(configs):
-        label = setting_label(config.prune, config.quant)
+        label = config.label
         if progress:
             progress(done, len(configs), label, eta.left(len(configs) - done))
         if cancel is not None and cancel.is_set():
             cancelled = True
             break
         began = time.perf_counter()
-        result, cached, workbench = stored_run(config, store, workbench, sweep_name)
-        from_store += cached
-        if not cached:
+        run = stored_run(config, store, load, sweep_name)
+        from_store += run.from_store
+        if not run.from_store:
             eta.computed_seconds.append(time.perf_counter() - began)
-        rows.append(result_row(result, label=label))
+        rows.append(result_row(run.result, label=label))
     if progress and not cancelled:
         progress(len(configs), len(configs), "done", 0.0)
     table = mark_pareto(pd.DataFrame(rows))
