@@ -106,7 +106,8 @@ def diagnostics(bench, spec) -> dict:
               f"relative output error, first token {stats['first_token_error_plain']:.4g} -> "
               f"{stats['first_token_error_rotated']:.4g}, other tokens {stats['other_tokens_error_plain']:.4g} -> "
               f"{stats['other_tokens_error_rotated']:.4g}; rotation lowers it in {stats['layers_helped']:.0%} of the "
-              "layers", flush=True)
+              f"layers; inputs at 4 bits per token (simulated W4A4) {stats['activation_error_plain']:.4g} -> "
+              f"{stats['activation_error_rotated']:.4g}", flush=True)
         for module, part in modules.items():
             print(f"    {module:<18} first token {part['first_token_error_plain']:.4g} -> "
                   f"{part['first_token_error_rotated']:.4g}, other tokens {part['other_tokens_error_plain']:.4g} -> "

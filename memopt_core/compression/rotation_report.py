@@ -10,7 +10,10 @@ For each targeted Linear (weight ``W [out, in]``, inputs ``X`` from a forward pa
   share carried by the few channels with the largest activations is reported, and the relative
   output error ``||X E^T||^2 / ||X W^T||^2`` separately for the first token of each sequence (in
   LLMs the attention sink, whose activations are hundreds of times larger in a few channels and
-  whose value vector is nearly zero) and for the other tokens.
+  whose value vector is nearly zero) and for the other tokens;
+- **where rotation helps**: the relative error of the layer's *inputs* quantized to 4 bits per token
+  (simulated, as a W4A4 scheme would), plain and rotated: outlier channels set the per-token scale,
+  and rotation spreads them.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from torch import nn
 
 from memopt_core.compression.walk import effective_weight, target_linears
 from memopt_core.config import QuantConfig
-from memopt_core.primitives.formats.hadamard import absmax_to_rms, random_signs, rotate_weight, unrotate_weight
+from memopt_core.primitives.formats.hadamard import (absmax_to_rms, random_signs, rotate_input, rotate_weight,
+                                                     unrotate_weight)
 from memopt_core.primitives.formats.registry import dequantize_format, quantize_format
 from memopt_core.primitives.quant import dequantize, quantize_weight
 
@@ -37,6 +41,7 @@ class RotationLayerReport:
     error_share: tuple[float, float]  # share of the output error through the top channels, (plain, rotated)
     first_token_error: tuple[float, float]  # ||x_0 E^T||^2 / ||x_0 W^T||^2 over sequences, (plain, rotated)
     other_tokens_error: tuple[float, float]  # the same over the other tokens, (plain, rotated)
+    activation_error: tuple[float, float]  # ||X - A4(X)||^2 / ||X||^2, per-token 4-bit, X or X Q (simulated)
 
 
 def _quantized(w: torch.Tensor, quant: QuantConfig) -> torch.Tensor:
@@ -48,6 +53,14 @@ def _quantized(w: torch.Tensor, quant: QuantConfig) -> torch.Tensor:
 def _relative(x: torch.Tensor, w: torch.Tensor, error: torch.Tensor) -> float:
     """``||x E^T||^2 / ||x W^T||^2`` for inputs ``x [n, in]``."""
     return ((x @ error.T).pow(2).sum() / (x @ w.T).pow(2).sum().clamp_min(1e-30)).item()
+
+
+def activation_int4_error(x: torch.Tensor) -> float:
+    """Relative error ``||X - A(X)||^2 / ||X||^2`` of simulated 4-bit activations: symmetric round to
+    nearest, one scale (absmax / 7) per token. Activations are not quantized in memopt's runs: this
+    only measures what a W4A4 scheme would face, with and without rotation."""
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / 7
+    return ((x - (x / scale).round().clamp(-8, 7) * scale).pow(2).sum() / x.pow(2).sum().clamp_min(1e-30)).item()
 
 
 def _channel_share(x: torch.Tensor, error: torch.Tensor, top: torch.Tensor) -> float:
@@ -71,7 +84,8 @@ def layer_report(name: str, weight: torch.Tensor, inputs: torch.Tensor, quant: Q
         name, (absmax_to_rms(w).mean().item(), absmax_to_rms(rotated).mean().item()),
         (energy[top].sum() / energy.sum()).item(), tuple(_channel_share(every, e, top) for e in errors),
         tuple(_relative(first, w, e) for e in errors),
-        tuple(_relative(rest, w, e) if rest.numel() else float("nan") for e in errors))
+        tuple(_relative(rest, w, e) if rest.numel() else float("nan") for e in errors),
+        (activation_int4_error(every), activation_int4_error(rotate_input(every, signs))))
 
 
 @torch.no_grad()
@@ -117,6 +131,8 @@ def summary(reports: list[RotationLayerReport]) -> dict[str, float]:
             "first_token_error_rotated": mean(r.first_token_error[1] for r in reports),
             "other_tokens_error_plain": mean(r.other_tokens_error[0] for r in reports),
             "other_tokens_error_rotated": mean(r.other_tokens_error[1] for r in reports),
+            "activation_error_plain": mean(r.activation_error[0] for r in reports),
+            "activation_error_rotated": mean(r.activation_error[1] for r in reports),
             "layers_helped": sum(r.other_tokens_error[1] < r.other_tokens_error[0] for r in reports) / n}
 
 

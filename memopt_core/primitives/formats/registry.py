@@ -16,6 +16,7 @@ from memopt_core.primitives.formats.kquants import KQUANTS, SUPERBLOCK, dequanti
     layout_for, quantize_kquant
 from memopt_core.primitives.formats.microscaling import (MX_BLOCK, NV_BLOCK, dequantize_microscaling,
                                                          microscaling_levels, quantize_mxfp4, quantize_nvfp4)
+from memopt_core.primitives.formats.nf4 import BLOCK as NF4_BLOCK
 from memopt_core.primitives.formats.nf4 import STATS_BLOCK, dequantize_nf4, nf4_levels, quantize_nf4
 from memopt_core.primitives.formats.stored import StoredWeight
 
