@@ -57,10 +57,11 @@ def run_one(bench: Workbench, spec: ModelSpec, evaluation: EvalConfig, quant: Qu
             "fallbacks": fallbacks}
 
 
-def format_table(bench, spec, evaluation, quick: bool) -> list[dict]:
+def format_table(bench, spec, evaluation, labels: set[str], first: bool) -> list[dict]:
+    """The formats whose label is (``first``) or is not in ``labels``, in NATURAL_FORMATS order."""
     rows = []
     for quant in NATURAL_FORMATS:
-        if quick and quant.label not in QUICK_FORMATS:
+        if (quant.label in labels) != first:
             continue
         row = run_one(bench, spec, evaluation, quant)
         rows.append(row)
@@ -131,17 +132,27 @@ def main() -> int:
         bench = Workbench.load(spec)
         baseline = bench.baseline(evaluation).reference.metrics
         print(f"\n{model}: original {baseline.get('perplexity', 'cosine 1.0')}", flush=True)
-        print("formats at their natural bits:")
-        formats = format_table(bench, spec, evaluation, args.quick)
+        report[model] = {"baseline": baseline}
+        print("formats at their natural bits (those of the issue first):")
+        report[model]["formats"] = format_table(bench, spec, evaluation, set(QUICK_FORMATS), first=True)
+        _save(report, args.json_out)  # after each part: a stopped run keeps what it measured
         print("rotation (randomized Hadamard on the input dimension):")
-        rotation = rotation_table(bench, spec, evaluation, args.quick)
+        report[model]["rotation"] = rotation_table(bench, spec, evaluation, args.quick)
+        _save(report, args.json_out)
         print("why (rotation_report on 4 x 256 calibration tokens):")
-        report[model] = {"baseline": baseline, "formats": formats, "rotation": rotation,
-                         "diagnostics": diagnostics(bench, spec)}
+        report[model]["diagnostics"] = diagnostics(bench, spec)
+        _save(report, args.json_out)
+        if not args.quick:
+            print("more formats:")
+            report[model]["formats"] += format_table(bench, spec, evaluation, set(QUICK_FORMATS), first=False)
+            _save(report, args.json_out)
         del bench
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2, default=str))
     return 0
+
+
+def _save(report: dict, path: str | None) -> None:
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2, default=str))
 
 
 if __name__ == "__main__":
