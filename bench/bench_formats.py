@@ -2,12 +2,12 @@
 and ratios measured in this one run; asserts nothing.
 
     python bench/bench_formats.py [--models smollm2-135m,minilm-l6] [--max-tokens 4096] [--quick]
-                                  [--json-out FILE]
+                                  [--calib-samples 64] [--json-out FILE]
 
 Quality: SmolLM2 perplexity on the bundled Wikipedia leads (first --max-tokens tokens, 512-token
 windows, fp32); MiniLM mean cosine similarity of its sentence embeddings to the original's on the
 200 labelled sentences. Stored bits per weight of the targeted layers count every scale, minimum
-and sign byte (packed storage). GPTQ calibrates on 64 x 512 tokens of both bundled texts.
+and sign byte (packed storage). GPTQ calibrates on --calib-samples x 512 tokens of both bundled texts.
 
 1. every format at its natural bits: int4 g32/g64 RTN, NF4, NF4 + double quant, MXFP4, NVFP4,
    Q4_K-style (and Q3_K, Q6_K, FP8 E4M3/E5M2, int8);
@@ -38,6 +38,8 @@ ROTATION_GRID = [("RTN W4 per-channel", QuantConfig(bits=4)), ("RTN W4 g64", Qua
                  ("RTN W3 g64", QuantConfig(bits=3, **G64)), ("RTN W3 per-channel", QuantConfig(bits=3)),
                  ("GPTQ W4 per-channel", QuantConfig(method="gptq", bits=4)),
                  ("GPTQ W3 g64", QuantConfig(method="gptq", bits=3, **G64))]
+# --quick: 3 and 4 bits, RTN and GPTQ, each with and without rotation
+QUICK_ROTATION = ("RTN W4 per-channel", "RTN W3 g64", "GPTQ W4 per-channel", "GPTQ W3 g64")
 QUICK_FORMATS = ("W4A16 g32 sym", "W4A16 g64 sym", "NF4 b64", "NF4 b64 dq", "MXFP4 b32", "NVFP4 b16", "Q4_K",
                  "FP8-E4M3 per-channel")
 
@@ -47,9 +49,10 @@ def quality(result) -> tuple[str, float]:
     return ("perplexity", metrics["perplexity"]) if "perplexity" in metrics else ("cosine", metrics["cosine_similarity"])
 
 
-def run_one(bench: Workbench, spec: ModelSpec, evaluation: EvalConfig, quant: QuantConfig) -> dict:
+def run_one(bench: Workbench, spec: ModelSpec, evaluation: EvalConfig, quant: QuantConfig,
+            calib: CalibConfig = CalibConfig()) -> dict:
     start = time.perf_counter()
-    result = bench.run(RunConfig(spec, quant=quant, eval=evaluation))
+    result = bench.run(RunConfig(spec, quant=quant, eval=evaluation, calib=calib))
     name, value = quality(result)
     fallbacks = sorted({row["layout"] for row in result.layers if row.get("layout") not in (None, quant.format)})
     return {"setting": quant.label, name: value, "bpw": result.memory.bits_per_weight,
@@ -79,12 +82,12 @@ def _value(row: dict) -> float:
     return row.get("perplexity", row.get("cosine"))
 
 
-def rotation_table(bench, spec, evaluation, quick: bool) -> list[dict]:
+def rotation_table(bench, spec, evaluation, calib: CalibConfig, quick: bool) -> list[dict]:
     rows = []
-    grid = ROTATION_GRID[:3] + ROTATION_GRID[4:5] if quick else ROTATION_GRID
+    grid = [(name, quant) for name, quant in ROTATION_GRID if not quick or name in QUICK_ROTATION]
     for name, quant in grid:
-        plain = run_one(bench, spec, evaluation, quant)
-        rotated = run_one(bench, spec, evaluation, dataclasses.replace(quant, rotate="hadamard"))
+        plain = run_one(bench, spec, evaluation, quant, calib)
+        rotated = run_one(bench, spec, evaluation, dataclasses.replace(quant, rotate="hadamard"), calib)
         ratio = _value(rotated) / _value(plain)
         rows.append({"setting": name, "plain": _value(plain), "rotated": _value(rotated), "ratio": ratio,
                      "bpw_plain": plain["bpw"], "bpw_rotated": rotated["bpw"]})
@@ -122,9 +125,11 @@ def main() -> int:
     parser.add_argument("--models", default="smollm2-135m,minilm-l6")
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--quick", action="store_true", help="the formats of the issue and 4 rotation pairs only")
+    parser.add_argument("--calib-samples", type=int, default=64, help="GPTQ calibration sequences of 512 tokens")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
+    calib = CalibConfig(samples=args.calib_samples)
     evaluation = EvalConfig(max_tokens=args.max_tokens, gen_tokens=0, zero_shot=False)
     report = {}
     for model in args.models.split(","):
@@ -137,7 +142,7 @@ def main() -> int:
         report[model]["formats"] = format_table(bench, spec, evaluation, set(QUICK_FORMATS), first=True)
         _save(report, args.json_out)  # after each part: a stopped run keeps what it measured
         print("rotation (randomized Hadamard on the input dimension):")
-        report[model]["rotation"] = rotation_table(bench, spec, evaluation, args.quick)
+        report[model]["rotation"] = rotation_table(bench, spec, evaluation, calib, args.quick)
         _save(report, args.json_out)
         print("why (rotation_report on 4 x 256 calibration tokens):")
         report[model]["diagnostics"] = diagnostics(bench, spec)
