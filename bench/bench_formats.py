@@ -97,10 +97,11 @@ def rotation_table(bench, spec, evaluation, calib: CalibConfig, quick: bool) -> 
     return rows
 
 
-def diagnostics(bench, spec) -> dict:
+def diagnostics(bench, spec, quick: bool) -> dict:
     tokens = bench.calibration(RunConfig(spec, calib=CalibConfig(samples=4, seq_len=256))).tokens
     out = {}
-    for label, quant in (("W4 per-channel", QuantConfig(bits=4)), ("W3 g64", QuantConfig(bits=3, **G64))):
+    grids = (("W4 per-channel", QuantConfig(bits=4)), ("W3 g64", QuantConfig(bits=3, **G64)))
+    for label, quant in grids[:1] if quick else grids:
         reports = rotation_reports(bench.loaded.model, tokens, quant)
         stats, modules = summary(reports), by_module(reports)
         out[label] = {"all": stats, "by_module": modules}
@@ -124,7 +125,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="smollm2-135m,minilm-l6")
     parser.add_argument("--max-tokens", type=int, default=4096)
-    parser.add_argument("--quick", action="store_true", help="the formats of the issue and 4 rotation pairs only")
+    parser.add_argument("--quick", action="store_true", help="the formats of the issue, 4 rotation pairs and one diagnosed grid only")
     parser.add_argument("--calib-samples", type=int, default=64, help="GPTQ calibration sequences of 512 tokens")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
@@ -145,7 +146,7 @@ def main() -> int:
         report[model]["rotation"] = rotation_table(bench, spec, evaluation, calib, args.quick)
         _save(report, args.json_out)
         print("why (rotation_report on 4 x 256 calibration tokens):")
-        report[model]["diagnostics"] = diagnostics(bench, spec)
+        report[model]["diagnostics"] = diagnostics(bench, spec, args.quick)
         _save(report, args.json_out)
         if not args.quick:
             print("more formats:")
