@@ -30,6 +30,11 @@ def test_bad_format_flags(capsys, argv, fragment):
     assert fragment in _error_of(capsys, ["run", "--model", "tiny-llama", *argv])
 
 
+@pytest.mark.parametrize("argv", [["--format", "nf4"], ["--bits", "4", "--rotate", "hadamard"]])
+def test_recovery_refuses_formats_it_cannot_train(capsys, argv):
+    assert "recovery trains the integer grid" in _error_of(capsys, ["recover", "--model", "tiny-llama", *argv])
+
+
 def test_run_json_names_the_format_and_counts_every_scale_byte(capsys):
     assert main(["run", "--model", "tiny-llama", "--format", "nf4", "--double-quant", "--json", *FAST]) == 0
     data = json.loads(capsys.readouterr().out)
