@@ -142,7 +142,7 @@ def write_onnx(model: nn.Module, tokenizer, kind: str, folder: Path, type_name: 
         if type_name == "int8":
             notes, kept_float = _int8(dense, tokenizer, kind, scratch / MODEL_FILE, target)
         else:
-            logging.disable(logging.INFO)  # ONNX Runtime's quantizers log every tensor at INFO on the root logger
+            logging.disable(logging.WARNING)  # ONNX Runtime's quantizers log every tensor on the root logger
             try:
                 quantize_int4(scratch / MODEL_FILE, target)
             finally:

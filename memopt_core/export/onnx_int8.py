@@ -94,7 +94,8 @@ def quantize_int8(source: Path, target: Path, keep_float: list[str]) -> None:
     """Dynamic 8-bit quantization of the float graph ``source`` into ``target`` (+ its data file):
     uint8 weights per channel, every MatMul with a constant weight (and the embedding Gather)
     except the nodes named in ``keep_float``."""
-    logging.disable(logging.INFO)  # the quantizer logs every tensor at INFO on the root logger
+    # The quantizer logs every tensor at INFO, and advice to pre-process at WARNING, on the root logger.
+    logging.disable(logging.WARNING)
     try:
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QUInt8, per_channel=True,
                          nodes_to_exclude=keep_float, use_external_data_format=True)
