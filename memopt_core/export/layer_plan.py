@@ -214,9 +214,11 @@ def onnx_layer_plan(name: str, module: nn.Module, ftype: FormatType) -> LayerPla
                      ftype.bits + 32 / ftype.group_size)
 
 
-def kept_float_plan(plan: LayerPlan, zeroed: float) -> LayerPlan:
+def kept_float_plan(plan: LayerPlan, zeroed: float | None) -> LayerPlan:
     """``plan`` of a Linear that ONNX Runtime int8 leaves float32: ``zeroed`` of its input (calibration
-    tokens) would round to zero under one uint8 scale per tensor."""
+    tokens) would round to zero under one uint8 scale per tensor; None: ONNX Runtime did not take it
+    (its weight is computed in the graph, as a tied lm_head)."""
+    why = ("its weight is not a constant of the graph (tied to the embedding), which dynamic quantization skips"
+           if zeroed is None else f"activation outliers, one uint8 step would round {zeroed:.0%} of its input to zero")
     return replace(plan, target="fp32", how=DENSE, exact=True, bits_per_weight=32.0,
-                   note=f"kept float32 (memopt's weights): activation outliers, one uint8 step would round "
-                        f"{zeroed:.0%} of its input to zero")
+                   note=f"kept float32 (memopt's weights): {why}")

@@ -126,11 +126,13 @@ class OrtEncoder(nn.Module):
         return SimpleNamespace(last_hidden_state=torch.from_numpy(self.session.run(["last_hidden_state"], feeds)[0]))
 
 
-def write_onnx(model: nn.Module, tokenizer, kind: str, folder: Path, type_name: str) -> tuple[list[str], dict[str, float]]:
+def write_onnx(model: nn.Module, tokenizer, kind: str, folder: Path,
+               type_name: str) -> tuple[list[str], dict[str, float | None]]:
     """Write ``folder``: ``model.onnx`` (+ its external data), config.json and the tokenizer.
 
     ``type_name``: ``fp32``, ``int8`` or ``int4``. ``model`` is not changed. Returns notes, and for
-    int8 the Linears kept float (name -> share of their input a uint8 step would zero)."""
+    int8 the Linears left float (name -> share of their input a uint8 step would zero, None when
+    ONNX Runtime itself left the MatMul float)."""
     target, dense = folder / MODEL_FILE, dense_copy(model)
     notes, kept_float = [], {}
     if type_name == "fp32":
@@ -157,11 +159,14 @@ def write_onnx(model: nn.Module, tokenizer, kind: str, folder: Path, type_name: 
     return notes, kept_float
 
 
-def _int8(dense: nn.Module, tokenizer, kind: str, source: Path, target: Path) -> tuple[list[str], dict[str, float]]:
-    """Dynamic int8 with the outlier MatMuls kept float; the notes say which and why."""
+def _int8(dense: nn.Module, tokenizer, kind: str, source: Path, target: Path) -> tuple[list[str], dict[str, float | None]]:
+    """Dynamic 8-bit with the outlier MatMuls kept float. Returns notes and the Linears left float in
+    ``target`` (name -> share of the input a uint8 step would zero; None: ONNX Runtime left it)."""
     outliers = onnx_int8.outlier_inputs(dense, onnx_int8.probe_tokens(tokenizer), kind)
     nodes = onnx_int8.matmul_nodes(source)
     onnx_int8.quantize_int8(source, target, [nodes[name] for name in outliers if name in nodes])
+    still_float, linears = onnx_int8.float_matmuls(target), set(linear_layers(dense))
+    kept = {name: outliers.get(name) for name, node in nodes.items() if name in linears and node in still_float}
     notes = ["ONNX Runtime dynamic 8-bit quantization re-quantizes the exported weights (uint8 per channel: its "
              "default int8 weights saturate int16 sums on CPUs without VNNI) and quantizes activations at run time "
              "with one scale per tensor: its own row, not memopt's codes"]
@@ -170,4 +175,9 @@ def _int8(dense: nn.Module, tokenizer, kind: str, source: Path, target: Path) ->
         notes.append(f"{len(outliers)} MatMuls kept float: a per-tensor uint8 step would round more than "
                      f"{onnx_int8.MAX_ZEROED:.0%} of their inputs to zero on calibration tokens (activation "
                      f"outliers): {listed}")
-    return notes, outliers
+    untouched = [name for name, share in kept.items() if share is None]
+    if untouched:
+        notes.append(f"{', '.join(untouched)} stay float: ONNX Runtime quantizes MatMuls whose weight is a constant "
+                     "of the graph, and these multiply by a weight computed in the graph (lm_head tied to the "
+                     "embedding is transposed at run time)")
+    return notes, kept

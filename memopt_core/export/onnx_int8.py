@@ -90,6 +90,13 @@ def matmul_nodes(graph_path: Path) -> dict[str, str]:
     return nodes
 
 
+def float_matmuls(graph_path: Path) -> set[str]:
+    """Names of the MatMul/Gemm nodes still float in the graph at ``graph_path`` (quantized ones are
+    replaced by MatMulInteger nodes of other names)."""
+    graph = onnx.load(str(graph_path), load_external_data=False).graph
+    return {node.name for node in graph.node if node.op_type in ("MatMul", "Gemm")}
+
+
 def quantize_int8(source: Path, target: Path, keep_float: list[str]) -> None:
     """Dynamic 8-bit quantization of the float graph ``source`` into ``target`` (+ its data file):
     uint8 weights per channel, every MatMul with a constant weight (and the embedding Gather)

@@ -57,7 +57,8 @@ def test_outlier_input_detected_and_its_matmul_kept_float(tmp_path):
     ops = collections.Counter(node.op_type for node in graph.node)
     assert ops["MatMulInteger"] == 13  # 14 block Linears, one kept float
     kept = [layer for layer in report.layers if layer.target == "fp32"]
-    assert [layer.name for layer in kept] == ["model.layers.1.mlp.down_proj"] and kept[0].exact
+    assert [layer.name for layer in kept] == ["model.layers.1.mlp.down_proj", "lm_head"] and kept[0].exact
+    assert "activation outliers" in kept[0].note and "not a constant" in kept[1].note
     assert any("model.layers.1.mlp.down_proj" in note and "kept float" in note for note in report.notes)
     assert report.roundtrip.perplexity == pytest.approx(report.memopt["perplexity"], rel=0.05)
 
