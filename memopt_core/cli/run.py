@@ -14,6 +14,14 @@ from memopt_core.runs.workbench import run
 
 def register(sub) -> None:
     parser = sub.add_parser("run", help="compress one model at one setting and evaluate it")
+    add_setting_arguments(parser)
+    parser.add_argument("--save", default=None, metavar="DIR", help="write the compressed model to DIR")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=handle_run)
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model, pruning, quantization, calibration, evaluation and target flags (``run``, ``recover``)."""
     add_model_arguments(parser)
     parser.add_argument("--prune-method", default="magnitude",
                         help=f"{', '.join(PRUNE_METHODS)}; '2:4' and '4:8' are shorthands for magnitude N:M")
@@ -27,9 +35,6 @@ def register(sub) -> None:
     add_eval_arguments(parser)
     parser.add_argument("--include", action="append", default=[], help="fnmatch pattern of Linear names to target")
     parser.add_argument("--exclude", action="append", default=[], help="fnmatch pattern of Linear names to skip")
-    parser.add_argument("--save", default=None, metavar="DIR", help="write the compressed model to DIR")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(handler=handle_run)
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
