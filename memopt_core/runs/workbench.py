@@ -14,6 +14,7 @@ from typing import Any
 from memopt_core.compression.calibration_data import CalibrationSet, calibration_set
 from memopt_core.compression.compress import CompressedModel, compress_copy, layer_errors
 from memopt_core.compression.memory import MemoryReport, measure_growth, memory_report
+from memopt_core.runs.format_notes import format_notes, layer_layout
 from memopt_core.compression.sparsity import layer_sparsity, overall_sparsity
 from memopt_core.config import CalibConfig, EvalConfig, RunConfig, SolverConfig
 from memopt_core.evaluation.quality import EvalData, Reference, evaluate, prepare
@@ -130,7 +131,7 @@ class Workbench:
         for row in rows:
             layer = by_name[row["name"]]
             row.update(bits=layer.bits_per_weight, stored_bytes=layer.stored_bytes, dense_bytes=layer.dense_bytes,
-                       sqnr_db=errors[row["name"]])
+                       sqnr_db=errors[row["name"]], layout=layer_layout(compressed.model.get_submodule(row["name"])))
         return rows
 
     def measure(self, config: RunConfig, compressed: CompressedModel, memory: MemoryReport,
@@ -145,7 +146,7 @@ class Workbench:
         return RunResult(model=model_summary(self.loaded), config=config, baseline=baseline.reference.metrics,
                          compressed=metrics, memory=memory, sparsity=overall_sparsity(rows), layers=rows,
                          timings=timings, protocol=_protocol(baseline.data.protocol, compressed),
-                         notes=run_notes(self.loaded, config, memory))
+                         notes=run_notes(self.loaded, config, memory) + format_notes(config.quant, rows))
 
     def run(self, config: RunConfig, save_dir: str | None = None) -> RunResult:
         timings: dict[str, float] = {}
