@@ -5,6 +5,7 @@ st.set_page_config(page_title="memopt", page_icon=":material/compress:", layout=
 st.navigation([
     st.Page("pages/compress.py", title="Compress", icon=":material/compress:", default=True),
     st.Page("pages/tradeoffs.py", title="Trade-offs", icon=":material/scatter_plot:"),
+    st.Page("pages/formats.py", title="Formats", icon=":material/grid_on:"),
     st.Page("pages/layers.py", title="Layers", icon=":material/layers:"),
     st.Page("pages/sensitivity.py", title="Sensitivity", icon=":material/tune:"),
     st.Page("pages/recovery.py", title="Recovery", icon=":material/healing:"),

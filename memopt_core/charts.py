@@ -78,9 +78,12 @@ def bytes_by_layer(layers: Sequence[dict[str, Any]]) -> go.Figure:
 
 
 def weight_histogram(before: Sequence[float], after: Sequence[float], grid: Sequence[float] = (),
-                     layer: str = "", bins: int = 120) -> go.Figure:
+                     layer: str = "", bins: int = 120, rotated: Sequence[float] = (),
+                     clip: Sequence[float] = ()) -> go.Figure:
     """Histogram of one layer's weights before and after (shared bins, so the bars line up), with
-    the quantization grid of its first group as dotted lines and a marker trace at zero height.
+    the quantization grid of its first group as dotted lines and a marker trace at zero height;
+    ``rotated`` (the weights in the rotated basis the quantizer sees) as a third histogram and
+    ``clip`` (a histogram range's clipped interval) as two dashed red lines, when given.
 
     Counts are computed here (numpy), so the figure carries ``bins`` numbers per trace instead of
     every weight. The axis spans the central 99.8% of the original weights (and the grid, when it
@@ -91,7 +94,10 @@ def weight_histogram(before: Sequence[float], after: Sequence[float], grid: Sequ
     edges = np.linspace(low, high, bins + 1)
     centres, width = (edges[:-1] + edges[1:]) / 2, float(edges[1] - edges[0])
     figure = go.Figure()
-    for index, (name, data) in enumerate((("original", before), ("compressed", after))):
+    traces = [("original", before), ("compressed", after)]
+    if len(rotated):
+        traces.append(("rotated W Q (what is quantized)", np.asarray(rotated, dtype=float)))
+    for index, (name, data) in enumerate(traces):
         counts, _ = np.histogram(np.clip(data, low, high), bins=edges)
         figure.add_bar(x=centres, y=counts, width=width, name=name, opacity=0.6, marker_color=series_color(index),
                        hovertemplate=f"{name}: %{{y:,}} weights near %{{x:.4g}}<extra></extra>")
@@ -102,6 +108,9 @@ def weight_histogram(before: Sequence[float], after: Sequence[float], grid: Sequ
         if len(grid) <= MAX_GRID_LINES:
             for level in grid:
                 figure.add_vline(x=float(level), line_width=1, line_dash="dot", line_color="#888")
+    for bound in clip:
+        figure.add_vline(x=float(bound), line_width=2, line_dash="dash", line_color="#E45756",
+                         annotation_text="clip", annotation_position="top")
     figure.update_layout(title=f"Weights of {layer} before and after (dotted: quantization grid of its first group)",
                          barmode="overlay", bargap=0, xaxis_title="weight value", yaxis_title="count")
     return figure

@@ -22,7 +22,14 @@ QUANT_METHODS = ("rtn", "gptq", "fp16", "bf16")
 QUANT_BITS = (2, 3, 4, 5, 6, 8)
 GRANULARITIES = ("per-channel", "per-tensor", "group")
 ZERO_POINTS = ("int", "float")
-RANGE_METHODS = ("minmax", "clip-search")
+RANGE_METHODS = ("minmax", "clip-search", "percentile", "entropy")
+# Number formats: "int" is the integer grid (bits, group size, symmetric apply); the others fix their
+# own element bits and blocks (memopt_core.primitives.formats).
+QUANT_FORMATS = ("int", "nf4", "fp8-e4m3", "fp8-e5m2", "mxfp4", "nvfp4", "q2_k", "q3_k", "q4_k", "q6_k")
+FORMAT_BITS = {"nf4": 4, "fp8-e4m3": 8, "fp8-e5m2": 8, "mxfp4": 4, "nvfp4": 4, "q2_k": 2, "q3_k": 3, "q4_k": 4,
+               "q6_k": 6}
+FORMAT_BLOCKS = {"nf4": 64, "mxfp4": 32, "nvfp4": 16, "q2_k": 256, "q3_k": 256, "q4_k": 256, "q6_k": 256}
+ROTATIONS = ("none", "hadamard")
 STORAGES = ("packed", "fake")
 BUNDLED_TEXTS = ("wikipedia", "news")
 MAX_PRUNE_RATIO = 0.95
@@ -149,6 +156,14 @@ class QuantConfig:
     width leaves a shorter last group. ``zero_point='float'`` stores a float minimum (GGUF Q4_1)
     instead of an integer zero point (GPTQ). ``storage='fake'`` keeps dequantized floats, so the
     memory saving is simulated only.
+
+    ``format`` other than ``int`` (NF4, FP8, MXFP4, NVFP4, k-quants; round-to-nearest only) fixes
+    its own bits and blocks: ``bits``, ``granularity`` and ``group_size`` are set from it (FP8
+    keeps per-channel or per-tensor). ``double_quant`` quantizes NF4's scales too.
+    ``rotate='hadamard'`` quantizes the weight in a randomized Hadamard basis of its input
+    dimension and rotates the inputs at run time (same function before quantization).
+    ``range_method`` ``percentile``/``entropy`` clip the integer grid's ranges from the layer's
+    histogram.
     """
 
     method: str = "rtn"
@@ -159,13 +174,23 @@ class QuantConfig:
     zero_point: str = "int"
     range_method: str = "minmax"
     storage: str = "packed"
+    format: str = "int"
+    double_quant: bool = False
+    rotate: str = "none"
 
     def __post_init__(self) -> None:
         _one_of("quantization method", self.method, QUANT_METHODS)
-        _number("bits", self.bits, int)
+        _one_of("format", self.format, QUANT_FORMATS)
+        _one_of("rotation", self.rotate, ROTATIONS)
+        _require(isinstance(self.double_quant, bool), f"double quant must be True or False, got {self.double_quant!r}")
         if self.is_cast:
+            _require(self.format == "int" and self.rotate == "none" and not self.double_quant,
+                     f"{self.method} is a plain cast; it takes no format, rotation or double quantization")
             object.__setattr__(self, "bits", 16)
             return
+        if self.format != "int":
+            self._fix_format()
+        _number("bits", self.bits, int)
         _require(self.bits in QUANT_BITS, f"bits {self.bits} is not supported; choose {choices(QUANT_BITS)}, "
                  "or 16 for no quantization")
         _one_of("granularity", self.granularity, GRANULARITIES)
@@ -176,6 +201,25 @@ class QuantConfig:
                  "zero point 'float' (a float minimum) only applies to asymmetric quantization")
         _one_of("range method", self.range_method, RANGE_METHODS)
         _one_of("storage", self.storage, STORAGES)
+        _require(not self.double_quant or self.format == "nf4",
+                 f"double quantization applies to format nf4, not {self.format}")
+
+    def _fix_format(self) -> None:
+        """A format other than int sets bits, granularity and group size itself (one key per setting)."""
+        _require(self.method == "rtn", f"format {self.format} is round-to-nearest; GPTQ uses the integer grid "
+                 "(format int)")
+        _require(self.range_method == "minmax", f"range {self.range_method} applies to the integer grid "
+                 f"(format int); {self.format} takes its scales from each block's absmax")
+        _require(self.symmetric, f"format {self.format} has its own zero handling; drop the asymmetric grid")
+        fields = {"bits": FORMAT_BITS[self.format]}
+        if self.format.startswith("fp8"):
+            _require(self.granularity in ("per-channel", "per-tensor"),
+                     f"format {self.format} has a per-channel or per-tensor scale, not groups")
+            fields["group_size"] = QuantConfig.group_size
+        else:
+            fields.update(granularity="group", group_size=FORMAT_BLOCKS[self.format])
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
 
     @property
     def is_cast(self) -> bool:
@@ -191,12 +235,27 @@ class QuantConfig:
         """Field names: ``W4A16 g128 sym``, ``W8A16 per-channel asym``, ``fp16``."""
         if self.is_cast:
             return self.method
+        rotated = " rot" if self.rotate == "hadamard" else ""
+        fake = " (fake)" if self.storage == "fake" else ""
+        if self.format != "int":
+            return f"{self.format_label}{rotated}{fake}"
         grain = f"g{self.group_size}" if self.granularity == "group" else self.granularity
         sym = "sym" if self.symmetric else ("asym-fmin" if self.zero_point == "float" else "asym")
-        extra = " clip" if self.range_method == "clip-search" else ""
-        fake = " (fake)" if self.storage == "fake" else ""
+        extra = {"clip-search": " clip", "percentile": " p99.9", "entropy": " KL"}.get(self.range_method, "")
         prefix = "" if self.method == "rtn" else f"{self.method.upper()} "
-        return f"{prefix}W{self.bits}A16 {grain} {sym}{extra}{fake}"
+        return f"{prefix}W{self.bits}A16 {grain} {sym}{extra}{rotated}{fake}"
+
+    @property
+    def format_label(self) -> str:
+        """``NF4 b64 dq``, ``FP8-E4M3 per-channel``, ``MXFP4 b32``, ``Q4_K``; ``int`` for the integer grid."""
+        if self.format == "int":
+            return "int"
+        name = self.format.upper()
+        if self.format.startswith("fp8"):
+            return f"{name} {self.granularity}"
+        if self.format.startswith("q"):
+            return name
+        return f"{name} b{self.group_size}" + (" dq" if self.double_quant else "")
 
     @classmethod
     def from_bits(cls, bits: int | str, **kwargs) -> "QuantConfig | None":
@@ -322,6 +381,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.prune is not None and self.prune.is_noop:
             object.__setattr__(self, "prune", None)
+        _require(self.prune is None or self.quant is None or self.quant.rotate == "none",
+                 "rotation mixes pruned zeros back into every weight; prune or rotate, not both")
 
     @property
     def label(self) -> str:

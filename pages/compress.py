@@ -25,7 +25,7 @@ with quant_column:
     st.subheader("Quantize")
     with user_errors("quantization"):
         quant = quant_settings()
-        explain_quant(quant)
+        explain_quant(quant, spec)
 
 if spec is not None and evaluation is not None:
     config = RunConfig(model=spec, prune=prune, quant=quant, eval=evaluation)

@@ -187,6 +187,7 @@ def shoot_all(tab, out: Path, model: str, max_tokens: str) -> None:
     open_page(tab, "Runs")
     wait_for_plots(tab, 1)
     screenshot(tab, out / "runs.png")
+    shoot_deploy(tab, out)
     if tab.locator(EXCEPTION).count():
         raise RuntimeError("a page shows an exception; see the screenshots")
 
@@ -204,22 +205,33 @@ def shoot_sensitivity(tab, out: Path) -> None:
     screenshot(tab, out / "sensitivity.png")
 
 
+def shoot_deploy(tab, out: Path) -> None:
+    """Ship the Compress page's setting as GGUF (the type that holds its codes), read back and scored."""
+    open_page(tab, "Deploy")
+    pick(tab, "Target engine", "llama.cpp")
+    tab.get_by_role("button", name="Export").click()
+    tab.get_by_role("button", name="Download model.gguf").wait_for(timeout=RUN_WAIT_MS)
+    settle(tab)
+    screenshot(tab, out / "deploy.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     parser.add_argument("--model", default="smollm2-135m", help="a bundled model key")
     parser.add_argument("--max-tokens", default="1024")
     parser.add_argument("--only-sensitivity", action="store_true", help="only the Sensitivity page")
+    parser.add_argument("--only-deploy", action="store_true", help="only the Deploy page (the default setting)")
     args = parser.parse_args()
     source = Path(os.environ.get("MEMOPT_CACHE") or Path.home() / ".cache" / "memopt")
     cache = throwaway_cache(source)
     env = {**os.environ, "MEMOPT_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     try:
         with dashboard(env) as url, browser_tab(url) as tab:
-            if args.only_sensitivity:
+            if args.only_sensitivity or args.only_deploy:
                 tab.get_by_text("Live", exact=True).wait_for()
                 pick(tab, "Model", args.model)
-                shoot_sensitivity(tab, args.out)
+                (shoot_sensitivity if args.only_sensitivity else shoot_deploy)(tab, args.out)
             else:
                 shoot_all(tab, args.out, args.model, args.max_tokens)
     finally:

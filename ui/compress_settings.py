@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from memopt_core.config import MAX_PRUNE_RATIO, PRUNE_METHODS, PruneConfig, QuantConfig
-from ui.vocabulary import KEEP, SCALE_CHOICES, group_label
+from memopt_core.config import MAX_PRUNE_RATIO, PRUNE_METHODS, QUANT_FORMATS, RANGE_METHODS, PruneConfig, QuantConfig
+from ui.vocabulary import KEEP, RANGE_LABELS, SCALE_CHOICES, format_choice_label, group_label
 
 NONE = "none"
 BIT_CHOICES = (2, 3, 4, 5, 6, 8, 16)
@@ -37,7 +37,14 @@ def prune_settings(where=st) -> PruneConfig | None:
 
 
 def quant_settings(where=st) -> QuantConfig | None:
-    """Bits (16 = none, or an fp16/bf16 cast), method, group size, grid and storage."""
+    """Number format; for the integer grid bits (16 = none, or an fp16/bf16 cast), method, group
+    size, grid, range and storage; for the other formats their few options."""
+    fmt = where.selectbox("Number format", QUANT_FORMATS, key="quant.format", persist_state=KEEP,
+                          format_func=format_choice_label,
+                          help="The integer grid (RTN or GPTQ, any bits and group size), or a format deployed "
+                               "today: NF4 (QLoRA), FP8, MXFP4/NVFP4 (FP4 microscaling), llama.cpp's k-quants.")
+    if fmt != "int":
+        return _format_settings(fmt, where)
     bits = where.select_slider("Bit width", BIT_CHOICES, value=4, key="quant.bits", persist_state=KEEP,
                                format_func=lambda b: "16 (none)" if b == 16 else str(b),
                                help="Bits of each stored weight code; 16 means no integer quantization.")
@@ -58,12 +65,38 @@ def quant_settings(where=st) -> QuantConfig | None:
         zero_point = where.radio("Zero point", ["int", "float"], horizontal=True, key="quant.zero_point",
                                  persist_state=KEEP, format_func=lambda z: {"int": "integer (GPTQ: zero exact)",
                                                                             "float": "float minimum (GGUF Q4_1)"}[z])
-    range_method = where.radio("Range", ["minmax", "clip-search"], horizontal=True, key="quant.range",
-                               persist_state=KEEP, help="clip-search shrinks each group's range when that "
-                                                        "lowers its squared error.")
-    storage = where.radio("Storage", ["packed", "fake"], horizontal=True, key="quant.storage", persist_state=KEEP,
-                          format_func=lambda s: {"packed": "packed (real saving)", "fake": "fake (simulated)"}[s])
+    range_method = where.radio("Range", RANGE_METHODS, horizontal=True, key="quant.range", persist_state=KEEP,
+                               format_func=RANGE_LABELS.get,
+                               help="clip search shrinks each group's range when that lowers its squared error; "
+                                    "percentile and entropy clip it from the layer's histogram (torch.ao / TensorRT "
+                                    "style).")
+    rotate = _rotation(where)
+    storage = _storage(where)
     granularity = group if isinstance(group, str) else "group"
     return QuantConfig(method=method, bits=bits, granularity=granularity,
                        group_size=group if isinstance(group, int) else 128, symmetric=symmetric,
-                       zero_point=zero_point, range_method=range_method, storage=storage)
+                       zero_point=zero_point, range_method=range_method, storage=storage, rotate=rotate)
+
+
+def _rotation(where) -> str:
+    rotate = where.toggle("Rotate first (randomized Hadamard)", key="quant.rotate", persist_state=KEEP,
+                          help="Quantize W Q instead of W and rotate the inputs by Q^T at run time: same function "
+                               "before quantization, outliers spread over a block. It can hurt: see Formats.")
+    return "hadamard" if rotate else "none"
+
+
+def _storage(where) -> str:
+    return where.radio("Storage", ["packed", "fake"], horizontal=True, key="quant.storage", persist_state=KEEP,
+                       format_func=lambda s: {"packed": "packed (real saving)", "fake": "fake (simulated)"}[s])
+
+
+def _format_settings(fmt: str, where) -> QuantConfig:
+    """The few options of a non-int format: NF4's double quantization, FP8's scale granularity."""
+    options = {}
+    if fmt == "nf4":
+        options["double_quant"] = where.toggle("Double quantization (8-bit block scales: 4.127 bpw)",
+                                               key="quant.double_quant", persist_state=KEEP)
+    if fmt.startswith("fp8"):
+        options["granularity"] = where.radio("Scale per", ["per-channel", "per-tensor"], horizontal=True,
+                                             key="quant.fp8_scale", persist_state=KEEP)
+    return QuantConfig(format=fmt, rotate=_rotation(where), storage=_storage(where), **options)

@@ -41,7 +41,9 @@ def choose_result() -> dict | None:
 def layer_table(layers: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(layers)
     frame["shape"] = frame["shape"].map(lambda s: " x ".join(map(str, s)))
-    columns = ["name", "shape", "sparsity", "bits", "sqnr_db", "dense_bytes", "stored_bytes"]
+    columns = ["name", "shape", "layout", "sparsity", "bits", "sqnr_db", "dense_bytes", "stored_bytes"]
+    if "layout" in frame and frame["layout"].isna().all():  # integer grids and casts: no format layout to show
+        frame = frame.drop(columns="layout")
     return frame[[c for c in columns if c in frame]]
 
 
@@ -59,4 +61,8 @@ def show_layers(result: dict) -> None:
     st.dataframe(layer_table(layers), hide_index=True,
                  column_config={"sparsity": st.column_config.NumberColumn(format="percent"),
                                 "sqnr_db": st.column_config.NumberColumn("SQNR (dB)", format="%.2f"),
-                                "bits": st.column_config.NumberColumn("bits/weight", format="%.3f")})
+                                "bits": st.column_config.NumberColumn("bits/weight", format="%.3f"),
+                                "layout": st.column_config.TextColumn(
+                                    "stored as", help="A format's layout; a k-quant on rows that are not a "
+                                                      "multiple of 256 falls back to a block-of-32 type, as "
+                                                      "llama.cpp does")})

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from memopt_core.config import PruneConfig, QuantConfig
+from memopt_core.config import ModelSpec, PruneConfig, QuantConfig
+from ui.format_methods import explain_format, explain_range, explain_rotation, show_worked_block
 
 # method -> (title, explanation in markdown, formula lines in LaTeX: short enough for a column)
 PRUNING = {
@@ -63,8 +64,12 @@ def explain_prune(config: PruneConfig | None) -> None:
                     "non-zero values); quantized after pruning, the zeros are codes like any other.")
 
 
-def explain_quant(config: QuantConfig | None) -> None:
+def explain_quant(config: QuantConfig | None, spec: ModelSpec | None = None) -> None:
+    """The 'How it works' expander of ``config``; a worked block from ``spec``'s first layer when it is loaded."""
     if config is None:
+        return
+    if not config.is_cast and config.format != "int":
+        explain_format(config, spec)
         return
     if config.is_cast:
         with st.expander(f"How it works: {config.method} cast"):
@@ -82,6 +87,8 @@ def explain_quant(config: QuantConfig | None) -> None:
         if config.range_method == "clip-search":
             st.markdown("Clip search tries ranges shrunk by $\\alpha \\in [0.5, 1]$ and keeps the one with "
                         "the least squared error: outliers are clipped so the rest get a finer grid.")
+        explain_range(config)
+        explain_rotation(config)
         if config.method == "gptq":
             st.markdown("GPTQ quantizes one column at a time and spreads each column's rounding error over the "
                         "columns not yet quantized, weighted by the inverse Hessian of calibration inputs.")
@@ -89,6 +96,7 @@ def explain_quant(config: QuantConfig | None) -> None:
         st.latex(r"\text{bpw} = b + \frac{16\,(1 + [\text{asymmetric}])}{\text{group size}}")
         st.markdown("**Packed** storage really holds the codes (two 4-bit codes per byte); **fake** keeps the "
                     "dequantized floats, so quality is the same but the memory saving is only simulated.")
+        show_worked_block(config, spec)
 
 
 def explain_sensitivity() -> None:

@@ -8,13 +8,13 @@ import pandas as pd
 import streamlit as st
 
 from memopt_core import charts
-from memopt_core.config import ModelSpec
+from memopt_core.config import QUANT_FORMATS, ModelSpec
 from memopt_core.planning import planner
 from ui.chart_glue import show_chart
 from ui.loaders import is_loaded, workbench
 from ui.result_view import gib
 from ui.uploads import read_config_upload
-from ui.vocabulary import KEEP, SCALE_CHOICES, group_label
+from ui.vocabulary import KEEP, SCALE_CHOICES, format_choice_label, group_label
 
 SOURCES = {"preset": "A well-known model (preset)", "upload": "Upload a config.json",
            "compress": "The model picked on the Compress page"}
@@ -77,12 +77,17 @@ def config_source() -> tuple[Any, str] | None:
 
 def plan_settings() -> planner.PlanConfig:
     first, second, third = st.columns(3)
+    fmt = first.selectbox("Number format", QUANT_FORMATS, key="planner.format", persist_state=KEEP,
+                          format_func=format_choice_label, help="Other formats than the integer grid fix their own "
+                                                                "bits and blocks (bits and scale below then do not apply).")
     bits = first.select_slider("Weight bits", planner.PLAN_BITS, value=4, key="planner.bits", persist_state=KEEP,
-                               format_func=lambda b: "16 (none)" if b == 16 else str(b))
+                               format_func=lambda b: "16 (none)" if b == 16 else str(b), disabled=fmt != "int")
     group = first.selectbox("Scale per", SCALE_CHOICES, index=3, key="planner.group", persist_state=KEEP,
-                            format_func=group_label)
+                            format_func=group_label, disabled=fmt != "int")
     symmetric = first.radio("Grid", ["symmetric", "asymmetric"], horizontal=True, key="planner.symmetric",
-                            persist_state=KEEP) == "symmetric"
+                            persist_state=KEEP, disabled=fmt != "int") == "symmetric"
+    double_quant = first.toggle("NF4 double quantization", key="planner.double_quant", persist_state=KEEP,
+                                disabled=fmt != "nf4")
     sparsity = second.slider("Sparsity", 0.0, planner.MAX_SPARSITY, 0.0, 0.05, key="planner.sparsity",
                              persist_state=KEEP, format="%.2f")
     sparse_format = second.radio("Sparse storage", planner.SPARSITY_FORMATS, horizontal=True,
@@ -98,7 +103,8 @@ def plan_settings() -> planner.PlanConfig:
                           persist_state=KEEP)
     return planner.PlanConfig(bits=bits, group_size=None if group == "per-channel" else group, symmetric=symmetric,
                               sparsity=float(sparsity), sparsity_format=sparse_format, context=int(context),
-                              batch=int(batch), kv_bits=kv_bits, base_dtype_bytes=base)
+                              batch=int(batch), kv_bits=kv_bits, base_dtype_bytes=base, format=fmt,
+                              double_quant=fmt == "nf4" and double_quant)
 
 
 def fits_table(total_bytes: int) -> pd.DataFrame:

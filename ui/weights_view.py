@@ -14,11 +14,19 @@ def _caption(data, result: dict, quant) -> str:
     sample = f"{data.sampled:,} of the layer's {data.numel:,} weights" if data.sampled < data.numel \
         else f"all {data.numel:,} weights"
     if data.grid:
-        grid = (f"the {len(data.grid)} values the first group's {quant.bits}-bit codes can take are marked on "
-                "the axis (dotted lines up to 6 bits); every weight of that group is rounded to one of them")
+        what = f"{quant.bits}-bit codes" if quant.format == "int" else f"{quant.format_label} codes"
+        grid = (f"the {len(data.grid)} values the first group's {what} can take are marked on the axis (dotted "
+                "lines up to 64 values); every weight of that group is rounded to one of them")
     else:
-        grid = "no integer grid at this setting"
-    return f"Histogram of {sample}, original and compressed; {grid}; {saving_phrase(result)}."
+        grid = "no quantization grid at this setting"
+    extra = ""
+    if data.rotated:
+        before, after = data.absmax_to_rms
+        extra = (f"; green: the rotated weights W Q the quantizer sees (its grid is that of W Q), rows' mean "
+                 f"absmax/RMS {before:.2f} before rotation, {after:.2f} after")
+    if data.clip:
+        extra += f"; red dashed: the first group's range clipped by the {quant.range_method} criterion"
+    return f"Histogram of {sample}, original and compressed; {grid}{extra}; {saving_phrase(result)}."
 
 
 def show_weight_view(result: dict, key: str) -> None:
@@ -39,7 +47,8 @@ def show_weight_view(result: dict, key: str) -> None:
         with st.spinner(f"Reading {layer} ..."):
             bench = loaders.workbench(config.model)
             data = layer_weights(bench, config, layer)
-        figure = charts.weight_histogram(data.before, data.after, data.grid, layer)
+        figure = charts.weight_histogram(data.before, data.after, data.grid, layer, rotated=data.rotated,
+                                         clip=data.clip)
         low, high = figure.data[0].x[0], figure.data[0].x[-1]
         if data.grid and (min(data.grid) < low or max(data.grid) > high):
             st.caption("This group's grid is much wider than most weights (an outlier sets its range): "

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
-from memopt_core.config import (COMPUTE_DTYPES, DEVICES, DTYPES, RANGE_METHODS, CalibConfig, EvalConfig, ModelSpec,
-                                SolverConfig)
+from memopt_core.config import (COMPUTE_DTYPES, DEVICES, DTYPES, FORMAT_BITS, QUANT_FORMATS, RANGE_METHODS, ROTATIONS,
+                                CalibConfig, EvalConfig, ModelSpec, QuantConfig, SolverConfig)
+from memopt_core.errors import ConfigError
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
@@ -53,7 +54,13 @@ def add_quant_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--asymmetric", action="store_true", help="min/max grid with a zero point")
     parser.add_argument("--zero-point", default="int", choices=("int", "float"),
                         help="asymmetric zero point: integer (GPTQ) or float minimum (GGUF Q4_1)")
-    parser.add_argument("--range", dest="range_method", default="minmax", choices=RANGE_METHODS)
+    parser.add_argument("--range", dest="range_method", default="minmax", choices=RANGE_METHODS,
+                        help="integer grid's range per group: min-max, an error-minimising clip search, or a clip "
+                             "from the layer's histogram (99.9th percentile, or the KL/entropy criterion)")
+    parser.add_argument("--rotate", default="none", choices=ROTATIONS,
+                        help="quantize in a randomized Hadamard basis of the input dimension (inputs rotated at "
+                             "run time; the function is unchanged before quantization)")
+    parser.add_argument("--double-quant", action="store_true", help="NF4: quantize the block scales too (4.127 bpw)")
     parser.add_argument("--fake", action="store_true", help="keep dequantized floats (memory saving simulated)")
 
 
@@ -94,10 +101,33 @@ def quant_kwargs(args: argparse.Namespace) -> dict:
     granularity = "per-tensor" if args.per_tensor else ("group" if args.group_size is not None else "per-channel")
     kwargs = dict(method=getattr(args, "quant_method", "rtn"), granularity=granularity,
                   symmetric=not args.asymmetric, range_method=args.range_method,
-                  storage="fake" if args.fake else "packed", zero_point=args.zero_point if args.asymmetric else "int")
+                  storage="fake" if args.fake else "packed", zero_point=args.zero_point if args.asymmetric else "int",
+                  rotate=getattr(args, "rotate", "none"), double_quant=getattr(args, "double_quant", False))
     if args.group_size is not None:
         kwargs["group_size"] = args.group_size
     return kwargs
+
+
+def add_format_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", default="int", choices=QUANT_FORMATS,
+                        help="number format: int (the integer grid: --bits, --group-size apply), nf4, fp8-e4m3, "
+                             "fp8-e5m2, mxfp4, nvfp4, or llama.cpp's k-quants q2_k, q3_k, q4_k, q6_k (these fix "
+                             "their own bits and blocks)")
+
+
+def quant_config(args: argparse.Namespace, bits: str | None, fmt: str = "int") -> QuantConfig | None:
+    """The QuantConfig of the flags: ``bits`` (None: not given) for the integer grid, or ``fmt``.
+
+    A non-int format fixes its bits and blocks: --bits other than its own and --group-size are errors."""
+    kwargs = quant_kwargs(args)
+    if fmt == "int":
+        return QuantConfig.from_bits(bits if bits is not None else "16", **kwargs)
+    if bits is not None and bits.strip() != str(FORMAT_BITS[fmt]):
+        raise ConfigError(f"--bits {bits} does not apply to format {fmt}: it stores {FORMAT_BITS[fmt]}-bit values; "
+                          "drop --bits")
+    if args.group_size is not None:
+        raise ConfigError(f"--group-size applies to the integer grid (format int); {fmt} has its own blocks")
+    return QuantConfig(**{**kwargs, "format": fmt})
 
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:

@@ -10,6 +10,7 @@ import json
 
 from memopt_core.config import BUNDLED_MODELS
 from memopt_core.errors import ConfigError, ModelLoadError
+from memopt_core.config import QUANT_FORMATS
 from memopt_core.paths import user_path
 from memopt_core.planning.planner import MemoryEstimate, PlanConfig, estimate, fits_on, format_gib
 from memopt_core.planning.presets import COMPONENTS, list_presets, load_preset
@@ -34,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--group-size", default=str(_DEFAULTS.group_size), metavar="G",
                         help="inputs per scale group, or 'per-channel' (default %(default)s)")
     parser.add_argument("--asymmetric", action="store_true", help="store an fp16 zero point per group too")
+    parser.add_argument("--format", default="int", choices=QUANT_FORMATS,
+                        help="number format (default int: --bits and --group-size apply; others fix their own)")
+    parser.add_argument("--double-quant", action="store_true", help="NF4 with its block scales quantized too")
     parser.add_argument("--sparsity", type=float, default=_DEFAULTS.sparsity,
                         help="fraction of weights pruned, 0 to 0.95")
     parser.add_argument("--sparsity-format", default=_DEFAULTS.sparsity_format,
@@ -76,7 +80,8 @@ def plan_from_args(args: argparse.Namespace) -> PlanConfig:
     """The PlanConfig the flags describe (it validates itself)."""
     return PlanConfig(bits=args.bits, group_size=parse_group_size(args.group_size), symmetric=not args.asymmetric,
                       sparsity=args.sparsity, sparsity_format=args.sparsity_format, context=args.context,
-                      batch=args.batch, kv_bits=args.kv_bits, base_dtype_bytes=args.base_bytes)
+                      batch=args.batch, kv_bits=args.kv_bits, base_dtype_bytes=args.base_bytes, format=args.format,
+                      double_quant=args.double_quant)
 
 
 def resolve_source(args: argparse.Namespace) -> tuple[str, dict | str]:

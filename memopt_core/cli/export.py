@@ -16,6 +16,11 @@ from memopt_core.errors import ConfigError
 from memopt_core.export.formats import FORMATS, TYPES, format_type, setting_for_type
 
 _TYPE_HELP = "; ".join(f"{fmt}: {', '.join(table)}" for fmt, table in TYPES.items())
+# Flags that describe a compression (and its calibration): ``--from`` exports a saved model as it is.
+_COMPRESSION_DESTS = ("bits", "group_size", "asymmetric", "zero_point", "per_tensor", "quant_method", "range_method",
+                      "prune_method", "prune_ratio", "prune_pattern", "include", "exclude", "calib_text",
+                      "calib_samples", "calib_len", "calib_seed", "no_act_order")
+_FLAG_NAMES = {"range_method": "range"}
 
 
 def register(sub) -> None:
@@ -34,7 +39,8 @@ def register(sub) -> None:
     _add_compression_arguments(parser)
     add_calib_arguments(parser)
     add_eval_arguments(parser)
-    parser.set_defaults(handler=handle_export)
+    parser.set_defaults(handler=handle_export,
+                        compression_defaults={dest: parser.get_default(dest) for dest in _COMPRESSION_DESTS})
 
 
 def _add_compression_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,9 +87,11 @@ def export_quant(args: argparse.Namespace) -> QuantConfig | None:
 
 
 def _refuse_flags_with_from(args: argparse.Namespace) -> None:
-    typed = list(explicit_flags(args)) + (["prune_ratio"] if args.prune_ratio else [])
+    """``--from`` with a compression or calibration flag that differs from its default: one line."""
+    typed = [dest for dest, default in args.compression_defaults.items() if getattr(args, dest) != default]
     if typed:
-        raise ConfigError(f"--from exports the saved model as it is; --{typed[0].replace('_', '-')} cannot change it "
+        flag = _FLAG_NAMES.get(typed[0], typed[0]).replace("_", "-")
+        raise ConfigError(f"--from exports the saved model as it is; --{flag} cannot change it "
                           "(run 'run --save' with the new setting first)")
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments, add_model_arguments,
-                                    add_quant_arguments, calib_config, eval_config, model_spec, print_json,
-                                    print_json_line, quant_kwargs)
+from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments,
+                                    add_format_argument, add_model_arguments, add_quant_arguments, calib_config,
+                                    eval_config, model_spec, print_json, print_json_line, quant_config)
 from memopt_core.cli.text_report import format_run
-from memopt_core.config import PRUNE_METHODS, PRUNE_PATTERNS, PruneConfig, QuantConfig, RunConfig, TargetConfig
+from memopt_core.config import PRUNE_METHODS, PRUNE_PATTERNS, PruneConfig, RunConfig, TargetConfig
 from memopt_core.errors import ConfigError
 from memopt_core.evaluation.lm_records import Estimate
 from memopt_core.loading.saved import check_save_target
@@ -35,7 +35,8 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"{', '.join(PRUNE_METHODS)}; '2:4' and '4:8' are shorthands for magnitude N:M")
     parser.add_argument("--prune-ratio", type=float, default=0.0, help="fraction of weights removed, 0 to 0.95")
     parser.add_argument("--prune-pattern", default="unstructured", choices=PRUNE_PATTERNS)
-    parser.add_argument("--bits", default="16", help="2, 3, 4, 5, 6, 8, 16 (none), fp16 or bf16")
+    parser.add_argument("--bits", default=None, help="2, 3, 4, 5, 6, 8, 16 (none, the default), fp16 or bf16")
+    add_format_argument(parser)
     parser.add_argument("--quant-method", default="rtn", choices=INTEGER_QUANT_METHODS,
                         help="round-to-nearest, or GPTQ (calibrated; error-correcting)")
     add_quant_arguments(parser)
@@ -47,7 +48,7 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_config(args: argparse.Namespace) -> RunConfig:
     prune = PruneConfig.from_cli(args.prune_method, args.prune_ratio, args.prune_pattern)
-    return RunConfig(model=model_spec(args), prune=prune, quant=QuantConfig.from_bits(args.bits, **quant_kwargs(args)),
+    return RunConfig(model=model_spec(args), prune=prune, quant=quant_config(args, args.bits, args.format),
                      targets=TargetConfig(include=tuple(args.include), exclude=tuple(args.exclude)),
                      eval=eval_config(args), calib=calib_config(args))
 

@@ -36,6 +36,10 @@ def register(sub) -> None:
                         help="comma-separated quantization methods: rtn, gptq (GPTQ calibrates, see --calib-*)")
     parser.add_argument("--prune-ratios", type=_csv(float), default=(0.0,), help="e.g. 0,0.25,0.5,0.75")
     parser.add_argument("--group-sizes", type=_csv(int), default=None, help="e.g. 32,128 (default per-channel)")
+    parser.add_argument("--formats", type=_csv(str), default=("int",),
+                        help="comma-separated number formats: int (the integer grid: --bits x --group-sizes), nf4, "
+                             "fp8-e4m3, fp8-e5m2, mxfp4, nvfp4, q2_k, q3_k, q4_k, q6_k (each one setting at its own "
+                             "bits; --double-quant reaches nf4)")
     add_quant_arguments(parser)
     add_calib_arguments(parser)
     add_eval_arguments(parser)
@@ -83,7 +87,7 @@ def build_grid(args: argparse.Namespace):
         options["granularity"] = "per-tensor"
     return SweepGrid(prune_methods=args.prune_method, prune_ratios=args.prune_ratios, bits=args.bits,
                      group_sizes=groups, quant_methods=tuple(dict.fromkeys(args.quant_method)),
-                     quant_options=options)
+                     quant_options=options, formats=args.formats)
 
 
 def check_out(path: str) -> None:

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from memopt_core.compression.calibration_data import BlockInputs, LayerStatistics, capture_block_inputs, forward_block
-from memopt_core.compression.layers import QuantLinear, copy_bias, dense_linear
+from memopt_core.compression.layers import QuantLinear, RotatedLinear, copy_bias, dense_linear
+from memopt_core.primitives.formats.hadamard import random_signs, rotate_hessian, rotate_weight
 from memopt_core.compression.prune import prune_
 from memopt_core.compression.quantize import quantize_, store_quantized_
 from memopt_core.compression.walk import effective_weight, find_blocks, set_module
@@ -51,9 +52,12 @@ class CalibrationReport:
 
 
 def _store_quantized(model: nn.Module, name: str, qw: QuantizedWeight, source: nn.Module, quant: QuantConfig,
-                     keep: Tensor | None) -> dict[str, Any]:
-    """Put the packed layer holding ``qw`` (or, for storage 'fake', its dense twin) at ``name``."""
-    stored = QuantLinear.from_quantized(qw, copy_bias(source), effective_weight(source).dtype, keep)
+                     keep: Tensor | None, signs: Tensor | None = None) -> dict[str, Any]:
+    """Put the packed layer holding ``qw`` (or, for storage 'fake', its dense twin) at ``name``.
+    With ``signs``, ``qw`` holds the rotated weight ``W Q`` and the layer rotates its inputs."""
+    stored: nn.Module = QuantLinear.from_quantized(qw, copy_bias(source), effective_weight(source).dtype, keep)
+    if signs is not None:
+        stored = RotatedLinear(stored, signs)
     return store_quantized_(model, name, stored, source, quant)
 
 
@@ -78,9 +82,14 @@ def _prune_layer(model: nn.Module, name: str, prune: PruneConfig, stats: LayerSt
 def _quantize_layer(model: nn.Module, name: str, quant: QuantConfig, stats: LayerStatistics,
                     solver: SolverConfig, keep: Tensor | None) -> dict[str, Any]:
     if quant.method != "gptq":
-        return quantize_(model, quant, [name])[name]
+        return quantize_(model, quant, [name], pruned=keep is not None)[name]
     module = model.get_submodule(name)
-    qw = gptq_quantize(effective_weight(module).detach(), stats.hessian, quant, solver, keep)
+    weight = effective_weight(module).detach()  # [out, in]
+    if quant.rotate == "hadamard":  # GPTQ in the rotated basis: W Q against the rotated inputs' Q^T H Q
+        signs = random_signs(weight.shape[1]).to(weight.device)
+        qw = gptq_quantize(rotate_weight(weight.float(), signs), rotate_hessian(stats.hessian, signs), quant, solver)
+        return _store_quantized(model, name, qw, module, quant, None, signs)
+    qw = gptq_quantize(weight, stats.hessian, quant, solver, keep)
     return _store_quantized(model, name, qw, module, quant, keep)
 
 

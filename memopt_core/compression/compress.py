@@ -73,7 +73,7 @@ def compress_layers_(model: nn.Module, names: list[str], prune: PruneConfig | No
             timings.update({k if k == "calibrate_s" else f"calibration_{k}": v for k, v in report.timings.items()})
         else:
             _timed(timings, "prune_s", prune is not None, lambda: prune_(model, prune, names))
-            _timed(timings, "quantize_s", quant is not None, lambda: quantize_(model, quant, names))
+            _timed(timings, "quantize_s", quant is not None, lambda: quantize_(model, quant, names, pruned=prune is not None))
         _timed(timings, "sparse_storage_s", prune is not None and quant is None, lambda: store_sparse_(model, names))
     return {"timings": timings, "solver": report.options if calibrated else None}
 

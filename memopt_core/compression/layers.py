@@ -18,20 +18,9 @@ from memopt_core.compression.walk import effective_weight
 from memopt_core.config import QuantConfig
 from memopt_core.primitives.packing import pack_codes, pack_mask, packed_nbytes, unpack_codes, unpack_mask
 from memopt_core.primitives.quant import QuantizedWeight, dequantize, dequantize_codes, quantize_weight
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def copy_bias(linear: nn.Module) -> nn.Parameter | None:
-    """A copy of ``linear``'s bias as a new Parameter (None without one); ``linear`` is not changed."""
-    bias = getattr(linear, "bias", None)
-    if bias is None:
-        return None
-    return nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+from memopt_core.compression.format_layers import FormatLinear, RotatedLinear
+# copy_bias is imported by the walkers from here, beside dense_linear.
+from memopt_core.compression.layer_base import DTYPES, KeepsStoredDtype, base_spec, copy_bias, dtype_name, empty_bias  # noqa: F401
 
 
 def dense_linear(weight: torch.Tensor, bias: nn.Parameter | None) -> nn.Linear:
@@ -44,38 +33,7 @@ def dense_linear(weight: torch.Tensor, bias: nn.Parameter | None) -> nn.Linear:
     return layer
 
 
-def _empty_bias(spec: dict) -> nn.Parameter | None:
-    if not spec.get("bias"):
-        return None
-    return nn.Parameter(torch.empty(spec["out_features"], dtype=_DTYPES[spec["bias_dtype"]]), requires_grad=False)
-
-
-def _base_spec(module: nn.Module) -> dict:
-    bias = module.bias
-    return {"class": type(module).__name__, "in_features": module.in_features,
-            "out_features": module.out_features, "bias": bias is not None,
-            "bias_dtype": _dtype_name(bias.dtype) if bias is not None else None}
-
-
-class _KeepsStoredDtype(nn.Module):
-    """Buffers named in ``_stored_dtype`` keep their 16-bit float dtype through ``model.to(dtype)``,
-    ``.half()`` or ``.float()``: only device moves reach them. A cast of fp16 scales to bf16 would
-    silently lose precision, and one to fp32 would undo the memory saving."""
-
-    _stored_dtype: tuple[str, ...] = ()
-
-    def _apply(self, fn, recurse=True):
-        held = {name: self._buffers[name].dtype for name in self._stored_dtype if self._buffers.get(name) is not None}
-        for name in held:  # dtype conversions only touch floating tensors: hide these as int16
-            self._buffers[name] = self._buffers[name].view(torch.int16)
-        try:
-            return super()._apply(fn, recurse)
-        finally:
-            for name, dtype in held.items():
-                self._buffers[name] = self._buffers[name].view(dtype)
-
-
-class QuantLinear(_KeepsStoredDtype):
+class QuantLinear(KeepsStoredDtype):
     """Linear layer holding bit-packed integer codes with fp16 scales (and zeros when asymmetric).
 
     Buffers: ``packed`` uint8 ``[ceil(out*in*bits/8)]``; ``scale`` fp16 ``[rows, n_groups]``
@@ -161,15 +119,15 @@ class QuantLinear(_KeepsStoredDtype):
 
     def spec(self) -> dict:
         """JSON-serialisable description from which :meth:`empty_like_spec` rebuilds the skeleton."""
-        return {**_base_spec(self), "bits": self.bits, "group_size": self.group_size, "zero_kind": self.zero_kind,
+        return {**base_spec(self), "bits": self.bits, "group_size": self.group_size, "zero_kind": self.zero_kind,
                 "scale_shape": list(self.scale.shape), "mask": self.mask is not None,
-                "dtype": _dtype_name(self.weight_dtype)}
+                "dtype": dtype_name(self.weight_dtype)}
 
     @classmethod
     def empty_like_spec(cls, spec: dict) -> "QuantLinear":
         """Skeleton with zero-filled buffers of the right shapes; fill it with ``load_state_dict``."""
         return cls(spec["in_features"], spec["out_features"], spec["bits"], spec["group_size"], spec["zero_kind"],
-                   tuple(spec["scale_shape"]), spec["mask"], _empty_bias(spec), _DTYPES[spec["dtype"]])
+                   tuple(spec["scale_shape"]), spec["mask"], empty_bias(spec), DTYPES[spec["dtype"]])
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
@@ -218,17 +176,17 @@ class SparseLinear(nn.Module):
         return F.linear(x, self.dequantized_weight(compute_dtype(x)), self.bias)
 
     def spec(self) -> dict:
-        return {**_base_spec(self), "nnz": self.values.numel(), "dtype": _dtype_name(self.values.dtype)}
+        return {**base_spec(self), "nnz": self.values.numel(), "dtype": dtype_name(self.values.dtype)}
 
     @classmethod
     def empty_like_spec(cls, spec: dict) -> "SparseLinear":
-        return cls(spec["in_features"], spec["out_features"], spec["nnz"], _DTYPES[spec["dtype"]], _empty_bias(spec))
+        return cls(spec["in_features"], spec["out_features"], spec["nnz"], DTYPES[spec["dtype"]], empty_bias(spec))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.values.numel()}"
 
 
-class CastLinear(_KeepsStoredDtype):
+class CastLinear(KeepsStoredDtype):
     """Linear layer holding its weight (a buffer) cast to fp16 or bf16; forward casts it to the
     input dtype. The weight keeps its dtype when the model is cast."""
 
@@ -260,17 +218,18 @@ class CastLinear(_KeepsStoredDtype):
         return F.linear(x, self.weight.to(compute_dtype(x)), self.bias)
 
     def spec(self) -> dict:
-        return {**_base_spec(self), "dtype": _dtype_name(self.weight.dtype)}
+        return {**base_spec(self), "dtype": dtype_name(self.weight.dtype)}
 
     @classmethod
     def empty_like_spec(cls, spec: dict) -> "CastLinear":
-        return cls(spec["in_features"], spec["out_features"], _DTYPES[spec["dtype"]], _empty_bias(spec))
+        return cls(spec["in_features"], spec["out_features"], DTYPES[spec["dtype"]], empty_bias(spec))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.weight.dtype}"
 
 
-COMPRESSED_LINEARS = {cls.__name__: cls for cls in (QuantLinear, SparseLinear, CastLinear)}
+COMPRESSED_LINEARS = {cls.__name__: cls for cls in (QuantLinear, SparseLinear, CastLinear, FormatLinear,
+                                                     RotatedLinear)}
 
 
 def from_spec(spec: dict) -> nn.Module:
@@ -278,6 +237,8 @@ def from_spec(spec: dict) -> nn.Module:
     kind = COMPRESSED_LINEARS.get(spec.get("class"))
     if kind is None:
         raise ValueError(f"module class {spec.get('class')!r} is not supported; choose {', '.join(COMPRESSED_LINEARS)}")
+    if kind is RotatedLinear:
+        return RotatedLinear.empty_like_spec(spec, from_spec(spec["inner"]))
     return kind.empty_like_spec(spec)
 
 

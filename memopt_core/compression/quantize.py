@@ -14,10 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from memopt_core.compression.layers import CastLinear, QuantLinear, copy_bias, dense_linear, weight_storage_bytes
+from memopt_core.compression.layers import (CastLinear, FormatLinear, QuantLinear, RotatedLinear, copy_bias,
+                                            dense_linear, weight_storage_bytes)
 from memopt_core.compression.walk import effective_weight, set_module
 from memopt_core.config import QuantConfig
 from memopt_core.errors import ConfigError
+from memopt_core.primitives.formats.hadamard import random_signs, rotate_weight
 from memopt_core.primitives.quant import sqnr_db
 
 _CAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -36,17 +38,36 @@ def store_quantized_(model: nn.Module, name: str, stored: nn.Module, source: nn.
     return {"bits": bits, "sqnr_db": sqnr_db(source_weight, effective_weight(stored)), "simulated": simulated}
 
 
-def _compressed(module: nn.Module, cfg: QuantConfig) -> nn.Module:
+def _packed(module: nn.Module, cfg: QuantConfig, pruned: bool = False) -> nn.Module:
+    """The integer grid (QuantLinear) or another number format (FormatLinear) of ``module``'s weight;
+    ``pruned``: its zeros were pruned and must stay exactly zero."""
+    if cfg.format == "int":
+        return QuantLinear.from_linear(module, cfg)
+    return FormatLinear.from_linear(module, cfg, keep_zeros=pruned)
+
+
+def rotated(module: nn.Module, cfg: QuantConfig) -> RotatedLinear:
+    """``module``'s weight rotated (``W Q``, float32), stored as ``cfg`` says, inputs rotated at run time."""
+    weight = effective_weight(module).detach()  # [out, in]
+    signs = random_signs(weight.shape[1]).to(weight.device)
+    return RotatedLinear(_packed(dense_linear(rotate_weight(weight.float(), signs), copy_bias(module)), cfg), signs)
+
+
+def _compressed(module: nn.Module, cfg: QuantConfig, pruned: bool) -> nn.Module:
     """The module that stores ``module``'s weight as ``cfg`` says (packed, before any 'fake')."""
     if cfg.is_cast:
         return CastLinear.from_linear(module, _CAST_DTYPES[cfg.method])
-    return QuantLinear.from_linear(module, cfg)
+    if cfg.rotate == "hadamard":
+        return rotated(module, cfg)
+    return _packed(module, cfg, pruned)
 
 
-def quantize_(model: nn.Module, cfg: QuantConfig, names: list[str]) -> dict[str, dict]:
+def quantize_(model: nn.Module, cfg: QuantConfig, names: list[str], pruned: bool = False) -> dict[str, dict]:
     """Quantize the layers ``names`` of ``model`` (changed in place: the modules are replaced, their
     tensors are not touched). Each named module is an ``nn.Linear`` or a module of
-    ``memopt_core.compression.layers`` (e.g. an already pruned one: its zeros stay zero).
+    ``memopt_core.compression.layers`` (e.g. an already pruned one: its zeros stay zero; for formats
+    without an exact zero, ``pruned=True`` stores a mask of them, while the few exact zeros of an
+    unpruned weight may round like any other value).
 
     Returns ``{name: {'bits': stored weight bits per weight (codes + scales + zeros + mask),
     'sqnr_db': of the new effective weight against the source weight, 'simulated': True for
@@ -57,5 +78,5 @@ def quantize_(model: nn.Module, cfg: QuantConfig, names: list[str]) -> dict[str,
     info: dict[str, dict] = {}
     for name in names:
         source = model.get_submodule(name)
-        info[name] = store_quantized_(model, name, _compressed(source, cfg), source, cfg)
+        info[name] = store_quantized_(model, name, _compressed(source, cfg, pruned), source, cfg)
     return info

@@ -38,8 +38,13 @@ def is_linear(module: nn.Module) -> bool:
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every Linear layer (plain or compressed) in the model, by qualified name."""
-    return {name: m for name, m in model.named_modules() if is_linear(m)}
+    """Every Linear layer (plain or compressed) in the model, by qualified name. A compressed layer
+    that wraps another (a rotated layer's ``inner``) is one layer: only the outer one is listed."""
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():  # parents come before their children
+        if is_linear(module) and not any(name.startswith(f"{outer}.") for outer in found):
+            found[name] = module
+    return found
 
 
 def target_linears(model: nn.Module, targets: TargetConfig | None = None) -> dict[str, nn.Module]:

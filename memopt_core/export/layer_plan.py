@@ -8,7 +8,7 @@ only re-quantized where its grid has no counterpart in the format (never silentl
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -207,8 +207,18 @@ def onnx_layer_plan(name: str, module: nn.Module, ftype: FormatType) -> LayerPla
         return LayerPlan(name, source, ftype.name, DENSE, True, "memopt's weights as float32 (de-quantized)", 32.0)
     if ftype.name == "int8":
         return LayerPlan(name, source, ftype.name, REQUANTIZED, False,
-                         "ONNX Runtime dynamic quantization: int8 per output channel (fp32 scale, int8 zero point), "
-                         "activations quantized at run time", 8 + 40 / module.in_features)
+                         "ONNX Runtime dynamic quantization: uint8 per output channel (fp32 scale, uint8 zero "
+                         "point), activations quantized at run time", 8 + 40 / module.in_features)
     return LayerPlan(name, source, ftype.name, REQUANTIZED, False,
                      f"ONNX Runtime MatMulNBits: 4-bit symmetric blocks of {ftype.group_size} with fp32 scales",
                      ftype.bits + 32 / ftype.group_size)
+
+
+def kept_float_plan(plan: LayerPlan, zeroed: float | None) -> LayerPlan:
+    """``plan`` of a Linear that ONNX Runtime int8 leaves float32: ``zeroed`` of its input (calibration
+    tokens) would round to zero under one uint8 scale per tensor; None: ONNX Runtime did not take it
+    (its weight is computed in the graph, as a tied lm_head)."""
+    why = ("its weight is not a constant of the graph (tied to the embedding), which dynamic quantization skips"
+           if zeroed is None else f"activation outliers, one uint8 step would round {zeroed:.0%} of its input to zero")
+    return replace(plan, target="fp32", how=DENSE, exact=True, bits_per_weight=32.0,
+                   note=f"kept float32 (memopt's weights): {why}")

@@ -2,9 +2,10 @@
 
 The graph is traced from a dense copy holding memopt's dequantized weights (what memopt evaluated),
 so ``fp32`` reproduces the compressed model. ``int8`` is ONNX Runtime's dynamic quantization
-(int8 weights per channel, activations quantized at run time) and ``int4`` its MatMulNBits
-quantizer (4-bit symmetric blocks of 32): both re-quantize the float graph with ORT's rules, so
-they are their own rows, measured on the same windows. Causal LMs take ``input_ids`` and return
+(uint8 weights per channel, activations quantized at run time, MatMuls whose inputs carry outliers
+kept float: see ``onnx_int8``) and ``int4`` its MatMulNBits quantizer (4-bit symmetric blocks of
+32): both re-quantize the float graph with ORT's rules, so they are their own rows, measured on the
+same windows. Causal LMs take ``input_ids`` and return
 ``logits`` (no cache); encoders take ``input_ids`` and ``attention_mask`` and return
 ``last_hidden_state``.
 """
@@ -21,13 +22,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from torch import nn
 
 from memopt_core.compression.compress import structural_copy
 from memopt_core.compression.layers import dense_linear
 from memopt_core.compression.walk import effective_weight, linear_layers, set_module
+from memopt_core.export import onnx_int8
 
 MODEL_FILE = "model.onnx"
 OPSET = 18
@@ -63,9 +64,8 @@ class _EncoderStates(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
-def export_float(model: nn.Module, kind: str, path: Path) -> None:
-    """Trace a dense float32 copy of ``model`` into ``path`` (weights in ``path.data`` beside it)."""
-    dense = dense_copy(model)
+def export_float(dense: nn.Module, kind: str, path: Path) -> None:
+    """Trace ``dense`` (a :func:`dense_copy`) into ``path`` (weights in ``path.data`` beside it)."""
     batch, seq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("seq", min=2, max=8192)
     ids = torch.ones(2, 16, dtype=torch.long)
     if kind == "causal-lm":
@@ -75,6 +75,7 @@ def export_float(model: nn.Module, kind: str, path: Path) -> None:
         wrapper, args, names = _EncoderStates(dense), (ids, torch.ones_like(ids)), (["input_ids", "attention_mask"],
                                                                                    ["last_hidden_state"])
         shapes = ({0: batch, 1: seq}, {0: batch, 1: seq})
+    wrapper.eval()
     for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # their INFO lines would bury the report
         logging.getLogger(name).setLevel(logging.WARNING)
     # The exporter prints its progress on stdout, which must carry only the CLI's JSON.
@@ -82,12 +83,6 @@ def export_float(model: nn.Module, kind: str, path: Path) -> None:
         program = torch.onnx.export(wrapper, args, dynamo=True, input_names=names[0], output_names=names[1],
                                     dynamic_shapes=shapes, opset_version=OPSET, verbose=False)
     program.save(str(path), external_data=True)
-
-
-def quantize_int8(source: Path, target: Path) -> None:
-    """ONNX Runtime dynamic quantization: int8 weights per channel (``target`` plus its data file)."""
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                     use_external_data_format=True)
 
 
 def quantize_int4(source: Path, target: Path) -> None:
@@ -131,29 +126,58 @@ class OrtEncoder(nn.Module):
         return SimpleNamespace(last_hidden_state=torch.from_numpy(self.session.run(["last_hidden_state"], feeds)[0]))
 
 
-def write_onnx(model: nn.Module, tokenizer, kind: str, folder: Path, type_name: str) -> list[str]:
+def write_onnx(model: nn.Module, tokenizer, kind: str, folder: Path,
+               type_name: str) -> tuple[list[str], dict[str, float | None]]:
     """Write ``folder``: ``model.onnx`` (+ its external data), config.json and the tokenizer.
 
-    ``type_name``: ``fp32``, ``int8`` or ``int4``. ``model`` is not changed. Returns notes."""
-    target = folder / MODEL_FILE
+    ``type_name``: ``fp32``, ``int8`` or ``int4``. ``model`` is not changed. Returns notes, and for
+    int8 the Linears left float (name -> share of their input a uint8 step would zero, None when
+    ONNX Runtime itself left the MatMul float)."""
+    target, dense = folder / MODEL_FILE, dense_copy(model)
+    notes, kept_float = [], {}
     if type_name == "fp32":
-        export_float(model, kind, target)
+        export_float(dense, kind, target)
     else:
         scratch = folder / ".float"
         scratch.mkdir()
-        export_float(model, kind, scratch / MODEL_FILE)
-        logging.disable(logging.INFO)  # ONNX Runtime's quantizers log every tensor at INFO on the root logger
-        try:
-            (quantize_int8 if type_name == "int8" else quantize_int4)(scratch / MODEL_FILE, target)
-        finally:
-            logging.disable(logging.NOTSET)
+        export_float(dense, kind, scratch / MODEL_FILE)
+        if type_name == "int8":
+            notes, kept_float = _int8(dense, tokenizer, kind, scratch / MODEL_FILE, target)
+        else:
+            logging.disable(logging.WARNING)  # ONNX Runtime's quantizers log every tensor on the root logger
+            try:
+                quantize_int4(scratch / MODEL_FILE, target)
+            finally:
+                logging.disable(logging.NOTSET)
+            notes = [f"ONNX Runtime MatMulNBits re-quantizes every MatMul weight (lm_head included) to 4-bit "
+                     f"symmetric blocks of {INT4_BLOCK}: its own row, not memopt's codes"]
         for path in scratch.iterdir():
             path.unlink()
         scratch.rmdir()
     model.config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    notes = {"int8": ["ONNX Runtime dynamic int8 re-quantizes the exported weights (per channel) and quantizes "
-                      "activations at run time: its own row, not memopt's codes"],
-             "int4": [f"ONNX Runtime MatMulNBits re-quantizes every MatMul weight (lm_head included) to 4-bit "
-                      f"symmetric blocks of {INT4_BLOCK}: its own row, not memopt's codes"]}
-    return notes.get(type_name, [])
+    return notes, kept_float
+
+
+def _int8(dense: nn.Module, tokenizer, kind: str, source: Path, target: Path) -> tuple[list[str], dict[str, float | None]]:
+    """Dynamic 8-bit with the outlier MatMuls kept float. Returns notes and the Linears left float in
+    ``target`` (name -> share of the input a uint8 step would zero; None: ONNX Runtime left it)."""
+    outliers = onnx_int8.outlier_inputs(dense, onnx_int8.probe_tokens(tokenizer), kind)
+    nodes = onnx_int8.matmul_nodes(source)
+    onnx_int8.quantize_int8(source, target, [nodes[name] for name in outliers if name in nodes])
+    still_float, linears = onnx_int8.float_matmuls(target), set(linear_layers(dense))
+    kept = {name: outliers.get(name) for name, node in nodes.items() if name in linears and node in still_float}
+    notes = ["ONNX Runtime dynamic 8-bit quantization re-quantizes the exported weights (uint8 per channel: its "
+             "default int8 weights saturate int16 sums on CPUs without VNNI) and quantizes activations at run time "
+             "with one scale per tensor: its own row, not memopt's codes"]
+    if outliers:
+        listed = ", ".join(f"{name} ({share:.0%})" for name, share in sorted(outliers.items(), key=lambda kv: -kv[1]))
+        notes.append(f"{len(outliers)} MatMuls kept float: a per-tensor uint8 step would round more than "
+                     f"{onnx_int8.MAX_ZEROED:.0%} of their inputs to zero on calibration tokens (activation "
+                     f"outliers): {listed}")
+    untouched = [name for name, share in kept.items() if share is None]
+    if untouched:
+        notes.append(f"{', '.join(untouched)} stay float: ONNX Runtime quantizes MatMuls whose weight is a constant "
+                     "of the graph, and these multiply by a weight computed in the graph (lm_head tied to the "
+                     "embedding is transposed at run time)")
+    return notes, kept

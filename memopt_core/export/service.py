@@ -22,7 +22,7 @@ from memopt_core.export import onnx as onnx_writer
 from memopt_core.export import verify
 from memopt_core.export.files import check_destination, listing, staged_folder, tensor_bytes
 from memopt_core.export.formats import ONNX_TYPES, FormatType, check_format, format_type
-from memopt_core.export.layer_plan import LayerPlan, onnx_layer_plan
+from memopt_core.export.layer_plan import LayerPlan, kept_float_plan, onnx_layer_plan
 
 GGUF_FILE = "model.gguf"
 
@@ -132,7 +132,9 @@ def _write(source: ExportSource, request: ExportRequest, plan: ExportPlan, folde
         return gguf_writer.write_gguf(source.model, source.tokenizer, folder / GGUF_FILE, gplan, source.name)
     if request.format == "compressed-tensors":
         return ct.write_compressed_tensors(source.model, source.tokenizer, folder, plan.layers, request.group_size)
-    return onnx_writer.write_onnx(source.model, source.tokenizer, source.kind, folder, plan.type)
+    notes, kept_float = onnx_writer.write_onnx(source.model, source.tokenizer, source.kind, folder, plan.type)
+    plan.layers = [kept_float_plan(p, kept_float[p.name]) if p.name in kept_float else p for p in plan.layers]
+    return notes
 
 
 def export(source: ExportSource, request: ExportRequest, out: str | Path) -> ExportReport:

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import psutil
 from transformers import PretrainedConfig
 
+from memopt_core.config import FORMAT_BITS, QUANT_FORMATS
 from memopt_core.errors import ConfigError, choices
+from memopt_core.primitives.formats.registry import FORMAT_INFO, format_nbytes, format_value_bits
 from memopt_core.planning.counting import ParamBreakdown, TargetShape, count_parameters
 from memopt_core.planning.presets import (COMPONENTS, ModelDims, check_sizes, list_presets, load_config, load_preset,
                                           preset_info)
@@ -64,8 +66,18 @@ class PlanConfig:
     batch: int = 1
     kv_bits: int = 16
     base_dtype_bytes: int = 2
+    format: str = "int"
+    double_quant: bool = False
 
     def __post_init__(self) -> None:
+        if self.format not in QUANT_FORMATS:
+            raise ConfigError(f"format {self.format!r} is not supported; choose {choices(QUANT_FORMATS)}")
+        if self.format != "int":  # the format fixes its bits; its blocks are in format_nbytes
+            object.__setattr__(self, "bits", FORMAT_BITS[self.format])
+            if self.sparsity_format == "bitmask":
+                raise ConfigError(f"format {self.format} has no sparse storage; use the integer grid for a bitmask")
+        if not isinstance(self.double_quant, bool) or (self.double_quant and self.format != "nf4"):
+            raise ConfigError("double quantization applies to format nf4 only")
         _whole_choice("bits", self.bits, PLAN_BITS, " (16 = no quantization)")
         if self.group_size is not None:
             _whole("group size", self.group_size, 1)
@@ -85,6 +97,8 @@ class PlanConfig:
     @property
     def label(self) -> str:
         """Field names: ``W4A16 g128 sym``, ``W16A16``, ``W8A16 per-channel asym + 50% sparse (bitmask)``."""
+        if self.format != "int":
+            return FORMAT_INFO[self.format].title + (" + double quant" if self.double_quant else "")
         text = f"W{self.bits}A16"
         if self.bits < 16:
             grain = "per-channel" if self.group_size is None else f"g{self.group_size}"
@@ -107,6 +121,10 @@ def layer_bits(out_features: int, in_features: int, plan: PlanConfig) -> dict[st
     values stay at the base precision (``base_dtype_bytes``) like the untargeted parts.
     """
     numel = out_features * in_features
+    if plan.format != "int":  # the format's own bytes (k-quants: llama.cpp's fallback on narrow rows included)
+        total = 8 * format_nbytes(plan.format, out_features, in_features, plan.double_quant)
+        values = numel * format_value_bits(plan.format, in_features)
+        return {"values": values, "scales": total - values, "mask": 0}
     bitmask = plan.sparsity_format == "bitmask"
     value_bits = plan.bits if plan.bits < 16 else 8 * plan.base_dtype_bytes
     values = numel * value_bits * ((1.0 - plan.sparsity) if bitmask else 1.0)
@@ -212,7 +230,10 @@ def _notes(counts: ParamBreakdown, dims: ModelDims, plan: PlanConfig) -> list[st
     base = f"{plan.base_dtype_bytes} bytes"
     notes = [f"targeted: {counts.targeted:,} weights of the Linear layers inside the transformer blocks "
              f"at {plan.label}"]
-    if plan.bits < 16:
+    if plan.format != "int":
+        info = FORMAT_INFO[plan.format]
+        notes.append(f"{info.title}: {info.formula}")
+    elif plan.bits < 16:
         where = "row" if plan.group_size is None else \
             f"group of {plan.group_size} inputs per row (a ragged last group counts as one)"
         notes.append(f"an fp16 scale{'' if plan.symmetric else ' and an fp16 zero point'} per {where}")

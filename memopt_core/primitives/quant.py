@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from memopt_core.config import QuantConfig
+from memopt_core.primitives.formats.ranges import entropy_ratio, percentile_ratio, pooled_magnitudes
 
 ZERO_KINDS = ("symmetric", "int", "float")
 CLIP_RATIOS = tuple(torch.linspace(1.0, 0.5, 20).tolist())
@@ -122,9 +123,26 @@ def quantize_weight(w: torch.Tensor, cfg: QuantConfig) -> QuantizedWeight:
     if cfg.range_method == "clip-search":
         scale, zero = _clip_search(groups, valid, lo, hi, bits, kind)
     else:
-        scale, zero = _fit(lo, hi, bits, kind)
+        ratio = histogram_clip_ratio(groups, valid, cfg)
+        scale, zero = _fit(lo * ratio, hi * ratio, bits, kind)
     codes = _encode(groups, scale, zero, bits, kind).reshape(out_f, -1)[:, :in_f].contiguous()
     return QuantizedWeight(codes, scale, zero, bits, group_size, kind, (out_f, in_f))
+
+
+def histogram_clip_ratio(groups: torch.Tensor, valid: torch.Tensor, cfg: QuantConfig) -> float:
+    """The fraction of each group's range kept by ``cfg.range_method``: 1.0 for min-max, else the
+    ratio chosen from the layer's pooled histogram (:mod:`memopt_core.primitives.formats.ranges`)."""
+    if cfg.range_method not in ("percentile", "entropy"):
+        return 1.0
+    magnitudes = pooled_magnitudes(groups, valid)
+    return percentile_ratio(magnitudes) if cfg.range_method == "percentile" else entropy_ratio(magnitudes, cfg.bits)
+
+
+def weight_clip_ratio(w: torch.Tensor, cfg: QuantConfig) -> float:
+    """:func:`histogram_clip_ratio` of a weight ``[out, in]`` (not changed) under ``cfg``'s groups."""
+    group_size = min(cfg.group_size, w.shape[1]) if cfg.granularity == "group" else w.shape[1]
+    groups, valid = _grouped(w.detach().float(), group_size, cfg.granularity == "per-tensor")
+    return histogram_clip_ratio(groups, valid, cfg)
 
 
 def _clip_search(groups: torch.Tensor, valid: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,

@@ -110,6 +110,9 @@ def check_recoverable(config: RunConfig) -> None:
     if config.prune is None and config.quant is None:
         raise ConfigError("nothing to recover: the setting neither prunes nor quantizes; choose a prune ratio or "
                           "a bit width")
+    if config.quant is not None and (config.quant.format != "int" or config.quant.rotate != "none"):
+        raise ConfigError(f"recovery trains the integer grid (straight-through rounding); {config.quant.label} "
+                          "has no trainable path: choose --format int without --rotate")
     if config.quant is not None and config.quant.storage == "fake":
         raise ConfigError("recovery needs packed storage: fake quantization holds dense floats with no grid to "
                           "train on; drop the fake option")

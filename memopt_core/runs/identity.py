@@ -64,11 +64,23 @@ def model_identity(spec: ModelSpec) -> str:
     return f"hub:{spec.source}@{spec.revision or 'main'}"
 
 
+# QuantConfig fields added after results were stored: left out of the key at their default value,
+# so every setting stored before they existed keeps its key.
+_LATER_QUANT_DEFAULTS = {"format": "int", "double_quant": False, "rotate": "none"}
+
+
+def quant_identity(quant: QuantConfig | None) -> dict[str, Any] | None:
+    """The quantization fields that key a result (new fields only when they differ from their default)."""
+    if quant is None:
+        return None
+    fields = dataclasses.asdict(quant)
+    return {k: v for k, v in fields.items() if k not in _LATER_QUANT_DEFAULTS or v != _LATER_QUANT_DEFAULTS[k]}
+
+
 def setting_identity(prune: PruneConfig | None, quant: QuantConfig | None,
                      calib: CalibConfig | None = None) -> dict[str, Any]:
     """The compression settings; ``calib`` only for methods that use calibration data."""
-    identity = {"prune": dataclasses.asdict(prune) if prune else None,
-                "quant": dataclasses.asdict(quant) if quant else None}
+    identity = {"prune": dataclasses.asdict(prune) if prune else None, "quant": quant_identity(quant)}
     if calib is not None:
         identity["calib"] = dataclasses.asdict(calib)
         if calib.solver == SolverConfig():  # keys from before solver settings were keyed stay valid

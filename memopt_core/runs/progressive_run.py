@@ -24,6 +24,7 @@ from memopt_core.evaluation.progressive import CancelToken, WindowScorer
 from memopt_core.evaluation.quality import evaluate
 from memopt_core.loading.saved import save_compressed
 from memopt_core.runs.baselines import OriginalEvaluation
+from memopt_core.runs.format_notes import format_notes
 from memopt_core.runs.result import RunResult, model_summary, run_notes
 
 
@@ -99,7 +100,7 @@ def run_steps(bench, config: RunConfig, cancel: CancelToken | None = None, targe
     rows = bench.layer_rows(compressed, memory)
     partial = {"model": model_summary(bench.loaded), "config": config.to_dict(), "memory": memory.to_dict(),
                "sparsity": overall_sparsity(rows), "layers": [dict(row) for row in rows], "timings": dict(timings),
-               "protocol": run_protocol(original, compressed.calibration), "notes": run_notes(bench.loaded, config, memory)}
+               "protocol": run_protocol(original, compressed.calibration), "notes": run_notes(bench.loaded, config, memory) + format_notes(config.quant, rows)}
     timings["layers_s"] = time.perf_counter() - began - timings["compress_s"]
     yield Compressed(partial)
     if cancel is not None and cancel.is_set():

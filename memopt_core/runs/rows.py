@@ -37,7 +37,8 @@ def result_row(result: dict[str, Any], label: str = "", key: str = "") -> dict[s
         "prune_ratio": prune.get("ratio", 0.0), "quant_method": quant.get("method", "none"),
         "bits": quant.get("bits", 16),
         "group_size": quant.get("group_size") if quant.get("granularity") == "group" else None,
-        "symmetric": quant.get("symmetric", True)}
+        "symmetric": quant.get("symmetric", True), "format": quant.get("format", "int") if quant else "none",
+        "rotate": quant.get("rotate", "none")}
     for name in _COMPRESSED_METRICS:
         if name in result["compressed"]:
             row[name] = result["compressed"][name]

@@ -28,7 +28,10 @@ Progress = Callable[[int, int, str, float | None], None]  # (done, total, curren
 class SweepGrid:
     """The axes of a sweep. Ratio 0 and bits 16 mean "none"; '2:4'/'4:8' prune methods ignore ratios.
     ``quant_methods`` (rtn, gptq) applies to integer bit widths; 16 bits and fp16/bf16 casts are run
-    once whatever the quantizers. ``quant_options``: the other QuantConfig fields, shared by all."""
+    once whatever the quantizers. ``formats``: ``int`` is the integer grid (bits x group sizes x
+    quantizers); every other format (nf4, fp8-e4m3, mxfp4, q4_k ...) is one setting at its own bits.
+    ``quant_options``: the other QuantConfig fields, shared by all (``double_quant`` reaches nf4 only,
+    a per-tensor granularity the fp8 formats only)."""
 
     prune_methods: tuple[str, ...] = ("magnitude",)
     prune_ratios: tuple[float, ...] = (0.0,)
@@ -36,11 +39,12 @@ class SweepGrid:
     group_sizes: tuple[int | None, ...] = (None,)
     quant_methods: tuple[str, ...] = ("rtn",)
     quant_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    formats: tuple[str, ...] = ("int",)
 
     def __post_init__(self) -> None:
         if "method" in self.quant_options:
             raise ConfigError("give the quantizers as quant_methods, not in quant_options")
-        for axis in ("prune_methods", "prune_ratios", "bits", "group_sizes", "quant_methods"):
+        for axis in ("prune_methods", "prune_ratios", "bits", "group_sizes", "quant_methods", "formats"):
             values = tuple(getattr(self, axis))
             if not values:
                 raise ConfigError(f"sweep axis {axis.replace('_', ' ')} is empty; give at least one value")
@@ -56,12 +60,26 @@ class SweepGrid:
 
     def _quants(self) -> list[QuantConfig | None]:
         quants: list[QuantConfig | None] = []
-        for method, bits, group in itertools.product(self.quant_methods, self.bits, self.group_sizes):
-            options = {**self.quant_options, "method": method}
-            if group is not None:
-                options.update(granularity="group", group_size=group)
-            quants.append(QuantConfig.from_bits(bits, **options))
+        shared = {k: v for k, v in self.quant_options.items() if k != "double_quant"}
+        for fmt in dict.fromkeys(self.formats):
+            if fmt != "int":
+                quants.append(QuantConfig(**self._format_options(fmt)))
+                continue
+            for method, bits, group in itertools.product(self.quant_methods, self.bits, self.group_sizes):
+                options = {**shared, "method": method}
+                if group is not None:
+                    options.update(granularity="group", group_size=group)
+                quants.append(QuantConfig.from_bits(bits, **options))
         return list(dict.fromkeys(quants))
+
+    def _format_options(self, fmt: str) -> dict[str, Any]:
+        """The shared options that apply to a non-int format."""
+        options = {k: v for k, v in self.quant_options.items() if k in ("storage", "rotate")}
+        if fmt == "nf4":
+            options["double_quant"] = self.quant_options.get("double_quant", False)
+        if fmt.startswith("fp8") and self.quant_options.get("granularity") == "per-tensor":
+            options["granularity"] = "per-tensor"
+        return {**options, "format": fmt}
 
     def settings(self) -> list[tuple[PruneConfig | None, QuantConfig | None]]:
         return list(itertools.product(self._prunes(), self._quants()))
@@ -108,12 +126,21 @@ def run_sweep(spec: ModelSpec, grid: SweepGrid, eval_config: EvalConfig | None =
     ``load`` gives the loaded model (default: :meth:`Workbench.load`, once per sweep); it is called
     only for settings the store does not already hold. ``cancel`` is checked between settings:
     what finished is kept (and stored)."""
+    return run_settings(spec, grid.settings(), eval_config, targets, store, progress, cancel, sweep_name, load, calib)
+
+
+def run_settings(spec: ModelSpec, settings: list[tuple[PruneConfig | None, QuantConfig | None]],
+                 eval_config: EvalConfig | None = None, targets: TargetConfig | None = None,
+                 store: ResultStore | None = None, progress: Progress | None = None,
+                 cancel: threading.Event | None = None, sweep_name: str | None = None,
+                 load: RunnerLoader | None = None, calib: CalibConfig | None = None) -> SweepResult:
+    """:func:`run_sweep` over an explicit list of (prune, quant) settings (e.g. the formats comparison)."""
     start = time.perf_counter()
     eval_config = eval_config or EvalConfig()
     targets = targets or TargetConfig()
     calib = calib or CalibConfig()  # used by the calibrated settings (GPTQ, Wanda, SparseGPT) only
     configs = [RunConfig(model=spec, prune=p, quant=q, targets=targets, eval=eval_config, calib=calib)
-               for p, q in grid.settings()]
+               for p, q in settings]
     load = load or _load_once()
     rows, from_store, eta, cancelled = [], 0, _Eta(), False
     for done, config in enumerate(configs):

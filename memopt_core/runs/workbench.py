@@ -26,6 +26,7 @@ from memopt_core.loading.models import LoadedModel, load_model
 from memopt_core.compression.sparsity import layer_sparsity, overall_sparsity
 from memopt_core.runs.baselines import OriginalEvaluation
 from memopt_core.runs.progressive_run import Compressed, run_protocol, run_steps
+from memopt_core.runs.format_notes import format_notes, layer_layout
 from memopt_core.runs.result import RunResult, model_summary, run_notes
 
 
@@ -105,7 +106,7 @@ class Workbench:
         for row in rows:
             layer = by_name[row["name"]]
             row.update(bits=layer.bits_per_weight, stored_bytes=layer.stored_bytes, dense_bytes=layer.dense_bytes,
-                       sqnr_db=errors[row["name"]])
+                       sqnr_db=errors[row["name"]], layout=layer_layout(compressed.model.get_submodule(row["name"])))
         return rows
 
     def measure(self, config: RunConfig, compressed: CompressedModel, memory: MemoryReport,
@@ -121,7 +122,7 @@ class Workbench:
         return RunResult(model=model_summary(self.loaded), config=config, baseline=baseline.reference.metrics,
                          compressed=metrics, memory=memory, sparsity=overall_sparsity(rows), layers=rows,
                          timings=timings, protocol=run_protocol(original, compressed.calibration),
-                         notes=run_notes(self.loaded, config, memory))
+                         notes=run_notes(self.loaded, config, memory) + format_notes(config.quant, rows))
 
     def run_steps(self, config: RunConfig, cancel: CancelToken | None = None, target_ci: float | None = None,
                   save_dir: str | None = None) -> Iterator[Compressed | Estimate | RunResult]:

@@ -40,6 +40,32 @@ def test_existing_destination_and_flags_with_from_are_refused(capsys, tmp_path):
     assert "--from exports the saved model as it is" in error
 
 
+@pytest.mark.parametrize("flags", [["--quant-method", "gptq"], ["--prune-method", "wanda"], ["--range", "clip-search"],
+                                   ["--exclude", "*down_proj"], ["--calib-samples", "8"], ["--no-act-order"]])
+def test_from_refuses_every_compression_flag(capsys, tmp_path, flags):
+    error = _one_line_error(capsys, ["export", "--from", str(tmp_path / "saved"), "--format", "gguf",
+                                     "--out", str(tmp_path / "new"), *flags, *FAST])
+    assert f"--from exports the saved model as it is; {flags[0]} cannot change it" in error
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_architecture_gguf_cannot_describe_is_refused(capsys, tmp_path):
+    error = _one_line_error(capsys, ["export", "--model", "tiny-bert", "--format", "gguf", "--out",
+                                     str(tmp_path / "out"), *FAST])
+    assert "GGUF export describes Llama-architecture causal LMs" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_type_alone_sets_the_setting_and_the_json_holds_the_issue_keys(capsys, tmp_path):
+    assert main(["export", "--model", "tiny-llama", "--format", "gguf", "--type", "Q8_0", "--out",
+                 str(tmp_path / "q8"), "--json", *FAST]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["type"], report["memopt"]["setting"]) == ("Q8_0", "W8A16 g32 sym")
+    assert report["layers_exact"] == "14 of 14" and report["roundtrip"] is None
+    assert report["files"][0]["bytes"] == (tmp_path / "q8" / "model.gguf").stat().st_size == report["file_bytes"]
+    assert report["memopt"]["perplexity"] > 1
+
+
 def test_saved_run_exports_to_gguf_and_verifies(capsys, tmp_path):
     saved = tmp_path / "saved"
     assert main(["run", "--model", "tiny-llama", "--bits", "4", "--group-size", "32", "--asymmetric",

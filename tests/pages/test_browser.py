@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from page_support import app_cache  # noqa: F401
 
@@ -37,9 +38,13 @@ def check_and_shoot(tab, name: str) -> None:
     screenshot(tab, ARTIFACTS / f"{name}.png")
 
 
+def metric_card(tab, label: str):
+    """The value element of the metric card labelled ``label``."""
+    return tab.locator('[data-testid="stMetric"]').filter(has_text=label).locator('[data-testid="stMetricValue"]')
+
+
 def metric_value(tab, label: str) -> str:
-    card = tab.locator('[data-testid="stMetric"]').filter(has_text=label)
-    return card.locator('[data-testid="stMetricValue"]').inner_text()
+    return metric_card(tab, label).inner_text()
 
 
 def test_every_page_in_a_real_browser(tab):
@@ -69,7 +74,8 @@ def test_every_page_in_a_real_browser(tab):
     wait_for_plots(tab, 1)
     four_bit = metric_value(tab, "Total (GiB)")
     set_slider(tab, "Weight bits", "2")
-    settle(tab)
+    # on a busy machine the rerun can start after settle() returned: wait for the card to change
+    expect(metric_card(tab, "Total (GiB)")).not_to_have_text(four_bit, timeout=60_000)
     assert float(metric_value(tab, "Total (GiB)")) < float(four_bit)
     check_and_shoot(tab, "planner")
 
@@ -77,11 +83,15 @@ def test_every_page_in_a_real_browser(tab):
     wait_for_plots(tab, 1)
     check_and_shoot(tab, "runs")
 
-    open_page(tab, "Deploy")  # the Compress page's setting, shipped as GGUF and read back
-    tab.get_by_role("button", name="Export").click()
-    tab.get_by_role("button", name="Download model.gguf").wait_for(timeout=RUN_WAIT_MS)
+    open_page(tab, "Deploy")  # the Compress page's setting, shipped as GGUF Q4_1 and read back
+    export_and_check(tab, "llama.cpp", "Q4_1", "Download model.gguf")
+    assert tab.locator('[data-testid="stAlert"]').filter(has_text="Q4_1 means W4A16 g32 asym-fmin").count() == 1
     assert metric_value(tab, "Perplexity (format's loader)") == metric_value(tab, "Perplexity (memopt)")
     check_and_shoot(tab, "deploy")
+    export_and_check(tab, "ONNX Runtime", "int8", "Download the folder (zip)")  # ORT's own row
+    assert float(metric_value(tab, "Perplexity (format's loader)")) > 1
+    assert tab.get_by_text("re-quantizes the exported weights").count() >= 1  # says it is not memopt's codes
+    check_and_shoot(tab, "deploy-onnx")
 
 
 # Markdown texts of the page, leaving out the faded ones of the run before (Streamlit marks them stale).
@@ -117,3 +127,15 @@ def test_live_mode_shows_an_estimate_then_the_exact_figure_without_run(tab):
     assert tab.locator(EXCEPTION).count() == 0
     assert metric_value(tab, "Ratio to original").endswith("x")
     check_and_shoot(tab, "live")
+
+
+def export_and_check(tab, engine: str, type_name: str, download: str) -> None:
+    """Choose the engine and type, export with the round trip, see the file size and the download."""
+    pick(tab, "Target engine", engine)
+    pick(tab, "Type", type_name)
+    tab.get_by_role("button", name="Export").click()
+    tab.get_by_role("button", name=download).wait_for(timeout=RUN_WAIT_MS)
+    assert tab.get_by_role("heading", name=f"Exported: ").first.inner_text().endswith(type_name)
+    files = metric_value(tab, "Files")
+    assert files.endswith("MiB") and float(files.split()[0].replace(",", "")) > 0
+    assert metric_value(tab, "Perplexity (format's loader)") != "-"  # the round trip ran

@@ -161,3 +161,12 @@ def test_cli_sweep_writes_csv_and_json(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert len(data["rows"]) == 4 and data["computed"] == 4
     assert len(pd.read_csv(out)) == 4
+
+
+def test_formats_are_an_axis_beside_the_integer_grid():
+    grid = SweepGrid(bits=(4, 3), group_sizes=(32,), formats=("int", "nf4", "fp8-e4m3", "q4_k"),
+                     quant_options={"double_quant": True, "granularity": "per-tensor", "rotate": "hadamard"})
+    labels = [q.label for _, q in grid.settings()]
+    assert labels == ["W4A16 g32 sym rot", "W3A16 g32 sym rot", "NF4 b64 dq rot", "FP8-E4M3 per-tensor rot", "Q4_K rot"]
+    with pytest.raises(ConfigError, match="format 'int4'"):
+        SweepGrid(formats=("int4",))
