@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from memopt_core.config import (CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig,  # noqa: E402
                                 SolverConfig)
 from memopt_core.texts import load_text, token_windows  # noqa: E402
-from memopt_core.evaluation.causal_lm import evaluate_causal_lm  # noqa: E402
+from memopt_core.evaluation.progressive import evaluate_causal_lm  # noqa: E402
 from memopt_core.compression.calibration_data import calibration_set  # noqa: E402
 from memopt_core.mixed.around_uniform import measure_around_uniform, plan_around_uniform  # noqa: E402
 from memopt_core.mixed.plan import (CANDIDATE_BITS, apply_plan, plan_outcome, uniform_plan_of,  # noqa: E402

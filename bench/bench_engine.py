@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memopt_core.config import EvalConfig, ModelSpec, QuantConfig, RunConfig  # noqa: E402
-from memopt_core.evaluation.causal_lm import evaluate_causal_lm  # noqa: E402
+from memopt_core.evaluation.progressive import evaluate_causal_lm  # noqa: E402
 from memopt_core.compression.memory import stored_bytes  # noqa: E402
 from memopt_core.runs.workbench import Workbench  # noqa: E402
 

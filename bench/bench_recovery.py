@@ -38,7 +38,7 @@ from bench.lora_baseline import lora_recover  # noqa: E402
 from memopt_core.compression.layers import module_storage_bytes  # noqa: E402
 from memopt_core.compression.sparsity import layer_sparsity, overall_sparsity  # noqa: E402
 from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig  # noqa: E402
-from memopt_core.evaluation.causal_lm import evaluate_causal_lm  # noqa: E402
+from memopt_core.evaluation.progressive import evaluate_causal_lm  # noqa: E402
 from memopt_core.texts import load_text, token_windows  # noqa: E402
 from memopt_core.recovery.config import RecoveryConfig  # noqa: E402
 from memopt_core.recovery.data import training_data  # noqa: E402

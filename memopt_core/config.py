@@ -15,6 +15,7 @@ from memopt_core.errors import ConfigError, choices
 BUNDLED_MODELS = ("smollm2-135m", "minilm-l6", "tiny-llama", "tiny-bert")
 DEVICES = ("cpu", "cuda", "mps", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 PRUNE_METHODS = ("magnitude", "magnitude-global", "l2-structured", "wanda", "sparsegpt")
 PRUNE_PATTERNS = ("unstructured", "2:4", "4:8")
 QUANT_METHODS = ("rtn", "gptq", "fp16", "bf16")
@@ -285,6 +286,7 @@ class EvalConfig:
     gen_tokens: int = 24
     kl_top_k: int | None = 64  # KL over the original's top-k tokens + a rest bucket; None = exact
     zero_shot: bool = True
+    compute_dtype: str | None = None  # "compute in" for original and copy alike; None = as the weights are loaded
 
     def __post_init__(self) -> None:
         _require(isinstance(self.text, str) and self.text.strip() != "", "evaluation text must be 'wikipedia', 'news' or a file path")
@@ -299,6 +301,8 @@ class EvalConfig:
                  "the generation prompt is empty; give a prompt or set generation tokens to 0")
         if self.kl_top_k is not None:
             _require(isinstance(self.kl_top_k, int) and self.kl_top_k > 0, f"kl_top_k {self.kl_top_k!r} must be a positive integer or None")
+        if self.compute_dtype is not None:
+            _one_of("compute dtype", self.compute_dtype, COMPUTE_DTYPES)
 
     @property
     def text_is_bundled(self) -> bool:

@@ -114,6 +114,14 @@ def set_slider(tab, label: str, value: str) -> None:
         raise RuntimeError(f"slider {label!r} cannot show {value!r}")
 
 
+def live_off(tab) -> None:
+    """Turn the Compress page's live mode off, so settings wait for the Run button."""
+    tab.get_by_text("Live", exact=True).wait_for()
+    tab.get_by_text("Live", exact=True).click()
+    tab.get_by_role("button", name="Run", exact=True).wait_for()
+    settle(tab)
+
+
 def choose_radio(tab, label: str) -> None:
     tab.get_by_text(label, exact=True).first.click()
     settle(tab)
@@ -154,7 +162,7 @@ def throwaway_cache(source: Path) -> Path:
 
 
 def shoot_all(tab, out: Path, model: str, max_tokens: str) -> None:
-    tab.get_by_role("button", name="Run", exact=True).wait_for()
+    live_off(tab)
     pick(tab, "Model", model)
     set_slider(tab, "Max tokens", max_tokens)
     set_slider(tab, "Sequence length (window)", "256")
@@ -221,7 +229,7 @@ def main() -> None:
     try:
         with dashboard(env) as url, browser_tab(url) as tab:
             if args.only_sensitivity or args.only_deploy:
-                tab.get_by_role("button", name="Run", exact=True).wait_for()
+                tab.get_by_text("Live", exact=True).wait_for()
                 pick(tab, "Model", args.model)
                 (shoot_sensitivity if args.only_sensitivity else shoot_deploy)(tab, args.out)
             else:

@@ -6,6 +6,7 @@ originals stay loaded; the least recently used is dropped when another is loaded
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from typing import Any, Callable
@@ -15,7 +16,7 @@ import streamlit as st
 from memopt_core.config import ModelSpec, RunConfig
 from memopt_core.errors import ConfigError
 from memopt_core.runs.store import ResultStore, default_db_path
-from memopt_core.runs.stored import StoredRun, config_key
+from memopt_core.runs.stored import StoredRun, config_key, store_result
 from memopt_core.runs.stored import stored_run as engine_stored_run
 
 MAX_MODELS_ENV = "MEMOPT_MAX_MODELS"
@@ -110,3 +111,9 @@ def peek_stored(config: RunConfig) -> dict | None:
 def stored_run(config: RunConfig, on_progress: Callable[[str], None] | None = None) -> StoredRun:
     """The result of ``config``: answered from the store at once when it is there, else computed."""
     return engine_stored_run(config, result_store(), loader(on_progress))
+
+
+def result_saver(config: RunConfig) -> Callable[[dict], None]:
+    """A function that stores a finished result of ``config`` in the results store, bound here in
+    the page's thread so a worker thread can call it."""
+    return functools.partial(store_result, result_store(), config)

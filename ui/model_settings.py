@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from memopt_core.config import DTYPES, EvalConfig, ModelSpec
+from memopt_core.config import COMPUTE_DTYPES, DTYPES, EvalConfig, ModelSpec
 from memopt_core.errors import MemoptError
 from memopt_core.loading.bundled import bundled_models
 from memopt_core.loading.devices import available_devices
@@ -69,7 +69,7 @@ def model_and_evaluation() -> tuple[ModelSpec | None, EvalConfig | None]:
     spec = None
     with user_errors("model"):
         spec = model_spec()
-    return spec, eval_config(bundled_kind(spec))
+    return spec, eval_config(bundled_kind(spec), loaded_dtype=spec.dtype if spec is not None else "float32")
 
 
 def _uploaded_text(where) -> str | None:
@@ -91,7 +91,16 @@ def _uploaded_text(where) -> str | None:
     return path
 
 
-def eval_config(kind: str | None, where=st.sidebar) -> EvalConfig | None:
+def compute_dtype(loaded_dtype: str, where=st.sidebar) -> str | None:
+    """The "compute in" choice -> EvalConfig.compute_dtype (None when it is the loaded dtype)."""
+    chosen = where.selectbox("Compute in", COMPUTE_DTYPES, key="eval.compute", persist_state=KEEP,
+                             help="Precision of the evaluation, the same for original and copy; packed weights "
+                                  "dequantize straight to it. bfloat16 is fast on CPUs with bf16 instructions "
+                                  "(AVX512-BF16, AMX) and on GPUs, slow elsewhere.")
+    return None if chosen == loaded_dtype else chosen
+
+
+def eval_config(kind: str | None, where=st.sidebar, loaded_dtype: str = "float32") -> EvalConfig | None:
     """Evaluation text and budget widgets -> an EvalConfig (None while an upload is missing or bad)."""
     where.subheader("Evaluation")
     if kind is not None and kind != "causal-lm":
@@ -113,9 +122,10 @@ def eval_config(kind: str | None, where=st.sidebar) -> EvalConfig | None:
                               help="Greedy continuation of a prompt, original and compressed side by side.")
     zero_shot = where.checkbox("Zero-shot sentiment accuracy (200 sentences; slower)", value=False,
                                key="eval.zero_shot", persist_state=KEEP)
+    compute = compute_dtype(loaded_dtype, where)
     try:
         return EvalConfig(text=text, seq_len=seq_len, max_tokens=max_tokens, gen_tokens=gen_tokens,
-                          zero_shot=zero_shot)
+                          zero_shot=zero_shot, compute_dtype=compute)
     except MemoptError as error:
         where.error(str(error))
         return None

@@ -45,6 +45,8 @@ def _causal_cards(base: dict, comp: dict) -> list[tuple]:
               "exp(mean token NLL) over non-overlapping windows; lower is better"),
              ("Perplexity, compressed", _number(comp.get("perplexity"), "{:.3f}"),
               _delta(comp.get("perplexity"), base.get("perplexity"), "{:+.3f}"), "inverse", "change from the original"),
+             ("Ratio to original", _number(comp.get("perplexity_ratio"), "{:.4f}x"), None, "off",
+              "compressed perplexity / the original's on the same tokens (from the paired per-token losses)"),
              ("KL from original", _number(comp.get("kl_divergence"), "{:.3g}"), None, "off",
               f"nats per token, next-token distributions ({comp.get('kl_method') or 'exact'}); 0 = identical"),
              ("Top-1 agreement", _number(comp.get("top1_agreement"), "{:.1%}"),
@@ -79,6 +81,12 @@ def show_quality(result: dict) -> None:
         column.metric(label, value, delta=delta, delta_color=colour, help=help_text, border=True)
     if comp.get("diverged"):
         st.warning(f"The compressed model diverged: {comp.get('reason') or 'non-finite loss'}")
+    if comp.get("label"):  # stopped early at the chosen interval width: an estimate, not the exact figure
+        band = comp.get("ratio_ci95") or [math.nan, math.nan]
+        st.warning(f"{comp['label'].capitalize()} of {comp['total_tokens']:,}: stopped once the ratio to the "
+                   f"original was known within the chosen width (95% interval {band[0]:.4f} to {band[1]:.4f}). "
+                   "This estimate is not stored; turn early stopping off for the exact figure.",
+                   icon=":material/speed:")
     if result["model"]["kind"] != "causal-lm":
         st.caption("Accuracy on 100 test sentences moves within its own noise (about +-5 points): rank settings "
                    "by cosine similarity and read accuracy with its interval.")

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from memopt_core.config import (DEVICES, DTYPES, FORMAT_BITS, QUANT_FORMATS, RANGE_METHODS, ROTATIONS, CalibConfig,
-                                EvalConfig, ModelSpec, QuantConfig, SolverConfig)
+from memopt_core.config import (COMPUTE_DTYPES, DEVICES, DTYPES, FORMAT_BITS, QUANT_FORMATS, RANGE_METHODS, ROTATIONS,
+                                CalibConfig, EvalConfig, ModelSpec, QuantConfig, SolverConfig)
 from memopt_core.errors import ConfigError
 
 EXIT_USAGE = 2
@@ -26,6 +26,12 @@ class OneLineParser(argparse.ArgumentParser):
 def print_json(data: dict) -> None:
     json.dump(data, sys.stdout, indent=2, default=str, allow_nan=True)
     sys.stdout.write("\n")
+
+
+def print_json_line(data: dict) -> None:
+    """One JSON object on one line, flushed at once (JSON Lines for streamed output)."""
+    sys.stdout.write(json.dumps(data, default=str, allow_nan=True) + "\n")
+    sys.stdout.flush()
 
 
 def fail(message: str, code: int) -> int:
@@ -85,6 +91,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kl-top-k", type=int, default=64,
                         help="KL over the original's top-k tokens plus one bucket for the rest (default 64; "
                              "0 = exact, which holds the original's full log-probs in memory)")
+    parser.add_argument("--compute-dtype", default=None, choices=COMPUTE_DTYPES,
+                        help="evaluate original and copy in this dtype (default: as the weights are loaded); "
+                             "bfloat16 is fast only on CPUs with bf16 instructions (AVX512-BF16, AMX) and GPUs")
     parser.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot sentiment accuracy")
 
 
@@ -127,4 +136,5 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(text=args.eval_text, seq_len=args.seq_len, max_tokens=args.max_tokens, prompt=args.prompt,
-                      gen_tokens=args.gen_tokens, kl_top_k=args.kl_top_k or None, zero_shot=not args.no_zero_shot)
+                      gen_tokens=args.gen_tokens, kl_top_k=args.kl_top_k or None, zero_shot=not args.no_zero_shot,
+                      compute_dtype=args.compute_dtype)

@@ -5,9 +5,11 @@ import argparse
 
 from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments,
                                     add_format_argument, add_model_arguments, add_quant_arguments, calib_config,
-                                    eval_config, model_spec, print_json, quant_config)
+                                    eval_config, model_spec, print_json, print_json_line, quant_config)
 from memopt_core.cli.text_report import format_run
 from memopt_core.config import PRUNE_METHODS, PRUNE_PATTERNS, PruneConfig, RunConfig, TargetConfig
+from memopt_core.errors import ConfigError
+from memopt_core.evaluation.lm_records import Estimate
 from memopt_core.loading.saved import check_save_target
 from memopt_core.runs.workbench import run
 
@@ -17,6 +19,12 @@ def register(sub) -> None:
     add_setting_arguments(parser)
     parser.add_argument("--save", default=None, metavar="DIR", help="write the compressed model to DIR")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--stream", action="store_true",
+                        help="print one JSON line per scored window (tokens, perplexity, perplexity_ci95, "
+                             "kl_divergence, kl_ci95, top1_agreement, ...), then the result as one JSON line")
+    parser.add_argument("--target-ci", type=float, nargs="?", const=0.02, default=None, metavar="FRACTION",
+                        help="stop once the 95%% interval of the perplexity ratio to the original is within "
+                             "+-FRACTION (default 0.02 = +-2%%); the result is then an estimate from N tokens")
     parser.set_defaults(handler=handle_run)
 
 
@@ -45,13 +53,23 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                      eval=eval_config(args), calib=calib_config(args))
 
 
+def _print_estimate(step) -> None:
+    if isinstance(step, Estimate):
+        print_json_line(step.to_dict())
+
+
 def handle_run(args: argparse.Namespace) -> int:
     config = run_config(args)  # validate every setting before loading anything
+    if args.target_ci is not None and not 0 < args.target_ci < 1:
+        raise ConfigError(f"--target-ci {args.target_ci} must be a fraction between 0 and 1 (0.02 = +-2%)")
     if args.save is not None:  # and where the result goes: a bad --save must not cost the run
-
         check_save_target(args.save)
-    result = run(config, save_dir=args.save)
-    if args.json:
+    # --stream prints the estimates of the same loop the dashboard draws, then the result.
+    result = run(config, save_dir=args.save, target_ci=args.target_ci,
+                 on_step=_print_estimate if args.stream else None)
+    if args.stream:
+        print_json_line(result.to_dict())
+    elif args.json:
         print_json(result.to_dict())
     else:
         print(format_run(result))

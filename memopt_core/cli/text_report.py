@@ -5,7 +5,8 @@ from typing import Any
 
 from memopt_core.units import format_gib
 
-_QUALITY_KEYS = (("perplexity", "perplexity", "{:.3f}"), ("top1_accuracy", "next-token top-1", "{:.3f}"),
+_QUALITY_KEYS = (("perplexity", "perplexity", "{:.3f}"), ("perplexity_ratio", "ratio to original", "{:.4f}"),
+                 ("top1_accuracy", "next-token top-1", "{:.3f}"),
                  ("kl_divergence", "KL from original", "{:.4f}"), ("top1_agreement", "top-1 agreement", "{:.3f}"),
                  ("cosine_similarity", "cosine to original", "{:.4f}"), ("accuracy", "accuracy", "{:.3f}"))
 
@@ -19,6 +20,11 @@ def quality_lines(baseline: dict, compressed: dict) -> list[str]:
     for key, label, pattern in _QUALITY_KEYS:
         if key in baseline or key in compressed:
             lines.append(f"  {label:22}{_fmt(baseline.get(key), pattern):>14}{_fmt(compressed.get(key), pattern):>14}")
+    if compressed.get("label"):  # stopped early: say so, with the intervals
+        bands = ", ".join(f"{name} [{band[0]:.4g}, {band[1]:.4g}]" for name, key in
+                          (("perplexity", "perplexity_ci95"), ("ratio", "ratio_ci95"), ("KL", "kl_ci95"))
+                          if (band := compressed.get(key)))
+        lines.append(f"  {compressed['label']} of {compressed['total_tokens']:,}; 95% intervals: {bands}")
     for name, source in (("baseline", baseline), ("compressed", compressed)):
         zero_shot = source.get("zero_shot")
         if zero_shot:

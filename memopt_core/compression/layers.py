@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memopt_core.compression.kernels import (DEQUANTIZE, FUSED_INT8, compute_dtype, fused_int8_applies,
+                                             fused_int8_linear, fused_is_faster, int8_codes)
 from memopt_core.compression.walk import effective_weight
 from memopt_core.config import QuantConfig
 from memopt_core.primitives.packing import pack_codes, pack_mask, packed_nbytes, unpack_codes, unpack_mask
@@ -58,6 +60,7 @@ class QuantLinear(KeepsStoredDtype):
         self.register_buffer("zero", zero)
         self.register_buffer("mask", torch.zeros(packed_nbytes(numel, 1), dtype=torch.uint8) if has_mask else None)
         self.bias = bias
+        self.kernel: str | None = None  # set by forward: kernels.FUSED_INT8 or kernels.DEQUANTIZE
 
     def _apply(self, fn, recurse=True):
         # Ask the conversion what it does to a float tensor of the source dtype (an empty probe).
@@ -99,7 +102,20 @@ class QuantLinear(KeepsStoredDtype):
         return w.to(dtype or self.weight_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
+        """Dequantize straight to the compute dtype, or use the fused int8 kernel where it is faster
+        (``kernels.py``); ``self.kernel`` records which."""
+        dtype = compute_dtype(x)
+        if self._fused_int8_wins(x.to(dtype)):
+            self.kernel = FUSED_INT8
+            return fused_int8_linear(x.to(dtype), int8_codes(self.packed, self.weight_shape), self.scale, self.bias)
+        self.kernel = DEQUANTIZE
+        return F.linear(x, self.dequantized_weight(dtype), self.bias)
+
+    def _fused_int8_wins(self, x: torch.Tensor) -> bool:
+        if not fused_int8_applies(self.bits, self.zero_kind, self.scale, self.mask is not None, x):
+            return False
+        return fused_is_faster(x, self.weight_shape, lambda: int8_codes(self.packed, self.weight_shape), self.scale,
+                               self.dequantized_weight)
 
     def spec(self) -> dict:
         """JSON-serialisable description from which :meth:`empty_like_spec` rebuilds the skeleton."""
@@ -157,7 +173,7 @@ class SparseLinear(nn.Module):
         return w.view(self.weight_shape).to(dtype or self.values.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
+        return F.linear(x, self.dequantized_weight(compute_dtype(x)), self.bias)
 
     def spec(self) -> dict:
         return {**base_spec(self), "nnz": self.values.numel(), "dtype": dtype_name(self.values.dtype)}
@@ -199,7 +215,7 @@ class CastLinear(KeepsStoredDtype):
         return self.weight if dtype is None else self.weight.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype), self.bias)
+        return F.linear(x, self.weight.to(compute_dtype(x)), self.bias)
 
     def spec(self) -> dict:
         return {**base_spec(self), "dtype": dtype_name(self.weight.dtype)}

@@ -18,7 +18,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
 from memopt_core.errors import DataError
-from memopt_core.evaluation.causal_lm import model_device
+from memopt_core.evaluation.compute import model_device
 from memopt_core.evaluation.stats import AccuracyResult, wilson_interval
 
 

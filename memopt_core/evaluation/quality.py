@@ -1,7 +1,8 @@
 """Quality of a model by its kind, measured the same way for the original and for copies.
 
-- causal LM: perplexity, next-token accuracy, KL and top-1 agreement against the original,
-  zero-shot sentiment accuracy with its 95% interval, a greedy generation sample;
+- causal LM: perplexity, next-token accuracy, KL and top-1 agreement against the original
+  (window by window, ``progressive.py``), zero-shot sentiment accuracy with its 95% interval,
+  a greedy generation sample (``causal_lm.py``); :func:`prepare` makes the windows;
 - encoder: cosine similarity of sentence embeddings to the original's, accuracy of a
   logistic head fitted on the original's embeddings;
 - sequence classifier: accuracy on the labelled sentences.
@@ -17,9 +18,11 @@ import torch
 from torch import nn
 
 from memopt_core.config import EvalConfig
-from memopt_core.evaluation.causal_lm import evaluate_causal_lm, greedy_generate, zero_shot_sentiment
+from memopt_core.evaluation.causal_lm import greedy_generate, zero_shot_sentiment
+from memopt_core.evaluation.compute import compute_in
 from memopt_core.evaluation.encoder import (classifier_accuracy, classifier_predictions, encoder_metrics, fit_probe,
                                             sentence_embeddings)
+from memopt_core.evaluation.progressive import evaluate_causal_lm
 from memopt_core.loading.models import LoadedModel
 from memopt_core.texts import TextSource, load_labelled_sentences, load_text, token_windows
 
@@ -39,7 +42,7 @@ class Reference:
     """What the original's evaluation leaves for comparing copies against it."""
 
     metrics: dict[str, Any]
-    lm: Any = None  # evaluate.LMReference
+    lm: Any = None  # lm_records.LMReference of causal LMs
     embeddings: torch.Tensor | None = None  # [n_sentences, hidden]
     probe: Any = None
     predictions: Any = None
@@ -63,18 +66,18 @@ def prepare(loaded: LoadedModel, config: EvalConfig) -> EvalData:
 
 
 def _lm_metrics(model: nn.Module, loaded: LoadedModel, data: EvalData, config: EvalConfig,
-                reference: Reference | None) -> tuple[dict[str, Any], Any]:
-    device = next(model.parameters()).device
-    metrics, lm_reference = evaluate_causal_lm(model, data.windows.to(device),
-                                               reference=reference.lm if reference else None,
-                                               kl_top_k=config.kl_top_k)
+                reference: Reference | None) -> tuple[dict[str, Any], Reference]:
+    """All windows at once (the progressive loop run to its end), zero-shot and generation."""
+    metrics, lm_reference = evaluate_causal_lm(model, data.windows, reference.lm if reference else None,
+                                               kl_top_k=config.kl_top_k, compute=config.compute_dtype)
     out = asdict(metrics)
-    if config.zero_shot:
-        out["zero_shot"] = asdict(zero_shot_sentiment(model, loaded.tokenizer, data.sentences))
-    if config.gen_tokens:
-        out["generation"] = {"prompt": config.prompt,
-                             "text": greedy_generate(model, loaded.tokenizer, config.prompt, config.gen_tokens)}
-    return out, lm_reference
+    with compute_in(model, config.compute_dtype):
+        if config.zero_shot:
+            out["zero_shot"] = asdict(zero_shot_sentiment(model, loaded.tokenizer, data.sentences))
+        if config.gen_tokens:
+            out["generation"] = {"prompt": config.prompt,
+                                 "text": greedy_generate(model, loaded.tokenizer, config.prompt, config.gen_tokens)}
+    return out, reference or Reference(metrics=out, lm=lm_reference)
 
 
 def _encoder_metrics(model: nn.Module, loaded: LoadedModel, data: EvalData, config: EvalConfig,
@@ -91,11 +94,11 @@ def _encoder_metrics(model: nn.Module, loaded: LoadedModel, data: EvalData, conf
 
 def evaluate(model: nn.Module, loaded: LoadedModel, data: EvalData, config: EvalConfig,
              reference: Reference | None = None) -> tuple[dict[str, Any], Reference]:
-    """Measure ``model`` (the original when ``reference`` is None, else a copy compared with it)."""
+    """Measure ``model`` (the original when ``reference`` is None, else a copy compared with it) in
+    one go. Runs score causal LMs window by window with estimates (``runs/progressive_run.py``)."""
     with torch.inference_mode():
         if loaded.kind == "causal-lm":
-            metrics, lm_reference = _lm_metrics(model, loaded, data, config, reference)
-            return metrics, reference or Reference(metrics=metrics, lm=lm_reference)
+            return _lm_metrics(model, loaded, data, config, reference)
         if loaded.kind == "encoder":
             metrics, new_reference = _encoder_metrics(model, loaded, data, config, reference)
             new_reference.metrics = new_reference.metrics or metrics

@@ -23,8 +23,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
 from memopt_core.compression.walk import effective_weight, linear_layers
-from memopt_core.evaluation.causal_lm import evaluate_causal_lm
 from memopt_core.evaluation.encoder import sentence_embeddings
+from memopt_core.evaluation.progressive import evaluate_causal_lm
 from memopt_core.export.gguf import gguf_name, head_row_order
 
 

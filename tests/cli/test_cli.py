@@ -85,6 +85,35 @@ def test_run_json_has_the_documented_fields(capsys):
     assert data["memory"]["bits_per_weight"] == pytest.approx(4.5)
 
 
+def test_stream_prints_each_window_then_the_result(capsys):
+    """--stream: one JSON line per scored window (128 tokens in windows of 32: 4), then the result;
+    the last estimate is the exact figure of the result."""
+    assert main(["run", "--model", "tiny-llama", "--bits", "4", "--group-size", "32", "--stream", *FAST]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    estimates, result = lines[:-1], lines[-1]
+    assert [e["tokens"] for e in estimates] == [31, 62, 93, 124]
+    for key in ("perplexity", "perplexity_ci95", "kl_divergence", "kl_ci95", "top1_agreement"):
+        assert key in estimates[0]
+    assert [e["exact"] for e in estimates] == [False, False, False, True]
+    assert estimates[-1]["perplexity"] == pytest.approx(result["compressed"]["perplexity"], rel=1e-12)
+    assert estimates[-1]["kl_divergence"] == pytest.approx(result["compressed"]["kl_divergence"], rel=1e-12)
+    assert result["compressed"]["exact"] is True and "label" not in result["compressed"]
+
+
+def test_target_ci_stops_early_with_an_estimate(capsys):
+    """8-bit barely moves the loss: +-50% on the ratio is reached long before the 16th window."""
+    argv = ["run", "--model", "tiny-llama", "--bits", "8", "--target-ci", "0.5", "--json",
+            "--seq-len", "32", "--max-tokens", "512", "--gen-tokens", "0", "--no-zero-shot"]
+    assert main(argv) == 0
+    compressed = json.loads(capsys.readouterr().out)["compressed"]
+    assert compressed["exact"] is False and compressed["tokens"] < 16 * 31
+    assert compressed["label"] == f"estimate from {compressed['tokens']:,} tokens"
+
+
+def test_target_ci_must_be_a_fraction(capsys):
+    assert "--target-ci 1.5" in _error_of(capsys, ["run", "--model", "tiny-llama", "--target-ci", "1.5", *FAST])
+
+
 def test_models_lists_the_bundled_models(capsys):
     assert main(["models", "--json"]) == 0
     keys = {m["key"] for m in json.loads(capsys.readouterr().out)["models"]}

@@ -2,18 +2,22 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import statistics
 
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoTokenizer
 
 from memopt_core.errors import ConfigError, DataError
 from memopt_core.evaluation import causal_lm
-from memopt_core.evaluation.causal_lm import (SENTIMENT_PROMPT, continuation_log_probs, evaluate_causal_lm,
-                                              greedy_generate, measure_latency, zero_shot_sentiment)
+from memopt_core.evaluation.causal_lm import (SENTIMENT_PROMPT, continuation_log_probs, greedy_generate,
+                                              measure_latency, zero_shot_sentiment)
+from memopt_core.evaluation.progressive import evaluate_causal_lm
 from memopt_core.evaluation.stats import kl_exact, kl_top_k, wilson_interval
+from memopt_core.loading import bundled
 from tiny_models import make_tiny_llama
 
 VOCAB = 320
@@ -229,3 +233,28 @@ def test_measure_latency_is_mean_and_sample_spread_of_the_timed_repeats(model, w
     per_window = [5.0, 10.0, 30.0]  # ms: each repeat's time over its two windows
     assert result["mean_ms"] == pytest.approx(15.0)
     assert result["std_ms"] == pytest.approx(statistics.stdev(per_window))
+
+
+def test_single_token_labels_score_each_sentence_in_one_sequence(monkeypatch):
+    """SmolLM2's tokenizer has ' negative' and ' positive' as one token each: one forward row per
+    sentence (not one per label), logits kept at one position, the same scores as unpadded sums."""
+    tokenizer = AutoTokenizer.from_pretrained(bundled.smollm2_tokenizer_folder())
+    model = make_tiny_llama(vocab_size=len(tokenizer))
+    sentences = [("a gripping, funny film", 1), ("tedious", 0), ("I would not watch it again, ever", 0)]
+    rows, kept = [], []
+    forward = model.forward
+
+    @functools.wraps(forward)  # keeps the signature, so the scorer still sees ``logits_to_keep``
+    def spy(*args, **kwargs):
+        rows.append(kwargs["input_ids"].shape[0])
+        kept.append(tuple(kwargs["logits_to_keep"].shape))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    scores = causal_lm.zero_shot_scores(model, tokenizer, sentences, batch_size=2)
+    monkeypatch.setattr(model, "forward", forward)
+    assert rows == [2, 1] and kept == [(2, 1), (1, 1)]
+    prompts = [SENTIMENT_PROMPT.format(text=text) for text, _ in sentences]
+    expected = torch.tensor([[unpadded_score(model, tokenizer, p, c) for c in (" negative", " positive")]
+                             for p in prompts])
+    torch.testing.assert_close(scores.float(), expected, rtol=0, atol=1e-4)

@@ -7,7 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from memopt_core.compression.compress import compress_copy
 from memopt_core.config import ModelSpec, QuantConfig, RunConfig
-from memopt_core.evaluation.causal_lm import evaluate_causal_lm
+from memopt_core.evaluation.progressive import evaluate_causal_lm
 from memopt_core.export.service import ExportSource
 
 ENDOFTEXT = "<|endoftext|>"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,11 @@ def new_app() -> AppTest:
     return AppTest.from_file(APP, default_timeout=RUN_TIMEOUT).run()
 
 
-def use_tiny_model(at: AppTest, model: str = "tiny-llama") -> AppTest:
-    """Pick a tiny bundled model and the smallest evaluation budget."""
+def use_tiny_model(at: AppTest, model: str = "tiny-llama", live: bool = True) -> AppTest:
+    """Pick a tiny bundled model and the smallest evaluation budget; ``live=False`` turns live mode
+    off first, so nothing runs until Run is pressed (pages other than Compress have no live mode)."""
+    if any(toggle.key == "compress.live" for toggle in at.toggle):
+        at.toggle(key="compress.live").set_value(live)
     at.selectbox(key="model.choice").set_value(model)
     at.select_slider(key="eval.max_tokens").set_value(128)
     at.select_slider(key="eval.seq_len").set_value(64)
@@ -66,3 +70,27 @@ def array(value) -> np.ndarray:
         shape = value.get("shape")
         return data.reshape([int(n) for n in str(shape).split(",")]) if shape else data
     return np.array(value, dtype=float)
+
+
+LIVE_RUN = "compress.live_run"
+
+
+def wait_for_run(at: AppTest, timeout: float = RUN_TIMEOUT) -> AppTest:
+    """Rerun the page until this session's run (started by live mode or Run) has finished; the
+    fragment's timer does not tick in AppTest, so each rerun is what a poll would show."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = at.session_state[LIVE_RUN] if LIVE_RUN in at.session_state else None
+        if run is None or run.snapshot().finished:
+            return at.run()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the run did not finish in {timeout} s (stage {run.snapshot().stage})")
+        run.thread.join(0.2)
+        at.run()
+
+
+def run_setting(at: AppTest) -> AppTest:
+    """Press Run (live mode off) or let live mode run the current setting, then wait for the result."""
+    if at.toggle(key="compress.live").value:
+        return wait_for_run(at.run())
+    return wait_for_run(at.button(key="compress.run").click().run())

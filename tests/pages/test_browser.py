@@ -17,8 +17,8 @@ from page_support import app_cache  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-from screenshots import (EXCEPTION, PLOT, RUN_WAIT_MS, browser_tab, dashboard, open_page, pick,  # noqa: E402
-                         screenshot, set_slider, settle, wait_for_plots)
+from screenshots import (EXCEPTION, PLOT, RUN_WAIT_MS, browser_tab, dashboard, live_off, open_page,  # noqa: E402
+                         pick, screenshot, set_slider, settle, wait_for_plots)
 
 pytestmark = pytest.mark.browser
 
@@ -48,7 +48,7 @@ def metric_value(tab, label: str) -> str:
 
 
 def test_every_page_in_a_real_browser(tab):
-    tab.get_by_role("button", name="Run", exact=True).wait_for()
+    live_off(tab)
     assert tab.locator(PLOT).count() == 0  # nothing runs before Run
 
     pick(tab, "Model", "tiny-llama")
@@ -92,6 +92,41 @@ def test_every_page_in_a_real_browser(tab):
     assert float(metric_value(tab, "Perplexity (format's loader)")) > 1
     assert tab.get_by_text("re-quantizes the exported weights").count() >= 1  # says it is not memopt's codes
     check_and_shoot(tab, "deploy-onnx")
+
+
+# Markdown texts of the page, leaving out the faded ones of the run before (Streamlit marks them stale).
+SHOWN_TEXTS = ("[...document.querySelectorAll('[data-testid=\"stElementContainer\"]:not([data-stale=\"true\"]) "
+               "[data-testid=\"stMarkdownContainer\"]')].map(e => e.innerText)")
+RECORD = """() => {  // every 50 ms, note when the page first shows an estimate and the exact figure
+  window.seen = [];
+  window.recorder = setInterval(() => {
+    for (const text of %s) {
+      const kind = text.startsWith("Estimate from") ? "estimate" : text.startsWith("Exact: all") ? "exact" : null;
+      if (kind && !window.seen.includes(kind)) window.seen.push(kind);
+    }
+  }, 50);
+}""" % SHOWN_TEXTS
+
+
+def test_live_mode_shows_an_estimate_then_the_exact_figure_without_run(tab):
+    tab.get_by_text("Live", exact=True).wait_for()
+    pick(tab, "Model", "tiny-llama")  # live is on for bundled models on the CPU
+    set_slider(tab, "Max tokens", "2048")
+    set_slider(tab, "Sequence length (window)", "32")  # 64 windows: estimates for a while
+    set_slider(tab, "Generated tokens", "0")
+    assert tab.get_by_role("button", name="Run", exact=True).count() == 0
+    slider = tab.get_by_role("slider", name="Bit width")
+    slider.focus()
+    tab.evaluate(RECORD)
+    slider.press("ArrowLeft")  # release one step lower: the run starts by itself
+    try:
+        tab.wait_for_function("window.seen.includes('exact')", timeout=600_000)
+    except Exception as error:  # say what the page showed instead of a bare timeout
+        raise AssertionError(f"seen {tab.evaluate('window.seen')}; page: {tab.evaluate(SHOWN_TEXTS)}") from error
+    assert tab.evaluate("window.seen") == ["estimate", "exact"]  # first an estimate, then the exact figure
+    assert tab.locator(EXCEPTION).count() == 0
+    assert metric_value(tab, "Ratio to original").endswith("x")
+    check_and_shoot(tab, "live")
 
 
 def export_and_check(tab, engine: str, type_name: str, download: str) -> None:

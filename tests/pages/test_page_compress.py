@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from memopt_core.config import ModelSpec
-from page_support import app_cache, array, errors, figures, new_app, no_exception, titles, use_tiny_model  # noqa: F401
+from page_support import (app_cache, array, errors, figures, new_app, no_exception, run_setting, titles,  # noqa: F401
+                          use_tiny_model, wait_for_run)
 from ui import loaders
 
 
@@ -21,25 +22,34 @@ def test_first_render_shows_the_settings_and_loads_no_model(app_cache):
     assert "cpu" in at.selectbox(key="model.device").options
     assert at.select_slider(key="quant.bits").options == ["2", "3", "4", "5", "6", "8", "16 (none)"]
     assert at.selectbox(key="prune.method").value == "none"
-    assert at.button(key="compress.run").label == "Run"
+    assert at.toggle(key="compress.live").value  # a bundled model on the CPU: live by default
     assert not at.get("plotly_chart") and not at.metric
+    assert "compress.live_run" not in at.session_state  # opening the page is not a setting change
     assert not loaders.is_loaded(ModelSpec("smollm2-135m"))
+    at.toggle(key="compress.live").set_value(False).run()
+    assert at.button(key="compress.run").label == "Run"
 
 
 def test_run_on_a_causal_lm_shows_quality_memory_charts_and_generations(app_cache):
     at = use_tiny_model(new_app())
     at.selectbox(key="prune.method").set_value("magnitude").run()
     at.slider(key="prune.ratio").set_value(0.5)
-    at.button(key="compress.run").click().run()
+    run_setting(at)
     assert no_exception(at) and not errors(at)
     labels = metric_labels(at)
-    for label in ("Perplexity, original", "Perplexity, compressed", "KL from original", "Top-1 agreement",
+    for label in ("Perplexity, original", "Perplexity, compressed", "Ratio to original", "KL from original",
+                  "Top-1 agreement",
                   "Dense (GiB)", "Stored (GiB)", "Measured (GiB)", "Bits per weight",
                   "Smaller by"):
         assert label in labels
     compressed = at.metric[labels.index("Perplexity, compressed")]
     assert compressed.delta is not None  # the change from the original
-    sparsity, layer_bytes, histogram = figures(at)
+    convergence, sparsity, layer_bytes, histogram = figures(at)
+    estimate = next(trace for trace in convergence["data"] if trace.get("name") == "estimate")
+    exact = next(trace for trace in convergence["data"] if trace.get("name") == "exact")
+    ratio = at.metric[labels.index("Ratio to original")].value
+    assert f"{array(exact['y'])[-1]:.4f}x" == ratio == f"{array(estimate['y'])[-1]:.4f}x"  # the last step is exact
+    assert array(estimate["x"]).tolist() == [63 * k for k in (1, 2)]  # 128 tokens: 2 windows of 64
     assert sum(len(array(trace["y"])) for trace in sparsity["data"]) == 14  # 2 blocks x 7 Linears of tiny-llama
     assert [trace["name"] for trace in layer_bytes["data"]] == ["before (dense)", "after (stored)"]
     assert [trace["name"] for trace in histogram["data"]] == ["original", "compressed", "quantization grid"]
@@ -54,7 +64,7 @@ def test_run_on_an_encoder_shows_similarity_and_accuracy_with_intervals(app_cach
     at = use_tiny_model(new_app(), "tiny-bert")
     at.select_slider(key="quant.bits").set_value(3)
     at.radio(key="quant.storage").set_value("fake")
-    at.button(key="compress.run").click().run()
+    run_setting(at)
     assert no_exception(at) and not errors(at)
     labels = metric_labels(at)
     assert "Cosine similarity to original" in labels and "Accuracy, compressed" in labels
@@ -66,8 +76,7 @@ def test_run_on_an_encoder_shows_similarity_and_accuracy_with_intervals(app_cach
 
 
 def test_a_new_session_answers_stored_settings_without_loading(app_cache, monkeypatch):
-    first = use_tiny_model(new_app(), "tiny-bert")
-    first.button(key="compress.run").click().run()
+    first = run_setting(use_tiny_model(new_app(), "tiny-bert"))
     assert no_exception(first) and first.metric
 
     def refuse(spec):
@@ -87,7 +96,7 @@ def test_unknown_hub_model_offline_is_an_error_not_a_traceback(app_cache, monkey
     at = new_app()
     at.selectbox(key="model.choice").set_value("other").run()
     at.text_input(key="model.custom").input("nobody/no-such-model-anywhere").run()
-    at.button(key="compress.run").click().run()
+    wait_for_run(at)  # live mode runs the new setting at once
     assert no_exception(at)
     assert any("could not load 'nobody/no-such-model-anywhere'" in message for message in errors(at))
     assert not at.metric
@@ -96,7 +105,7 @@ def test_unknown_hub_model_offline_is_an_error_not_a_traceback(app_cache, monkey
 
 
 def test_uploaded_text_is_validated(app_cache):
-    at = use_tiny_model(new_app())
+    at = use_tiny_model(new_app(), live=False)
     at.radio(key="eval.text").set_value("upload").run()
     assert at.button(key="compress.run").disabled  # nothing to evaluate on yet
     at.file_uploader(key="eval.upload").set_value(("latin.txt", "caf\xe9".encode("latin-1"), "text/plain")).run()
@@ -111,7 +120,7 @@ def test_uploaded_text_is_validated(app_cache):
     assert not errors(at) and not at.button(key="compress.run").disabled
     saved = list((app_cache / "uploads").glob("*.txt"))
     assert len(saved) == 1 and "mine" not in saved[0].name  # our own file name, never the upload's
-    at.button(key="compress.run").click().run()
+    run_setting(at)
     assert no_exception(at) and not errors(at) and at.metric
 
 
@@ -129,8 +138,7 @@ def test_settings_survive_a_page_switch(app_cache):
 
 
 def test_save_compressed_model_writes_a_folder_the_runs_page_offers(app_cache):
-    at = use_tiny_model(new_app(), "tiny-bert")
-    at.button(key="compress.run").click().run()
+    at = run_setting(use_tiny_model(new_app(), "tiny-bert"))
     at.button(key="compress.save").click().run()
     assert no_exception(at) and not errors(at)
     folders = [p for p in (app_cache / "saved").iterdir() if (p / "memopt.json").is_file()]
@@ -141,7 +149,7 @@ def test_save_compressed_model_writes_a_folder_the_runs_page_offers(app_cache):
 
 
 def test_wrong_settings_show_an_error_and_keep_the_page(app_cache):
-    at = use_tiny_model(new_app())
+    at = use_tiny_model(new_app(), live=False)
     at.select_slider(key="eval.max_tokens").set_value(128)
     at.select_slider(key="eval.seq_len").set_value(1024).run()  # no full window fits in 128 tokens
     assert no_exception(at)
@@ -151,13 +159,13 @@ def test_wrong_settings_show_an_error_and_keep_the_page(app_cache):
 
 
 def test_two_sessions_keep_their_own_results(app_cache):
-    alice = use_tiny_model(new_app(), "tiny-bert")
+    alice = use_tiny_model(new_app(), "tiny-bert", live=False)
     alice.select_slider(key="quant.bits").set_value(8).run()
-    alice.button(key="compress.run").click().run()
-    bob = use_tiny_model(new_app(), "tiny-bert")
+    run_setting(alice)
+    bob = use_tiny_model(new_app(), "tiny-bert", live=False)
     bob.select_slider(key="quant.bits").set_value(3).run()
     assert not bob.metric  # alice's result is not bob's: his settings were never run
-    bob.button(key="compress.run").click().run()
+    run_setting(bob)
     alice.run()
     assert any("W8A16" in header.value for header in alice.header)
     assert any("W3A16" in header.value for header in bob.header)
@@ -169,7 +177,7 @@ def test_a_calibrated_result_names_its_calibration_data(app_cache):
     at = use_tiny_model(new_app())
     at.selectbox(key="prune.method").set_value("wanda").run()
     at.radio(key="quant.method").set_value("gptq").run()
-    at.button(key="compress.run").click().run()
+    run_setting(at)
     assert no_exception(at) and not errors(at)
     heading = next(h.value for h in at.header if "tiny" in h.value)
     assert "wanda 50% + GPTQ W4A16" in heading and "calibrated on both 64x512 seed 0" in heading

@@ -8,7 +8,8 @@ from memopt_core.config import EvalConfig, ModelSpec
 from memopt_core.runs.store import ResultStore
 from memopt_core.runs.sweep import SweepGrid, run_sweep
 from memopt_core.runs.workbench import Workbench
-from page_support import app_cache, array, errors, figures, new_app, no_exception, use_tiny_model  # noqa: F401
+from page_support import (app_cache, array, errors, figures, new_app, no_exception, run_setting,  # noqa: F401
+                          use_tiny_model)
 
 
 def store_a_sweep(name: str = "demo") -> None:
@@ -40,9 +41,9 @@ def test_stored_run_shows_block_by_module_heatmaps(app_cache):
 
 
 def test_last_compress_result_comes_first(app_cache):
-    at = use_tiny_model(new_app(), "tiny-llama")
+    at = use_tiny_model(new_app(), "tiny-llama", live=False)
     at.selectbox(key="prune.method").set_value("magnitude").run()
-    at.button(key="compress.run").click().run()
+    run_setting(at)
     at.switch_page("pages/layers.py").run()
     assert no_exception(at)
     choice = at.selectbox(key="layers.choice")

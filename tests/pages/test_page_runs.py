@@ -6,7 +6,7 @@ import json
 import pytest
 from test_page_layers import store_a_sweep
 
-from page_support import app_cache, array, errors, figures, new_app, no_exception  # noqa: F401
+from page_support import app_cache, array, errors, figures, new_app, no_exception, run_setting  # noqa: F401
 
 
 def open_runs():
@@ -40,9 +40,10 @@ def test_stored_sweeps_are_listed_filtered_overlaid_and_downloadable(app_cache):
 def test_single_runs_and_sweeps_can_be_told_apart(app_cache):
     store_a_sweep("first")
     at = new_app()
+    at.toggle(key="compress.live").set_value(False)
     at.selectbox(key="model.choice").set_value("tiny-bert")
     at.select_slider(key="quant.bits").set_value(8).run()
-    at.button(key="compress.run").click().run()
+    run_setting(at)
     at.switch_page("pages/runs.py").run()
     assert at.multiselect(key="runs.sweeps").options == ["(single runs)", "first"]
     at.multiselect(key="runs.sweeps").set_value(["(single runs)"]).run()

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig
-from memopt_core.evaluation.causal_lm import evaluate_causal_lm
+from memopt_core.evaluation.progressive import evaluate_causal_lm
+from memopt_core.evaluation.reference_store import ReferenceStore
+from memopt_core.loading.models import load_model
 from memopt_core.recovery import distill
 from memopt_core.recovery.config import RecoveryConfig
 from memopt_core.recovery.data import training_data
@@ -20,10 +22,12 @@ SMALL = RecoveryConfig(steps=8, lr=5e-3, tokens_per_step=64, seq_len=32, eval_ev
 
 
 @pytest.fixture(scope="module")
-def llama():
+def llama(tmp_path_factory):
     """tiny-llama with its weights scaled up: random weights at their usual scale give near-uniform
-    next-token distributions, which compression barely moves (KL ~1e-5); these move (KL ~0.04)."""
-    bench = Workbench.load(ModelSpec("tiny-llama"))
+    next-token distributions, which compression barely moves (KL ~1e-5); these move (KL ~0.04).
+    Its own reference store: stored references are keyed by the model's files, not by weights
+    changed in memory."""
+    bench = Workbench(load_model(ModelSpec("tiny-llama")), references=ReferenceStore(tmp_path_factory.mktemp("refs")))
     with torch.no_grad():
         bench.loaded.model.model.embed_tokens.weight.mul_(20.0)
         for name, param in bench.loaded.model.named_parameters():
