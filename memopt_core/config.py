@@ -297,3 +297,36 @@ class RunConfig:
         return cls(model=build(ModelSpec, data["model"]), prune=build(PruneConfig, data.get("prune")),
                    quant=build(QuantConfig, data.get("quant")), targets=build(TargetConfig, data.get("targets") or {}),
                    eval=build(EvalConfig, data.get("eval") or {}), calib=build(CalibConfig, data.get("calib") or {}))
+
+
+@dataclass(frozen=True)
+class OffloadConfig:
+    """The layer-by-layer route for models larger than memory: the weights a model may hold in
+    memory (``max_memory`` bytes; the rest stays on disk and is read one block at a time) and
+    where offloaded weights go (``offload_dir``; by default a temporary folder). It changes where
+    tensors live, never a figure: results equal the in-memory route's."""
+
+    max_memory: int
+    offload_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _number("max memory", self.max_memory, int)
+        _require(self.max_memory > 0, f"max memory {self.max_memory} must be a positive number of bytes")
+        _require(self.offload_dir is None or (isinstance(self.offload_dir, str) and self.offload_dir.strip() != ""),
+                 "offload folder must be a folder path")
+
+    @classmethod
+    def from_text(cls, size: str, offload_dir: str | None = None) -> "OffloadConfig":
+        """Parse ``'300MB'`` (10^6 bytes), ``'2GiB'`` (2^30 bytes), ``'512MiB'`` ... with accelerate's parser."""
+        # accelerate imports torch: loaded only once a size is really parsed, not when the CLI starts.
+        from accelerate.utils import convert_file_size_to_int
+
+        text = str(size).strip()
+        try:
+            value = convert_file_size_to_int(text)
+        except (ValueError, OverflowError):
+            value = -1
+        # A lower-case 'b' means bits to accelerate: refused, so '300mb' cannot silently mean 37.5 MB.
+        _require(value > 0 and text.endswith("B"),
+                 f"max memory {size!r} is not a size; write it like 300MB, 512MiB or 2GiB (B for bytes)")
+        return cls(max_memory=value, offload_dir=offload_dir)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import re
+import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
@@ -125,3 +127,64 @@ def measure_growth(device: torch.device) -> Iterator[Measurement]:
     _release_freed_heap()
     result.bytes = max(0, process.memory_info().rss - start)
     result.method = "process RSS growth (psutil)"
+
+
+_HWM = re.compile(r"^VmHWM:\s+(\d+)\s+kB", re.MULTILINE)
+SAMPLE_EVERY_S = 0.005
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where Linux cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as handle:
+        return int(_HWM.search(handle.read()).group(1)) * 1024
+
+
+@contextmanager
+def _sampled_peak(process: psutil.Process) -> Iterator[list[int]]:
+    """Where VmHWM cannot be reset: sample RSS every few milliseconds on a thread (may miss a spike)."""
+    peak, stop = [process.memory_info().rss], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(SAMPLE_EVERY_S):
+            peak[0] = max(peak[0], process.memory_info().rss)
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join()
+        peak[0] = max(peak[0], process.memory_info().rss)
+
+
+@contextmanager
+def measure_peak(device: torch.device) -> Iterator[Measurement]:
+    """Measure the PEAK memory the block reaches above the level at its start: on CPU the
+    kernel's peak RSS (VmHWM, reset at the start; sampled RSS where that is not available), on
+    CUDA ``max_memory_allocated``. Other threads of the process count too: the figure is the
+    process's, as the operating system sees it."""
+    if device.type == "cuda":
+        with measure_growth(device) as result:  # max_memory_allocated already is a peak
+            yield result
+        result.method = "CUDA max_memory_allocated above the start"
+        return
+    result = Measurement()
+    process = psutil.Process()
+    _release_freed_heap()
+    start = process.memory_info().rss
+    if _reset_peak_rss():
+        yield result
+        result.bytes, result.method = max(0, _peak_rss() - start), "peak RSS above the start (VmHWM)"
+        return
+    with _sampled_peak(process) as peak:
+        yield result
+    result.bytes, result.method = max(0, peak[0] - start), "peak RSS above the start (sampled)"

@@ -81,7 +81,7 @@ def save_compressed(compressed, loaded, result, directory: str | os.PathLike) ->
     return final
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -111,7 +111,7 @@ def load_saved(path: str | os.PathLike, spec: ModelSpec):
     from memopt_core.loading.models import LoadedModel
 
     path = Path(path)
-    manifest = _read_manifest(path)
+    manifest = read_manifest(path)
     device = resolve_device(spec.device)
     model = _skeleton(path, manifest, getattr(torch, spec.dtype))
     try:
