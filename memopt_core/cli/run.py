@@ -6,7 +6,9 @@ import argparse
 from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments,
                                     add_model_arguments, add_quant_arguments, calib_config, eval_config, gptq_options,
                                     model_spec, print_json, quant_kwargs)
-from memopt_core.config import PRUNE_METHODS, PRUNE_PATTERNS, PruneConfig, QuantConfig, RunConfig, TargetConfig
+from memopt_core.config import (PRUNE_METHODS, PRUNE_PATTERNS, OffloadConfig, PruneConfig, QuantConfig, RunConfig,
+                                TargetConfig)
+from memopt_core.errors import ConfigError
 
 
 def register(sub) -> None:
@@ -25,6 +27,13 @@ def register(sub) -> None:
     parser.add_argument("--include", action="append", default=[], help="fnmatch pattern of Linear names to target")
     parser.add_argument("--exclude", action="append", default=[], help="fnmatch pattern of Linear names to skip")
     parser.add_argument("--save", default=None, metavar="DIR", help="write the compressed model to DIR")
+    parser.add_argument("--max-memory", default=None, metavar="SIZE",
+                        help="hold at most SIZE of weights in memory (e.g. 300MB, 2GiB) and compress and evaluate "
+                             "layer by layer, streaming the other blocks from disk (same figures; a local folder of "
+                             "safetensors or a bundled model)")
+    parser.add_argument("--offload-dir", default=None, metavar="DIR",
+                        help="with --max-memory: where the compressed blocks are written while the run lasts "
+                             "when there is no --save (default: the system's temporary folder)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle_run)
 
@@ -36,17 +45,32 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                      eval=eval_config(args), calib=calib_config(args))
 
 
+def offload_config(args: argparse.Namespace) -> OffloadConfig | None:
+    """The layer-by-layer route's settings, or None for the in-memory route."""
+    if args.max_memory is None:
+        if args.offload_dir is not None:
+            raise ConfigError("--offload-dir applies to the layer-by-layer route; give --max-memory too")
+        return None
+    return OffloadConfig.from_text(args.max_memory, args.offload_dir)
+
+
 def handle_run(args: argparse.Namespace) -> int:
     # torch and transformers load here, not at import: `--help` and argument errors stay instant.
     from memopt_core.cli.text_report import format_run
     from memopt_core.runs.workbench import run
 
     config = run_config(args)  # validate every setting before loading anything
+    offload = offload_config(args)
     if args.save is not None:  # and where the result goes: a bad --save must not cost the run
         from memopt_core.loading.saved import check_save_target
 
         check_save_target(args.save)
-    result = run(config, save_dir=args.save, gptq=gptq_options(args))
+    if offload is not None:
+        from memopt_core.offload.layer_by_layer import run_layer_by_layer
+
+        result = run_layer_by_layer(config, offload, save_dir=args.save, gptq=gptq_options(args))
+    else:
+        result = run(config, save_dir=args.save, gptq=gptq_options(args))
     if args.json:
         print_json(result.to_dict())
     else:

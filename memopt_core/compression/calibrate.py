@@ -175,9 +175,9 @@ def _check_tokens(model: nn.Module, tokens: Tensor) -> None:
                           f"choose a calibration length of at most {limit}")
 
 
-def _pre_prune(model: nn.Module, config: RunConfig, names: list[str]) -> dict[str, Tensor]:
-    """Uncalibrated pruning (magnitude, global, l2) runs over all layers first; its masks are then
-    respected by GPTQ. Calibrated pruning happens block by block instead."""
+def pre_prune(model: nn.Module, config: RunConfig, names: list[str]) -> dict[str, Tensor]:
+    """Uncalibrated pruning (magnitude, global, l2) of ``names`` (in place) before the calibrated
+    walk, whose solvers then keep its masks; calibrated pruning happens inside the walk instead."""
     if config.prune is None or config.prune.method in CALIBRATED_PRUNE:
         return {}
     return prune_(model, config.prune, names)
@@ -243,6 +243,37 @@ class _Walk:
         return outputs
 
 
+class BlockwiseCalibration:
+    """The walk of :func:`compress_calibrated_`, one block per call, for callers that hold one
+    block's weights at a time (``memopt_core.offload.sequential``). Block 0's inputs are captured
+    at construction, so the model's embeddings must be usable then; each call then needs only its
+    block's real weights, and leaves that block's outputs as the next block's inputs."""
+
+    def __init__(self, model: nn.Module, config: RunConfig, names: list[str], tokens: Tensor,
+                 options: GPTQOptions | None = None) -> None:
+        _check_tokens(model, tokens)
+        self.blocks, self.by_block = _layers_by_block(model, names)
+        self.walk = _Walk(model, config, options or GPTQOptions(), {})
+        start = time.perf_counter()
+        self.inputs = capture_block_inputs(model, self.blocks[0], tokens)
+        self.walk.clock["capture_s"] = time.perf_counter() - start
+        # Blocks after the last one with targets need no forward: nothing after them is calibrated.
+        self.last = max(i for i, layer_names in enumerate(self.by_block) if layer_names)
+
+    @torch.no_grad()
+    def compress_block_(self, index: int, masks: dict[str, Tensor]) -> None:
+        """Compress the targets of block ``index`` (replaced in the model, in place), respecting the
+        keep ``masks`` of an earlier uncalibrated pruning; blocks past the last target are skipped."""
+        if index > self.last:
+            return
+        self.walk.masks = masks
+        self.inputs = self.walk.block(self.blocks[index], self.by_block[index], self.inputs)
+
+    def report(self) -> CalibrationReport:
+        self.walk.report.timings = {**self.walk.clock, "calibrate_s": sum(self.walk.clock.values())}
+        return self.walk.report
+
+
 @torch.no_grad()
 def compress_calibrated_(model: nn.Module, config: RunConfig, names: list[str], tokens: Tensor,
                          options: GPTQOptions | None = None) -> CalibrationReport:
@@ -250,13 +281,9 @@ def compress_calibrated_(model: nn.Module, config: RunConfig, names: list[str], 
     (LongTensor ``[samples, length]``, run as one batch). ``model`` changes in place (modules
     replaced, no tensor written). Returns per-layer info, timings and the solver options."""
     _check_tokens(model, tokens)
-    blocks, by_block = _layers_by_block(model, names)
-    walk = _Walk(model, config, options or GPTQOptions(), _pre_prune(model, config, names))
-    start = time.perf_counter()
-    inputs = capture_block_inputs(model, blocks[0], tokens)
-    walk.clock["capture_s"] = time.perf_counter() - start
-    last = max(i for i, layer_names in enumerate(by_block) if layer_names)
-    for block, layer_names in zip(blocks[:last + 1], by_block):
-        inputs = walk.block(block, layer_names, inputs)
-    walk.report.timings = {**walk.clock, "calibrate_s": sum(walk.clock.values())}
-    return walk.report
+    _layers_by_block(model, names)  # refuse targets outside the blocks before any layer is pruned
+    masks = pre_prune(model, config, names)  # all layers at once: a global threshold needs them all
+    walk = BlockwiseCalibration(model, config, names, tokens, options)
+    for index in range(len(walk.blocks)):
+        walk.compress_block_(index, masks)
+    return walk.report()

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from memopt_core.config import BUNDLED_TEXTS, CalibConfig, EvalConfig
+from memopt_core.evaluation.causal_lm import model_device
 from memopt_core.loading.texts import load_text, token_windows
 from memopt_core.errors import ConfigError, DataError
 
@@ -134,7 +135,7 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, tokens: Tenso
         captured.append(BlockInputs(hidden, tuple(args[1:]), kwargs))
         raise _Stop
 
-    device = next(model.parameters()).device
+    device = model_device(model)
     extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
     handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
     try:

@@ -18,7 +18,7 @@ from torch import nn
 
 from memopt_core.config import EvalConfig
 from memopt_core.loading.texts import TextSource, load_labelled_sentences, load_text, token_windows
-from memopt_core.evaluation.causal_lm import evaluate_causal_lm, greedy_generate, zero_shot_sentiment
+from memopt_core.evaluation.causal_lm import evaluate_causal_lm, greedy_generate, model_device, zero_shot_sentiment
 from memopt_core.evaluation.encoder import (classifier_accuracy, classifier_predictions, encoder_metrics, fit_probe,
                                           sentence_embeddings)
 from memopt_core.loading.models import LoadedModel
@@ -64,7 +64,7 @@ def prepare(loaded: LoadedModel, config: EvalConfig) -> EvalData:
 
 def _lm_metrics(model: nn.Module, loaded: LoadedModel, data: EvalData, config: EvalConfig,
                 reference: Reference | None) -> tuple[dict[str, Any], Any]:
-    device = next(model.parameters()).device
+    device = model_device(model)
     metrics, lm_reference = evaluate_causal_lm(model, data.windows.to(device),
                                                reference=reference.lm if reference else None,
                                                kl_top_k=config.kl_top_k)

@@ -13,7 +13,7 @@ save, sharded or not. Pickled ``.bin`` checkpoints would have to be read whole, 
 """
 from __future__ import annotations
 
-import json
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +32,9 @@ from memopt_core.config import ModelSpec, OffloadConfig
 from memopt_core.errors import ConfigError, ModelLoadError
 from memopt_core.loading.devices import resolve_device
 from memopt_core.loading.models import LoadedModel, model_class
+from memopt_core.loading.saved import MANIFEST, read_manifest, safetensors_files
 
 Index = dict[str, dict[str, str]]  # accelerate offload index: tensor name -> safetensors file, name in it, dtype
-INDEX_FILE = "model.safetensors.index.json"
 
 
 @dataclass
@@ -47,6 +47,20 @@ class StreamedModel:
     index: Index
     device_map: dict[str, Any]
     max_memory: int
+    device: torch.device
+    tied: list[list[str]]  # names of tied tensors, found before dispatch (its hooks untie the meta ones)
+
+    def stored_bytes(self) -> int:
+        """Bytes of the model's tensors as held (in its dtype), tied ones once: what its files store,
+        plus the buffers computed at construction (rotary tables), which no file holds."""
+        model = self.loaded.model
+        sizes = {}
+        for name, where in self.index.items():
+            tensor = _tensor(model, name)
+            sizes[(where["safetensors_file"], where["weight_name"])] = tensor.numel() * tensor.element_size()
+        persistent = set(model.state_dict(keep_vars=True))
+        computed = sum(b.numel() * b.element_size() for n, b in model.named_buffers() if n not in persistent)
+        return sum(sizes.values()) + computed
 
     @property
     def streamed_modules(self) -> list[str]:
@@ -58,24 +72,16 @@ class StreamedModel:
                 "streamed_modules": len(self.streamed_modules), "device_map": dict(self.device_map)}
 
 
-def safetensors_files(folder: Path) -> list[Path]:
-    """The checkpoint files of ``folder``: the shards its index names, or its one model.safetensors."""
-    index = folder / INDEX_FILE
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [folder / shard for shard in shards]
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(f"folder {folder} holds no safetensors weights; the layer-by-layer route reads "
-                             "safetensors only (a pickled .bin file would have to be read whole)")
-    return files
-
-
 def weights_index(folder: Path, model: nn.Module) -> Index:
     """Where every persistent tensor of ``model`` lies in the files of ``folder``, converted on
     reading to the dtype the (meta) model holds. Tied tensors stored once point to that one copy."""
+    try:
+        files = safetensors_files(folder)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{error}; the layer-by-layer route reads safetensors only (a pickled .bin "
+                             "checkpoint would have to be read whole)") from None
     index: Index = {}
-    for file in safetensors_files(folder):
+    for file in files:
         with safe_open(str(file), framework="pt") as handle:
             for key in handle.keys():
                 index[key] = {"safetensors_file": str(file), "weight_name": key}
@@ -161,9 +167,9 @@ def _expand_to_blocks(model: nn.Module, name: str, where: Any, blocks: str, out:
             _expand_to_blocks(model, full, where, blocks, out)
 
 
-def dispatch_(model: nn.Module, index: Index, device_map: dict[str, Any], device: torch.device) -> None:
+def dispatch_(model: nn.Module, index: Index, device_map: dict[str, Any], device: torch.device,
+              tied: list[list[str]]) -> None:
     """Read the resident modules' tensors and attach accelerate's hooks to the disk ones (in place)."""
-    tied = find_tied_parameters(model)
     seconds = {name for group in tied for name in group[1:]}  # one copy of a tied tensor is read
     resident = [n for prefix, where in device_map.items() if where != "disk"
                 for n in _tensor_names(model, prefix) if n not in seconds]
@@ -171,8 +177,15 @@ def dispatch_(model: nn.Module, index: Index, device_map: dict[str, Any], device
     for name, tensor in read_tensors(index, resident, device).items():
         set_module_tensor_to_device(model, name, device, value=tensor)
     retie_parameters(model, tied)
-    # As a string: accelerate hands it to safetensors, which takes no torch.device.
-    dispatch_model(model, device_map, main_device=str(device), offload_index=index, offload_buffers=True)
+    # As a string: accelerate hands it to safetensors, which takes no torch.device. Its warning that
+    # offloaded parameters sit on the meta device states the design here, so it is not shown.
+    notices = logging.getLogger("accelerate.big_modeling")
+    level = notices.level
+    notices.setLevel(logging.ERROR)
+    try:
+        dispatch_model(model, device_map, main_device=str(device), offload_index=index, offload_buffers=True)
+    finally:
+        notices.setLevel(level)
     model.hf_device_map = device_map
 
 
@@ -215,7 +228,6 @@ def _source_folder(spec: ModelSpec) -> tuple[Path, str, str, bool]:
 def load_streamed(spec: ModelSpec, offload: OffloadConfig) -> StreamedModel:
     """Load ``spec`` (an original folder or a memopt save) holding at most ``offload.max_memory``
     bytes of weights; the rest is streamed from its files block by block."""
-    from memopt_core.loading.saved import MANIFEST, read_manifest
     from transformers import AutoTokenizer
 
     device = resolve_device(spec.device)
@@ -226,9 +238,9 @@ def load_streamed(spec: ModelSpec, offload: OffloadConfig) -> StreamedModel:
         name, source, is_random = f"{folder.name} (compressed {base['name']})", f"memopt save {folder}", \
             base["is_random"]
     model, kind = _skeleton(folder, getattr(torch, spec.dtype), manifest["modules"] if manifest else {})
-    index = weights_index(folder, model)
+    index, tied = weights_index(folder, model), find_tied_parameters(model)
     device_map = plan_device_map(model, device, offload.max_memory)
-    dispatch_(model, index, device_map, device)
+    dispatch_(model, index, device_map, device, tied)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -236,4 +248,4 @@ def load_streamed(spec: ModelSpec, offload: OffloadConfig) -> StreamedModel:
                          num_params=sum(p.numel() for p in model.parameters()), source=source,
                          architecture=type(model).__name__)
     return StreamedModel(loaded=loaded, folder=folder, index=index, device_map=device_map,
-                         max_memory=offload.max_memory)
+                         max_memory=offload.max_memory, device=device, tied=tied)

@@ -35,11 +35,14 @@ class RunResult:
     timings: dict[str, float]
     protocol: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    # Where the tensors lived: in memory, or layer by layer under a cap (memopt_core.offload); never a figure.
+    execution: dict[str, Any] = field(default_factory=lambda: {"route": "in-memory"})
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "config": self.config.to_dict(), "baseline": self.baseline,
                 "compressed": self.compressed, "memory": self.memory.to_dict(), "sparsity": self.sparsity,
-                "layers": self.layers, "timings": self.timings, "protocol": self.protocol, "notes": self.notes}
+                "layers": self.layers, "timings": self.timings, "protocol": self.protocol, "notes": self.notes,
+                "execution": self.execution}
 
 
 @dataclass

@@ -1,0 +1,33 @@
+"""``run --max-memory``: the layer-by-layer route from the command line."""
+import json
+
+import pytest
+
+from memopt_core.cli import main
+
+FAST = ["--seq-len", "32", "--max-tokens", "128", "--gen-tokens", "2", "--no-zero-shot"]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--max-memory", "300mb"], "max memory '300mb' is not a size"),
+    (["--max-memory", "300"], "max memory '300' is not a size"),
+    (["--max-memory", "0GiB"], "max memory '0GiB' is not a size"),
+    (["--offload-dir", "/tmp"], "--offload-dir applies to the layer-by-layer route"),
+    (["--max-memory", "1GB", "--prune-method", "magnitude-global", "--prune-ratio", "0.5"],
+     "magnitude-global ranks every layer at once"),
+])
+def test_bad_layer_by_layer_settings_are_one_line(capsys, argv, fragment):
+    code = main(["run", "--model", "tiny-llama", *argv, *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
+
+
+def test_run_with_a_cap_reports_the_route_and_cleans_its_offload_folder(capsys, tmp_path):
+    code = main(["run", "--model", "tiny-llama", "--bits", "4", "--max-memory", "5MB", "--offload-dir", str(tmp_path),
+                 "--json", *FAST])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert result["execution"]["route"] == "layer-by-layer" and result["execution"]["max_memory"] == 5_000_000
+    assert result["memory"]["measured_bytes"] > 0 and "whole layer-by-layer run" in result["memory"]["measured_method"]
+    assert result["compressed"]["perplexity"] > 0
+    assert list(tmp_path.iterdir()) == []  # the compressed blocks lived there while the run lasted
