@@ -330,3 +330,26 @@ class OffloadConfig:
         _require(value > 0 and text.endswith("B"),
                  f"max memory {size!r} is not a size; write it like 300MB, 512MiB or 2GiB (B for bytes)")
         return cls(max_memory=value, offload_dir=offload_dir)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where a sweep's settings run on Ray: ``address`` of an existing cluster (``host:port``,
+    ``ray://host:port`` or ``auto``), or None for a local cluster on this machine only; ``workers``
+    processes, each loading the model once (None: as many as the cluster's CPUs allow), each with
+    ``cpus_per_worker`` CPUs and as many compute threads."""
+
+    address: str | None = None
+    workers: int | None = None
+    cpus_per_worker: int = 1
+
+    def __post_init__(self) -> None:
+        if self.address is not None:
+            _require(isinstance(self.address, str) and self.address.strip() != "",
+                     "cluster address must be host:port, ray://host:port or auto; leave it out for a local cluster")
+            object.__setattr__(self, "address", self.address.strip())
+        if self.workers is not None:
+            _number("workers", self.workers, int)
+            _require(self.workers >= 1, f"workers {self.workers} must be at least 1")
+        _number("CPUs per worker", self.cpus_per_worker, int)
+        _require(self.cpus_per_worker >= 1, f"CPUs per worker {self.cpus_per_worker} must be at least 1")

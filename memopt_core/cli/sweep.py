@@ -37,6 +37,16 @@ def register(sub) -> None:
     parser.add_argument("--name", default=None, help="a name to group this sweep's rows in the store")
     parser.add_argument("--out", default=None, help="write the table to this CSV file")
     parser.add_argument("--json", action="store_true", help="print the table as JSON records")
+    parser.add_argument("--executor", default="local", choices=("local", "ray"),
+                        help="run the settings in this process (local) or on a Ray cluster's workers (ray)")
+    parser.add_argument("--address", default=None,
+                        help="with --executor ray: the cluster to join (host:port, ray://host:port or auto); "
+                             "default: a local cluster on this machine only")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --executor ray: worker processes, each loading the model once "
+                             "(default: the cluster's CPUs / --cpus-per-worker)")
+    parser.add_argument("--cpus-per-worker", type=int, default=1,
+                        help="with --executor ray: CPUs (and compute threads) per worker (default 1)")
     parser.set_defaults(handler=handle_sweep)
 
 
@@ -97,6 +107,21 @@ def check_out(path: str) -> None:
         raise ConfigError(f"--out {path!r}: the folder {str(target.parent)!r} does not exist")
 
 
+def build_executor(args: argparse.Namespace):
+    """None (this process) or a RayExecutor; Ray flags without --executor ray are refused."""
+    from memopt_core.config import ClusterConfig
+
+    ray_flags = args.address is not None or args.workers is not None or args.cpus_per_worker != 1
+    if args.executor == "local":
+        if ray_flags:
+            raise ConfigError("--address, --workers and --cpus-per-worker apply to --executor ray")
+        return None
+    cluster = ClusterConfig(address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker)
+    from memopt_core.runs.ray_executor import RayExecutor
+
+    return RayExecutor(cluster)
+
+
 def handle_sweep(args: argparse.Namespace) -> int:
     from memopt_core.cli.common import print_json
     from memopt_core.runs.store import ResultStore
@@ -106,12 +131,13 @@ def handle_sweep(args: argparse.Namespace) -> int:
     if args.no_act_order:  # the store keys sweeps by their settings; GPTQ's solver options are not among them
         raise ConfigError("sweeps run GPTQ with activation ordering; compare --no-act-order with 'run'")
     spec, grid, evaluation = model_spec(args), build_grid(args), eval_config(args)
+    executor = build_executor(args)
     if args.out:
         check_out(args.out)  # before the sweep: a typo in --out must not cost the sweep's results
     store = ResultStore(args.db)
     with _progress_bar() as progress:
         result = run_sweep(spec, grid, evaluation, store=store, progress=progress, sweep_name=args.name,
-                           calib=calib_config(args))
+                           calib=calib_config(args), executor=executor)
     if args.out:
         try:
             result.table.to_csv(args.out, index=False)

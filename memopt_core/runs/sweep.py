@@ -15,10 +15,11 @@ import pandas as pd
 
 from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig
 from memopt_core.errors import ConfigError
-from memopt_core.runs.identity import eval_identity, model_identity, setting_identity
+from memopt_core.runs.executors import Executor, Job, LocalExecutor, Started
 from memopt_core.runs.pareto import pareto_mask
 from memopt_core.runs.rows import QUALITY_METRIC, result_row
-from memopt_core.runs.store import ResultStore, run_key
+from memopt_core.runs.store import ResultStore
+from memopt_core.runs.stored import config_key, setting_label, stored_run  # noqa: F401 - re-exported
 
 Progress = Callable[[int, int, str, float | None], None]  # (done, total, current setting, seconds left)
 
@@ -75,10 +76,6 @@ class SweepResult:
     computed: int
 
 
-def setting_label(prune: PruneConfig | None, quant: QuantConfig | None) -> str:
-    return " + ".join(x.label for x in (prune, quant) if x is not None) or "uncompressed"
-
-
 def mark_pareto(table: pd.DataFrame) -> pd.DataFrame:
     """Add a boolean ``pareto`` column: lowest stored bytes for the quality, best quality for the bytes."""
     if table.empty:
@@ -90,78 +87,56 @@ def mark_pareto(table: pd.DataFrame) -> pd.DataFrame:
 
 
 class _Eta:
-    """Seconds left: the remaining settings times the mean time of those computed so far
-    (an upper bound when some of the rest are in the store already)."""
+    """Seconds left: the settings still to compute times the mean time of those computed so far,
+    divided by the settings computed at once (an upper bound when some are in the store already)."""
 
-    def __init__(self):
+    def __init__(self, workers: int):
+        self.workers = max(1, workers)
         self.computed_seconds: list[float] = []
 
     def left(self, remaining_to_compute: int) -> float | None:
         if not self.computed_seconds:
             return None
-        return remaining_to_compute * sum(self.computed_seconds) / len(self.computed_seconds)
-
-
-def config_key(config: RunConfig, identity: str | None = None) -> str:
-    """The results-store key of ``config``, computed without loading the model."""
-    calib = config.calib if config.needs_calibration else None
-    return run_key(identity or model_identity(config.model), setting_identity(config.prune, config.quant, calib),
-                   eval_identity(config.model, config.eval, config.targets))
-
-
-def stored_run(config: RunConfig, store: ResultStore | None, workbench=None,
-               sweep_name: str | None = None) -> tuple[dict[str, Any], bool, Any]:
-    """The result of ``config`` from the store if it is there, else run it and store it.
-
-    Returns (``RunResult.to_dict()``, whether it came from the store, the workbench used or None).
-    ``workbench`` is loaded only when a run is really needed."""
-    identity = model_identity(config.model)
-    key = config_key(config, identity)
-    found = store.get(key) if store is not None else None
-    if found is not None:
-        return found, True, workbench
-    if workbench is None:
-        from memopt_core.runs.workbench import Workbench
-
-        workbench = Workbench.load(config.model)
-    result = workbench.run(config).to_dict()
-    if store is not None:
-        store.put(key, config.model.source, identity, setting_label(config.prune, config.quant), result,
-                  sweep=sweep_name)
-    return result, False, workbench
+        mean = sum(self.computed_seconds) / len(self.computed_seconds)
+        return remaining_to_compute * mean / min(self.workers, max(1, remaining_to_compute))
 
 
 def run_sweep(spec: ModelSpec, grid: SweepGrid, eval_config: EvalConfig | None = None,
               targets: TargetConfig | None = None, store: ResultStore | None = None,
               progress: Progress | None = None, cancel: threading.Event | None = None,
-              sweep_name: str | None = None, workbench=None, calib: CalibConfig | None = None) -> SweepResult:
+              sweep_name: str | None = None, workbench=None, calib: CalibConfig | None = None,
+              executor: Executor | None = None) -> SweepResult:
     """Run every setting of ``grid`` on ``spec``; returns one row per finished setting.
 
-    ``workbench`` (a loaded :class:`memopt_core.runs.workbench.Workbench`) is reused when given; otherwise
-    the model is loaded on the first setting the store does not already hold. ``cancel`` is
-    checked between settings: what finished is kept (and stored)."""
+    ``executor`` runs the settings (default :class:`LocalExecutor` in this process, reusing
+    ``workbench``, a loaded :class:`memopt_core.runs.workbench.Workbench`, when given; otherwise the
+    model is loaded on the first setting the store does not already hold). ``cancel`` stops new
+    settings from starting: what finished is kept (and stored). ``progress`` gets the finished
+    count over all workers, the running settings and the time left."""
     start = time.perf_counter()
     eval_config = eval_config or EvalConfig()
     targets = targets or TargetConfig()
     calib = calib or CalibConfig()  # used by the calibrated settings (GPTQ, Wanda, SparseGPT) only
-    configs = [RunConfig(model=spec, prune=p, quant=q, targets=targets, eval=eval_config, calib=calib)
-               for p, q in grid.settings()]
-    rows, from_store, eta, cancelled = [], 0, _Eta(), False
-    for done, config in enumerate(configs):
-        label = setting_label(config.prune, config.quant)
-        if progress:
-            progress(done, len(configs), label, eta.left(len(configs) - done))
-        if cancel is not None and cancel.is_set():
-            cancelled = True
-            break
-        began = time.perf_counter()
-        result, cached, workbench = stored_run(config, store, workbench, sweep_name)
-        from_store += cached
-        if not cached:
-            eta.computed_seconds.append(time.perf_counter() - began)
-        rows.append(result_row(result, label=label))
+    jobs = [Job(index, config, setting_label(config.prune, config.quant)) for index, config in enumerate(
+        RunConfig(model=spec, prune=p, quant=q, targets=targets, eval=eval_config, calib=calib)
+        for p, q in grid.settings())]
+    executor = executor or LocalExecutor(workbench)
+    rows: dict[int, dict[str, Any]] = {}
+    from_store, running, eta = 0, {}, _Eta(executor.workers)
+    for event in executor.run(jobs, store, sweep_name, cancel):
+        if isinstance(event, Started):
+            running[event.job.index] = event.job.label
+        else:
+            running.pop(event.job.index, None)
+            rows[event.job.index] = result_row(event.result, label=event.job.label)
+            from_store += event.cached
+            if not event.cached:
+                eta.computed_seconds.append(event.seconds)
+        if progress and running:  # a finish with nothing else running is followed by a start, or by "done"
+            progress(len(rows), len(jobs), ", ".join(running.values()), eta.left(len(jobs) - len(rows)))
+    cancelled = len(rows) < len(jobs)
     if progress and not cancelled:
-        progress(len(configs), len(configs), "done", 0.0)
-    table = mark_pareto(pd.DataFrame(rows))
+        progress(len(jobs), len(jobs), "done", 0.0)
+    table = mark_pareto(pd.DataFrame([rows[i] for i in sorted(rows)]))
     return SweepResult(table=table, cancelled=cancelled, seconds=time.perf_counter() - start,
                        from_store=from_store, computed=len(rows) - from_store)

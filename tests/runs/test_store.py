@@ -48,3 +48,14 @@ def test_local_model_identity_follows_file_contents(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"b" * 65)
     assert model_identity(ModelSpec(str(tmp_path))) != first
     assert model_identity(ModelSpec("org/name")) == "hub:org/name@main"
+
+
+def test_rollback_journal_for_a_database_shared_across_machines(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMOPT_STORE_JOURNAL", "delete")
+    store = ResultStore(tmp_path / "shared.db")
+    store.put("k", "m", "id", "setting", {"x": 1})
+    assert store.get("k") == {"x": 1}
+    assert sqlite3.connect(tmp_path / "shared.db").execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    monkeypatch.setenv("MEMOPT_STORE_JOURNAL", "memory")
+    with pytest.raises(DataError, match="MEMOPT_STORE_JOURNAL='memory' is not supported"):
+        ResultStore(tmp_path / "other.db")
