@@ -39,6 +39,7 @@ LOCAL_CLUSTER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_
 FORWARDED_ENV = ("MEMOPT_CACHE", "MEMOPT_STORE_JOURNAL", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 WORKER_RESTARTS = 3
 ATTEMPTS = 2  # a setting whose worker dies is sent once more
+RESTART_WAIT_S = 300.0
 
 
 def connect(cluster: ClusterConfig, num_cpus: int | None = None) -> None:
@@ -51,7 +52,10 @@ def connect(cluster: ClusterConfig, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    options: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    # memopt's own code travels with the job, so a cluster needs only its dependencies installed.
+    code = {"py_modules": [os.path.dirname(memopt_core.__file__)], "excludes": ["__pycache__"]}
+    options: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                                   runtime_env=code)
     try:
         if cluster.address is None:
             ray.init(_node_ip_address="127.0.0.1", num_cpus=num_cpus, **options)
@@ -80,6 +84,21 @@ class SettingWorker:
         return result, cached, time.perf_counter() - began
 
 
+def _restarted_pid(worker: Any) -> int:
+    """The process id of ``worker`` once Ray has restarted it (calls fail while it restarts)."""
+    import ray
+    from ray.exceptions import ActorUnavailableError
+
+    deadline = time.monotonic() + RESTART_WAIT_S
+    while True:
+        try:
+            return ray.get(worker.pid.remote())
+        except ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise MemoptError(f"a Ray worker did not restart within {RESTART_WAIT_S:.0f} s") from None
+            time.sleep(0.2)
+
+
 class RayExecutor:
     """Runs a sweep's settings on the workers of a Ray cluster (see the module docstring).
 
@@ -106,8 +125,8 @@ class RayExecutor:
             raise ConfigError(f"{per_worker} CPUs per worker is more than the cluster's {cpus}")
         self.workers = max(1, min(self.cluster.workers or cpus // per_worker, jobs))
         env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
-        # memopt itself travels with the workers, so a cluster needs only its dependencies installed.
-        runtime_env = {"env_vars": env, "py_modules": [memopt_core]}
+        # Read when each worker starts: the cache and store settings of this driver, as they are now.
+        runtime_env = {"env_vars": env}
         actor = ray.remote(SettingWorker).options(num_cpus=per_worker, max_restarts=WORKER_RESTARTS,
                                                   max_task_retries=0, runtime_env=runtime_env)
         workers = [actor.remote(str(store.path) if store is not None else None, per_worker)
@@ -133,7 +152,7 @@ class RayExecutor:
                 raise MemoptError(f"a Ray worker died twice running {job.label!r}; the finished settings are "
                                   f"stored: rerun the sweep to resume ({str(error).splitlines()[0]})") from None
             self.reruns.append(job.label)
-            self._pids[worker] = ray.get(worker.pid.remote())  # waits for the restarted worker
+            self._pids[worker] = _restarted_pid(worker)
             self._submit(job, worker, attempt + 1, sweep_name)
             return None, worker
         return Finished(job, result, cached, seconds), worker

@@ -72,12 +72,12 @@ def test_rerunning_a_sweep_answers_from_the_store(app_cache):
 
 
 def test_a_sweep_sent_to_a_ray_cluster_shows_the_same_progress_and_results(app_cache):
-    import ray
-
     from memopt_core.config import ClusterConfig
     from memopt_core.runs.ray_executor import connect
 
     connect(ClusterConfig(), num_cpus=2)  # what an empty address starts: this machine only
+    import ray  # after connect(): Ray reads its loopback-only setting when first imported
+
     try:
         at = open_tradeoffs("tiny-llama")
         at.multiselect(key="sweep.bits").set_value([16, 4]).run()

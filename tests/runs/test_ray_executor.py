@@ -4,7 +4,6 @@ import os
 import signal
 
 import pytest
-import ray
 
 from memopt_core.config import ClusterConfig, EvalConfig, ModelSpec
 from memopt_core.runs.ray_executor import RayExecutor, connect
@@ -20,6 +19,9 @@ COMPARED = ("perplexity", "kl_divergence", "top1_agreement", "stored_bytes", "bi
 @pytest.fixture(scope="module")
 def cluster():
     connect(ClusterConfig(), num_cpus=2)  # the CLI's local cluster (127.0.0.1 only, no dashboard), 2 CPUs as CI
+    import ray  # after connect(): Ray reads its loopback-only setting when first imported
+
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
     yield
     ray.shutdown()
 

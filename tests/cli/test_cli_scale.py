@@ -1,4 +1,4 @@
-"""``run --max-memory``: the layer-by-layer route from the command line."""
+"""`run --max-memory` (layer by layer) and `sweep --executor ray` from the command line."""
 import json
 
 import pytest
@@ -31,3 +31,28 @@ def test_run_with_a_cap_reports_the_route_and_cleans_its_offload_folder(capsys, 
     assert result["memory"]["measured_bytes"] > 0 and "whole layer-by-layer run" in result["memory"]["measured_method"]
     assert result["compressed"]["perplexity"] > 0
     assert list(tmp_path.iterdir()) == []  # the compressed blocks lived there while the run lasted
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--address", "head:6379"], "--address, --workers and --cpus-per-worker apply to --executor ray"),
+    (["--workers", "2"], "--address, --workers and --cpus-per-worker apply to --executor ray"),
+    (["--executor", "ray", "--workers", "0"], "workers 0 must be at least 1"),
+    (["--executor", "ray", "--cpus-per-worker", "0"], "CPUs per worker 0 must be at least 1"),
+    (["--executor", "dask"], "invalid choice: 'dask'"),
+])
+def test_bad_cluster_settings_are_one_line_before_ray_starts(capsys, argv, fragment):
+    code = main(["sweep", "--model", "tiny-llama", "--bits", "8", *argv, *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
+
+
+def test_sweep_flags_build_the_cluster_they_name():
+    from memopt_core.cli import build_parser
+    from memopt_core.cli.sweep import build_executor
+
+    args = build_parser().parse_args(["sweep", "--model", "tiny-llama", "--executor", "ray", "--address", "head:6379",
+                                      "--workers", "8", "--cpus-per-worker", "4"])
+    executor = build_executor(args)
+    assert (executor.cluster.address, executor.cluster.workers, executor.cluster.cpus_per_worker) == ("head:6379", 8, 4)
+    local = build_parser().parse_args(["sweep", "--model", "tiny-llama"])
+    assert build_executor(local) is None
