@@ -132,6 +132,28 @@ def _tensors_to_write(model: nn.Module, part: str, tied: list[list[str]], writte
     return {name: t for name, t in tensors.items() if not any(n in written for n in twins.get(name, ()) if n != name)}
 
 
+def _part_(streamed: StreamedModel, compressor: _Compressor, part: str, block: int | None,
+            writer: ShardWriter, result: SequentialResult, clock: dict[str, float]) -> None:
+    """Read the module ``part``, compress its targets, add their rows to ``result``, write it as
+    the next shard and drop it (all in place)."""
+    model, began = streamed.loaded.model, time.perf_counter()
+    onload_(model, part, streamed.index, streamed.device)
+    names = [n for n in compressor.names if n.startswith(part + ".")]
+    before = snapshot(model, names)
+    loaded = time.perf_counter()
+    compressor.part_(names, block)
+    rows, memory = layer_rows(before, model)
+    result.layers += rows
+    result.memory += memory
+    result.modules.update(compressed_specs(model, names))
+    compressed = time.perf_counter()
+    writer.write(_tensors_to_write(model, part, streamed.tied, writer.weight_map))
+    release_(model, part)
+    clock["onload_s"] += loaded - began
+    clock["compress_s"] += compressed - loaded
+    clock["write_s"] += time.perf_counter() - compressed
+
+
 @torch.no_grad()
 def compress_sequential(streamed: StreamedModel, config: RunConfig, folder: Path,
                         calibration: CalibrationSet | None = None, options=None) -> SequentialResult:
@@ -139,10 +161,9 @@ def compress_sequential(streamed: StreamedModel, config: RunConfig, folder: Path
     safetensors; no config or manifest: the caller adds those). Consumes the model (its tensors
     are released as they are written). ``options``: GPTQ solver options for calibrated methods."""
     check_supported(config)
-    model, device = streamed.loaded.model, streamed.device
+    model = streamed.loaded.model
     names = list(target_linears(model, config.targets))
     prefix, blocks = find_blocks(model)
-    tied = streamed.tied
     start = time.perf_counter()
     compressor = _Compressor(model, config, names, calibration, options)  # captures block 0's inputs
     result = SequentialResult(target_names=names)
@@ -151,22 +172,7 @@ def compress_sequential(streamed: StreamedModel, config: RunConfig, folder: Path
     parts = _parts(streamed, prefix, len(blocks))
     writer = ShardWriter(folder, len(parts))
     for index, part in enumerate(parts):
-        began = time.perf_counter()
-        onload_(model, part, streamed.index, device)
-        part_names = [n for n in names if n.startswith(part + ".")]
-        before = snapshot(model, part_names)
-        loaded = time.perf_counter()
-        compressor.part_(part_names, index if index < len(blocks) else None)
-        rows, memory = layer_rows(before, model)
-        result.layers += rows
-        result.memory += memory
-        result.modules.update(compressed_specs(model, part_names))
-        compressed = time.perf_counter()
-        writer.write(_tensors_to_write(model, part, tied, writer.weight_map))
-        release_(model, part)
-        clock["onload_s"] += loaded - began
-        clock["compress_s"] += compressed - loaded
-        clock["write_s"] += time.perf_counter() - compressed
+        _part_(streamed, compressor, part, index if index < len(blocks) else None, writer, result, clock)
     writer.finish()
     if compressor.walk is not None:
         report = compressor.walk.report()

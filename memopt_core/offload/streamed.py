@@ -31,7 +31,8 @@ from memopt_core.compression.walk import find_blocks, set_module
 from memopt_core.config import ModelSpec, OffloadConfig
 from memopt_core.errors import ConfigError, ModelLoadError
 from memopt_core.loading.devices import resolve_device
-from memopt_core.loading.models import LoadedModel, model_class
+from memopt_core.loading import bundled
+from memopt_core.loading.models import LoadedModel, local_folder, model_class
 from memopt_core.loading.saved import MANIFEST, read_manifest, safetensors_files
 
 Index = dict[str, dict[str, str]]  # accelerate offload index: tensor name -> safetensors file, name in it, dtype
@@ -192,7 +193,7 @@ def dispatch_(model: nn.Module, index: Index, device_map: dict[str, Any], device
 def _skeleton(folder: Path, dtype: torch.dtype, modules: dict[str, dict]) -> tuple[nn.Module, str]:
     """(model on the meta device, kind) from ``folder``'s config; ``modules`` are memopt specs of
     compressed layers to put in place of the Linears (their buffers on the meta device too)."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # seconds to import: loaded with the first model, as elsewhere
 
     config = AutoConfig.from_pretrained(folder)
     kind, auto_class = model_class(config)
@@ -208,9 +209,6 @@ def _skeleton(folder: Path, dtype: torch.dtype, modules: dict[str, dict]) -> tup
 
 def _source_folder(spec: ModelSpec) -> tuple[Path, str, str, bool]:
     """(folder, display name, source, is_random) of a spec on the layer-by-layer route."""
-    from memopt_core.loading import bundled
-    from memopt_core.loading.models import local_folder
-
     if spec.origin == "bundled":
         info = bundled.bundled_info(spec.source)
         if info.is_random:
@@ -228,7 +226,7 @@ def _source_folder(spec: ModelSpec) -> tuple[Path, str, str, bool]:
 def load_streamed(spec: ModelSpec, offload: OffloadConfig) -> StreamedModel:
     """Load ``spec`` (an original folder or a memopt save) holding at most ``offload.max_memory``
     bytes of weights; the rest is streamed from its files block by block."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # seconds to import: loaded with the first model, as elsewhere
 
     device = resolve_device(spec.device)
     folder, name, source, is_random = _source_folder(spec)
