@@ -15,6 +15,7 @@ precision at uniform RTN 4-bit's stored bytes below uniform RTN; calibration < 1
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -25,20 +26,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig  # noqa: E402
-from memopt_core.loading.texts import load_text, token_windows  # noqa: E402
+from memopt_core.config import (CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig,  # noqa: E402
+                                SolverConfig)
+from memopt_core.texts import load_text, token_windows  # noqa: E402
 from memopt_core.evaluation.causal_lm import evaluate_causal_lm  # noqa: E402
 from memopt_core.compression.calibration_data import calibration_set  # noqa: E402
 from memopt_core.mixed.around_uniform import measure_around_uniform, plan_around_uniform  # noqa: E402
 from memopt_core.mixed.plan import (CANDIDATE_BITS, apply_plan, plan_outcome, uniform_plan_of,  # noqa: E402
                                          weight_bytes, widths_to_measure)
-from memopt_core.primitives.gptq import GPTQOptions  # noqa: E402
 from memopt_core.runs.workbench import Workbench  # noqa: E402
 from memopt_core.mixed.sensitivity import QualityProbe  # noqa: E402
 from memopt_core.compression.walk import target_linears  # noqa: E402
 
 SPEC = ModelSpec("smollm2-135m")
-ACT, NO_ACT = GPTQOptions(act_order=True), GPTQOptions(act_order=False)
+ACT, NO_ACT = SolverConfig(act_order=True), SolverConfig(act_order=False)
 
 
 def lee_text() -> str:
@@ -57,7 +58,7 @@ def perplexities(model, windows: dict) -> dict:
 
 
 def settings(quick: bool, mixed_only: bool = False) -> list[tuple[str, PruneConfig | None, QuantConfig | None,
-                                                                  GPTQOptions | None]]:
+                                                                  SolverConfig | None]]:
     g64 = dict(granularity="group", group_size=64)
     rows = [("RTN W4 per-channel", None, QuantConfig(bits=4), None),
             ("GPTQ W4 per-channel act-order", None, QuantConfig(method="gptq", bits=4), ACT),
@@ -92,9 +93,10 @@ def run_settings(bench: Workbench, windows: dict, calib: CalibConfig, quick: boo
                  mixed_only: bool = False) -> dict:
     results = {}
     for label, prune, quant, options in settings(quick, mixed_only):
-        config = RunConfig(SPEC, prune=prune, quant=quant, eval=eval_config, calib=calib)
+        solved = dataclasses.replace(calib, solver=options or SolverConfig())
+        config = RunConfig(SPEC, prune=prune, quant=quant, eval=eval_config, calib=solved)
         start = time.perf_counter()
-        compressed, memory = bench.compress(config, gptq=options)
+        compressed, memory = bench.compress(config)
         seconds = time.perf_counter() - start
         ppl = perplexities(compressed.model, windows)
         calibrate_s = compressed.timings.get("calibrate_s")

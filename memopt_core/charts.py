@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from memopt_core.units import GIB
 from memopt_core.runs.rows import QUALITY_METRIC
+from memopt_core.units import GIB
 
 _PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC")
 MAX_GRID_LINES = 64  # a 6-bit grid; finer grids would hide the histogram behind their lines

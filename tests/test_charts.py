@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from memopt_core import charts
-from memopt_core.runs.sweep import mark_pareto
+from memopt_core.runs.pareto import mark_pareto
 
 MODULES = ("self_attn.q_proj", "self_attn.k_proj", "mlp.up_proj", "mlp.down_proj")
 

@@ -1,8 +1,7 @@
 """Configs validate themselves: bad values raise ConfigError with a one-line message."""
 import pytest
 
-from memopt_core.config import (CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig,
-                                TargetConfig)
+from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig
 from memopt_core.errors import ConfigError
 
 

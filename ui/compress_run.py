@@ -11,6 +11,7 @@ import streamlit as st
 from memopt_core.config import RunConfig
 from ui.errors import user_errors
 from ui.loaders import peek_stored, store_key, stored_run, workbench
+from ui.saved_models import save_model
 
 RESULT = "compress.result"  # {"result": RunResult dict, "from_store": bool, "key": store key}
 SAVED = "compress.saved"  # store key -> folder of the saved compressed model
@@ -21,9 +22,9 @@ def run_setting(config: RunConfig) -> None:
     with st.status("Checking the results store ...", expanded=True) as status:
         began = time.perf_counter()
         with user_errors():
-            result, from_store = stored_run(config, on_progress=lambda text: status.update(label=text))
-            st.session_state[RESULT] = {"result": result, "from_store": from_store, "key": store_key(config)}
-            where = "answered from the results store" if from_store else "computed and stored"
+            run = stored_run(config, on_progress=lambda text: status.update(label=text))
+            st.session_state[RESULT] = {"result": run.result, "from_store": run.from_store, "key": run.key}
+            where = "answered from the results store" if run.from_store else "computed and stored"
             status.update(label=f"Done in {time.perf_counter() - began:.1f} s: {where}", state="complete",
                           expanded=False)
             return
@@ -55,7 +56,6 @@ def save_button(shown: dict[str, Any]) -> None:
     if st.button("Save compressed model", key="compress.save",
                  help="Writes config, tokenizer and the compressed tensors (safetensors) under the memopt "
                       "cache; download it as a zip on the Runs page."):
-        from ui.saved_models import save_model
 
         with user_errors("save"), st.spinner("Compressing a copy and writing it ..."):
             result = shown["result"]

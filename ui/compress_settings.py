@@ -6,20 +6,15 @@ from __future__ import annotations
 import streamlit as st
 
 from memopt_core.config import MAX_PRUNE_RATIO, PRUNE_METHODS, PruneConfig, QuantConfig
+from ui.vocabulary import KEEP, SCALE_CHOICES, group_label
 
-KEEP = "session"
 NONE = "none"
 BIT_CHOICES = (2, 3, 4, 5, 6, 8, 16)
 CASTS = {"keep": "keep the loaded precision (no quantization)", "fp16": "cast to fp16", "bf16": "cast to bf16"}
-GROUPS = ("per-channel", 32, 64, 128, 256, "per-tensor")
 N_M_METHODS = ("magnitude", "wanda", "sparsegpt")
 PRUNE_HELP = {NONE: "no pruning", "magnitude": "smallest |w| in each layer",
               "magnitude-global": "smallest |w| across all targeted layers", "l2-structured": "whole rows",
               "wanda": "|w| x input norm (calibration)", "sparsegpt": "prune and update (calibration)"}
-
-
-def _group_label(value) -> str:
-    return f"groups of {value}" if isinstance(value, int) else value
 
 
 def prune_settings(where=st) -> PruneConfig | None:
@@ -52,7 +47,8 @@ def quant_settings(where=st) -> QuantConfig | None:
         return None if cast == "keep" else QuantConfig(method=cast)
     method = where.radio("Quantizer", ["rtn", "gptq"], horizontal=True, key="quant.method", persist_state=KEEP,
                          format_func=lambda m: {"rtn": "round to nearest", "gptq": "GPTQ (calibration)"}[m])
-    group = where.selectbox("Scale per", GROUPS, index=3, format_func=_group_label, key="quant.group",
+    group = where.selectbox("Scale per", (*SCALE_CHOICES, "per-tensor"), index=3, format_func=group_label,
+                            key="quant.group",
                             persist_state=KEEP, help="One scale per output row (per-channel), per group of "
                                                      "input columns, or one for the whole tensor.")
     symmetric = where.radio("Grid", ["symmetric", "asymmetric"], horizontal=True, key="quant.symmetric",

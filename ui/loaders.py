@@ -15,6 +15,8 @@ import streamlit as st
 from memopt_core.config import ModelSpec, RunConfig
 from memopt_core.errors import ConfigError
 from memopt_core.runs.store import ResultStore, default_db_path
+from memopt_core.runs.stored import StoredRun, config_key
+from memopt_core.runs.stored import stored_run as engine_stored_run
 
 MAX_MODELS_ENV = "MEMOPT_MAX_MODELS"
 DEFAULT_MAX_MODELS = 2
@@ -50,7 +52,8 @@ def _cache_size() -> int:
 
 @st.cache_resource(max_entries=_cache_size(), show_spinner=False, on_release=_forget)
 def _cached_workbench(spec: ModelSpec):
-    from memopt_core.runs.workbench import Workbench  # torch + transformers: imported on first load only
+    # torch + transformers load here, on the first model load: opening the app or a stored result needs neither.
+    from memopt_core.runs.workbench import Workbench
 
     bench = Workbench.load(spec)
     with _loaded_lock:
@@ -69,27 +72,19 @@ def is_loaded(spec: ModelSpec) -> bool:
         return spec in _loaded
 
 
-class LazyWorkbench:
-    """Stands in for a Workbench in ``sweep.stored_run`` / ``run_sweep``: the model is loaded
-    (through the shared cache) only when a setting is missing from the store."""
+def loader(on_progress: Callable[[str], None] | None = None) -> Callable[[ModelSpec], Any]:
+    """A loader for ``memopt_core.runs`` that goes through the shared cache and, when given
+    ``on_progress``, names each step (loading once, then compressing and evaluating)."""
 
-    def __init__(self, spec: ModelSpec, on_load: Callable[[str], None] | None = None):
-        self.spec = spec
-        self.on_load = on_load
-        self.used = False
+    def load(spec: ModelSpec):
+        if on_progress is not None and not is_loaded(spec):
+            on_progress(f"Loading {spec.source} (once; later runs reuse it)")
+        bench = workbench(spec)
+        if on_progress is not None:
+            on_progress("Compressing a copy and evaluating it")
+        return bench
 
-    def run(self, config: RunConfig):
-        if self.on_load is not None and not is_loaded(self.spec):
-            self.on_load(f"Loading {self.spec.source} (once; later runs reuse it)")
-        bench = workbench(self.spec)
-        if self.on_load is not None:
-            self.on_load(f"Compressing a copy and evaluating {_setting(config)}")
-        self.used = True
-        return bench.run(config)
-
-
-def _setting(config: RunConfig) -> str:
-    return " + ".join(x.label for x in (config.prune, config.quant) if x is not None) or "the original"
+    return load
 
 
 @st.cache_resource(show_spinner=False)
@@ -103,9 +98,7 @@ def result_store() -> ResultStore:
 
 
 def store_key(config: RunConfig) -> str:
-    """The store key of ``config``, as ``sweep.stored_run`` computes it (no model is loaded)."""
-    from memopt_core.runs.sweep import config_key
-
+    """The store key of ``config``, as ``stored_run`` computes it (no model is loaded)."""
     return config_key(config)
 
 
@@ -114,9 +107,6 @@ def peek_stored(config: RunConfig) -> dict | None:
     return result_store().get(store_key(config))
 
 
-def stored_run(config: RunConfig, on_progress: Callable[[str], None] | None = None) -> tuple[dict, bool]:
-    """``(RunResult.to_dict(), from_store)``: answered from the store at once when it is there."""
-    from memopt_core.runs.sweep import stored_run as engine_stored_run
-
-    result, from_store, _ = engine_stored_run(config, result_store(), LazyWorkbench(config.model, on_progress))
-    return result, from_store
+def stored_run(config: RunConfig, on_progress: Callable[[str], None] | None = None) -> StoredRun:
+    """The result of ``config``: answered from the store at once when it is there, else computed."""
+    return engine_stored_run(config, result_store(), loader(on_progress))

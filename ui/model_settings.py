@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from memopt_core.loading.bundled import bundled_models
 from memopt_core.config import DTYPES, EvalConfig, ModelSpec
-from memopt_core.loading.devices import available_devices
 from memopt_core.errors import MemoptError
+from memopt_core.loading.bundled import bundled_models
+from memopt_core.loading.devices import available_devices
 from ui.errors import user_errors
 from ui.uploads import MAX_TEXT_BYTES, save_text_upload
+from ui.vocabulary import KEEP
 
 OTHER = "other"
-KEEP = "session"  # widget values survive page switches
 TEXTS = {"wikipedia": "Wikipedia lead paragraphs (bundled)", "news": "News articles (bundled)",
          "upload": "My own .txt file"}
 MAX_TOKENS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)

@@ -8,20 +8,18 @@ import pandas as pd
 import streamlit as st
 
 from memopt_core import charts
-
-from memopt_core.planning import planner
 from memopt_core.config import ModelSpec
+from memopt_core.planning import planner
 from ui.chart_glue import show_chart
 from ui.loaders import is_loaded, workbench
 from ui.result_view import gib
 from ui.uploads import read_config_upload
+from ui.vocabulary import KEEP, SCALE_CHOICES, group_label
 
-KEEP = "session"
 SOURCES = {"preset": "A well-known model (preset)", "upload": "Upload a config.json",
            "compress": "The model picked on the Compress page"}
 BASE_BYTES = {4: "float32", 2: "16-bit (fp16 / bf16)", 1: "8-bit"}
 CONTEXTS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
-GROUPS = ("per-channel", 32, 64, 128, 256)
 
 
 def _preset_config() -> tuple[Any, str]:
@@ -81,8 +79,8 @@ def plan_settings() -> planner.PlanConfig:
     first, second, third = st.columns(3)
     bits = first.select_slider("Weight bits", planner.PLAN_BITS, value=4, key="planner.bits", persist_state=KEEP,
                                format_func=lambda b: "16 (none)" if b == 16 else str(b))
-    group = first.selectbox("Scale per", GROUPS, index=3, key="planner.group", persist_state=KEEP,
-                            format_func=lambda g: f"groups of {g}" if isinstance(g, int) else g)
+    group = first.selectbox("Scale per", SCALE_CHOICES, index=3, key="planner.group", persist_state=KEEP,
+                            format_func=group_label)
     symmetric = first.radio("Grid", ["symmetric", "asymmetric"], horizontal=True, key="planner.symmetric",
                             persist_state=KEEP) == "symmetric"
     sparsity = second.slider("Sparsity", 0.0, planner.MAX_SPARSITY, 0.0, 0.05, key="planner.sparsity",

@@ -8,6 +8,8 @@ from typing import Any
 import streamlit as st
 
 from memopt_core import charts
+from memopt_core.config import RunConfig
+from memopt_core.runs.rows import calibration_label
 from ui.chart_glue import saving_phrase, show_chart
 
 
@@ -136,11 +138,7 @@ def show_protocol(result: dict) -> None:
 def setting_of(result: dict) -> str:
     """The setting's label, e.g. 'magnitude 50% + W4A16 g128 sym' or 'uncompressed'; a calibrated
     one names its calibration data: 'GPTQ W4A16 per-channel sym · calibrated on both 64x512 seed 0'."""
-    from memopt_core.config import RunConfig
-    from memopt_core.runs.rows import calibration_label
-    from memopt_core.runs.sweep import setting_label
-
     config = RunConfig.from_dict(result["config"])
     calibration = result.get("protocol", {}).get("calibration")
     suffix = f" · calibrated on {calibration_label(calibration)}" if calibration else ""
-    return setting_label(config.prune, config.quant) + suffix
+    return config.label + suffix

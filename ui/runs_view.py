@@ -10,8 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from memopt_core import charts
+from memopt_core.runs.pareto import mark_pareto
 from memopt_core.runs.rows import result_row
-from memopt_core.runs.sweep import mark_pareto
 from ui.chart_glue import show_chart, table_saving_phrase
 from ui.loaders import result_store
 from ui.saved_models import list_saved, zip_folder

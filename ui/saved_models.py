@@ -11,9 +11,8 @@ import zipfile
 from pathlib import Path
 from typing import IO, Any
 
-from memopt_core.loading.cache import cache_dir
 from memopt_core.config import RunConfig
-from memopt_core.runs.sweep import setting_label
+from memopt_core.loading.cache import cache_dir
 
 MANIFEST = "memopt.json"  # memopt_core.loading.saved.MANIFEST; not imported here, that module loads torch
 
@@ -25,7 +24,7 @@ def saved_root() -> Path:
 def folder_name(result: dict[str, Any]) -> str:
     """``<model>-<setting>`` with only safe characters (built from our own labels, never user text)."""
     config = RunConfig.from_dict(result["config"])
-    text = f"{result['model']['name']}-{setting_label(config.prune, config.quant)}"
+    text = f"{result['model']['name']}-{config.label}"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:120]
 
 
@@ -41,7 +40,7 @@ class _StoredResult:
 
 def save_model(bench, result: dict[str, Any]) -> Path:
     """Compress a copy of ``bench``'s original at ``result``'s setting and save it; returns the folder."""
-    from memopt_core.loading.saved import save_compressed
+    from memopt_core.loading.saved import save_compressed  # loads torch: only when a user saves
 
     config = RunConfig.from_dict(result["config"])
     compressed, _ = bench.compress(config)
@@ -66,16 +65,11 @@ def list_saved() -> list[dict[str, Any]]:
             continue  # a damaged save is not offered for download
         run = manifest.get("run", {})
         config = run.get("config", {})
-        setting = setting_label(*_configs(config)) if config else "?"
+        setting = RunConfig.from_dict(config).label if config else "?"
         rows.append({"name": folder.name, "path": str(folder), "base model": manifest["base_model"]["name"],
                      "setting": setting, "simulated": manifest.get("simulated", False),
                      "size_mib": _folder_bytes(folder) / 2**20, "saved": manifest_path.stat().st_mtime})
     return sorted(rows, key=lambda row: row["saved"], reverse=True)
-
-
-def _configs(config: dict):
-    parsed = RunConfig.from_dict(config)
-    return parsed.prune, parsed.quant
 
 
 def zip_folder(folder: str | Path) -> IO[bytes]:

@@ -13,12 +13,11 @@ from memopt_core.config import MAX_PRUNE_RATIO, EvalConfig, ModelSpec, PruneConf
 from memopt_core.mixed.charts import loss_name, plan_bits_chart, sensitivity_bars
 from ui.chart_glue import show_chart
 from ui.loaders import is_loaded, workbench
+from ui.vocabulary import KEEP, SCALE_CHOICES, group_label
 
-KEEP = "session"
 RANKING = "sensitivity.ranking"  # {"model": label, "result": SensitivityResult.to_dict()}
 PLAN = "sensitivity.plan"  # {"model": label, "comparison": PlanComparison.to_dict()}
 PROBE_TOKENS = (256, 512, 1024, 2048, 4096)
-GROUPS = ("per-channel", 32, 64, 128)
 
 
 def unit_settings(where=st) -> tuple[QuantConfig, PruneConfig | None, str, int]:
@@ -26,8 +25,8 @@ def unit_settings(where=st) -> tuple[QuantConfig, PruneConfig | None, str, int]:
     first, second = where.columns(2)
     bits = first.select_slider("Bit width", (2, 3, 4, 5, 6, 8), value=4, key="sens.bits", persist_state=KEEP,
                                help="Round-to-nearest bits for the unit under test; the plan's base width.")
-    group = first.selectbox("Scale per", GROUPS, key="sens.group", persist_state=KEEP,
-                            format_func=lambda g: f"groups of {g}" if isinstance(g, int) else g)
+    group = first.selectbox("Scale per", SCALE_CHOICES, key="sens.group", persist_state=KEEP,
+                            format_func=group_label)
     ratio = first.slider("Magnitude prune ratio (ranking only)", 0.0, MAX_PRUNE_RATIO, 0.0, 0.05, key="sens.ratio",
                          persist_state=KEEP, help="Also prune the unit under test; the plan quantizes only.")
     by = second.radio("Unit compressed at a time", ["block", "layer"], horizontal=True, key="sens.by",
@@ -44,6 +43,8 @@ def unit_settings(where=st) -> tuple[QuantConfig, PruneConfig | None, str, int]:
 
 def _start(spec: ModelSpec, evaluation: EvalConfig, tokens: int):
     """(progress bar, shared workbench, probe scored on the original), the bar naming each step."""
+    # The engine's model code (torch + transformers, seconds to import) loads when a user first
+    # measures, not when the page opens; the same holds for the two functions below.
     from memopt_core.mixed.sensitivity import QualityProbe
 
     bar = st.progress(0.0, text="Starting ...")

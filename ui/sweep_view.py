@@ -8,17 +8,16 @@ import pandas as pd
 import streamlit as st
 
 from memopt_core import charts
-from memopt_core.config import ClusterConfig, EvalConfig, ModelSpec, PRUNE_METHODS
+from memopt_core.config import PRUNE_METHODS, ClusterConfig, EvalConfig, ModelSpec
 from memopt_core.runs.ray_executor import RayExecutor
 from memopt_core.runs.sweep import SweepGrid, run_sweep
 from ui.chart_glue import show_chart, table_saving_phrase
-from ui.loaders import LazyWorkbench, result_store
+from ui.loaders import loader, result_store
+from ui.vocabulary import KEEP, SCALE_CHOICES, group_label
 
-KEEP = "session"
 SWEEP = "tradeoffs.result"  # {"table": DataFrame, "name", "computed", "from_store", "seconds", "cancelled"}
 RATIOS = (0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95)
 BITS = (2, 3, 4, 5, 6, 8, 16, "fp16", "bf16")
-GROUPS = ("per-channel", 32, 64, 128, 256)
 QUANTIZERS = {"rtn": "round to nearest", "gptq": "GPTQ (calibration)"}
 PLACES = {"local": "this server", "ray": "a Ray cluster"}
 ADDRESS_ENV = "MEMOPT_RAY_ADDRESS"  # the cluster this dashboard's operator configured, if any
@@ -36,8 +35,8 @@ def grid_settings(where=st) -> SweepGrid:
                                key="sweep.ratios", persist_state=KEEP, help="0% = not pruned.")
     bits = second.multiselect("Bit widths", BITS, default=[16, 8, 4], key="sweep.bits", persist_state=KEEP,
                               format_func=lambda b: "16 (none)" if b == 16 else str(b))
-    groups = second.multiselect("Scale per", GROUPS, default=[128], key="sweep.groups", persist_state=KEEP,
-                                format_func=lambda g: f"groups of {g}" if isinstance(g, int) else g)
+    groups = second.multiselect("Scale per", SCALE_CHOICES, default=[128], key="sweep.groups", persist_state=KEEP,
+                                format_func=group_label)
     quantizers = second.multiselect("Quantizers", QUANTIZERS, default=["rtn"], key="sweep.quantizers",
                                     persist_state=KEEP, format_func=QUANTIZERS.get,
                                     help="GPTQ calibrates on 64 x 512 tokens of both bundled texts (never the "
@@ -89,7 +88,7 @@ def run_grid(spec: ModelSpec, grid: SweepGrid, evaluation: EvalConfig, name: str
         bar.progress(done / total, text=f"{done} of {total} done · now: {label} · {_duration(seconds_left)}")
 
     result = run_sweep(spec, grid, evaluation, store=result_store(), progress=progress, sweep_name=name,
-                       workbench=LazyWorkbench(spec) if executor is None else None, executor=executor)
+                       load=loader() if executor is None else None, executor=executor)
     where = "here" if executor is None else f"on {executor.workers} Ray worker{'s' * (executor.workers > 1)}"
     st.session_state[SWEEP] = {"table": result.table, "name": name, "computed": result.computed,
                                "from_store": result.from_store, "seconds": result.seconds,

@@ -8,10 +8,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from memopt_core.loading.cache import cache_dir
 from memopt_core.errors import DataError
+from memopt_core.loading.cache import cache_dir
+from memopt_core.texts import load_text
 
-MAX_TEXT_BYTES = 5_000_000  # the limit memopt_core.loading.texts.load_text applies to user files
+MAX_TEXT_BYTES = 5_000_000  # the limit memopt_core.texts.load_text applies to user files
 MAX_CONFIG_BYTES = 1_000_000  # a config.json is a few kB; anything near this is not one
 
 
@@ -30,8 +31,6 @@ def upload_folder() -> Path:
 def save_text_upload(name: str, data: bytes) -> str:
     """Write an uploaded evaluation text to a file named by its hash and check it with
     ``datasets.load_text`` (UTF-8, not empty, under 5 MB). Returns the path for EvalConfig.text."""
-    from memopt_core.loading.texts import load_text
-
     _check_size(name, data, MAX_TEXT_BYTES)
     path = upload_folder() / f"{hashlib.sha256(data).hexdigest()[:24]}.txt"
     if not path.is_file():

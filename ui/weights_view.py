@@ -33,7 +33,8 @@ def show_weight_view(result: dict, key: str) -> None:
         if not st.button("Load the model to show its weights", key=f"{key}.load_weights"):
             return
     with user_errors("weight view"):
-        from memopt_core.compression.weight_view import layer_weights  # the engine's compression code: imported when used
+        # The engine's model code loads when a user asks for the weights, not with the page.
+        from memopt_core.compression.weight_view import layer_weights
 
         with st.spinner(f"Reading {layer} ..."):
             bench = loaders.workbench(config.model)

@@ -9,6 +9,8 @@ import argparse
 import os
 import traceback
 
+from transformers.utils import logging as hf_logging
+
 from memopt_core.cli import estimate, models, run, sensitivity, sweep
 from memopt_core.cli.common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, fail
 from memopt_core.errors import MemoptError, ResourceError
@@ -25,8 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_libraries() -> None:
     """transformers' progress bars and warnings would bury the one-line results and errors."""
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
 

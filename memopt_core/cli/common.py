@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from memopt_core.config import DEVICES, DTYPES, RANGE_METHODS, CalibConfig, EvalConfig, ModelSpec
+from memopt_core.config import DEVICES, DTYPES, RANGE_METHODS, CalibConfig, EvalConfig, ModelSpec, SolverConfig
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
@@ -64,13 +64,8 @@ def add_calib_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def calib_config(args: argparse.Namespace) -> CalibConfig:
-    return CalibConfig(text=args.calib_text, samples=args.calib_samples, seq_len=args.calib_len, seed=args.calib_seed)
-
-
-def gptq_options(args: argparse.Namespace):
-    from memopt_core.primitives.gptq import GPTQOptions
-
-    return GPTQOptions(act_order=not args.no_act_order)
+    return CalibConfig(text=args.calib_text, samples=args.calib_samples, seq_len=args.calib_len, seed=args.calib_seed,
+                       solver=SolverConfig(act_order=not args.no_act_order))
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:

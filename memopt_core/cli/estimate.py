@@ -10,7 +10,7 @@ import json
 
 from memopt_core.config import BUNDLED_MODELS
 from memopt_core.errors import ConfigError, ModelLoadError
-from memopt_core.loading.paths import user_path
+from memopt_core.paths import user_path
 from memopt_core.planning.planner import MemoryEstimate, PlanConfig, estimate, fits_on, format_gib
 from memopt_core.planning.presets import COMPONENTS, list_presets, load_preset
 

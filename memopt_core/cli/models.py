@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from memopt_core.cli.common import print_json
+from memopt_core.loading.models import bundled_models
+
 
 def register(sub) -> None:
     parser = sub.add_parser("models", help="list the bundled offline models")
@@ -11,9 +14,6 @@ def register(sub) -> None:
 
 
 def handle_models(args: argparse.Namespace) -> int:
-    from memopt_core.cli.common import print_json
-    from memopt_core.loading.models import bundled_models
-
     models = bundled_models()
     if args.json:
         print_json({"models": models})

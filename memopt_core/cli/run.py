@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import argparse
 
-from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments,
-                                    add_model_arguments, add_quant_arguments, calib_config, eval_config, gptq_options,
-                                    model_spec, print_json, quant_kwargs)
+from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments, add_model_arguments,
+                                    add_quant_arguments, calib_config, eval_config, model_spec, print_json,
+                                    quant_kwargs)
+from memopt_core.cli.text_report import format_run
 from memopt_core.config import (PRUNE_METHODS, PRUNE_PATTERNS, OffloadConfig, PruneConfig, QuantConfig, RunConfig,
                                 TargetConfig)
 from memopt_core.errors import ConfigError
+from memopt_core.loading.saved import check_save_target
+from memopt_core.offload.layer_by_layer import run_layer_by_layer
+from memopt_core.runs.workbench import run
 
 
 def register(sub) -> None:
@@ -55,22 +59,15 @@ def offload_config(args: argparse.Namespace) -> OffloadConfig | None:
 
 
 def handle_run(args: argparse.Namespace) -> int:
-    # torch and transformers load here, not at import: `--help` and argument errors stay instant.
-    from memopt_core.cli.text_report import format_run
-    from memopt_core.runs.workbench import run
-
     config = run_config(args)  # validate every setting before loading anything
     offload = offload_config(args)
     if args.save is not None:  # and where the result goes: a bad --save must not cost the run
-        from memopt_core.loading.saved import check_save_target
 
         check_save_target(args.save)
     if offload is not None:
-        from memopt_core.offload.layer_by_layer import run_layer_by_layer
-
-        result = run_layer_by_layer(config, offload, save_dir=args.save, gptq=gptq_options(args))
+        result = run_layer_by_layer(config, offload, save_dir=args.save)
     else:
-        result = run(config, save_dir=args.save, gptq=gptq_options(args))
+        result = run(config, save_dir=args.save)
     if args.json:
         print_json(result.to_dict())
     else:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from memopt_core.cli.common import add_model_arguments, model_spec, quant_kwargs
+from memopt_core.cli.common import add_model_arguments, model_spec, print_json, quant_kwargs
 from memopt_core.config import EvalConfig, PruneConfig, QuantConfig
 from memopt_core.errors import ConfigError
+from memopt_core.mixed.around_uniform import plan_and_compare
+from memopt_core.mixed.sensitivity import QualityProbe, measure_sensitivity
+from memopt_core.runs.workbench import Workbench
 
 
 def register(sub) -> None:
@@ -62,8 +65,6 @@ def _table(result, top: int) -> str:
 
 
 def _plan(args: argparse.Namespace, bench, probe) -> dict:
-    from memopt_core.mixed.around_uniform import plan_and_compare
-
     base = QuantConfig(**{k: v for k, v in quant_kwargs(_plan_args(args)).items() if k != "method"})
     return plan_and_compare(bench, base, args.plan_bpw, by=args.by, probe=probe).to_dict()
 
@@ -75,10 +76,6 @@ def _plan_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def handle_sensitivity(args: argparse.Namespace) -> int:
-    from memopt_core.cli.common import print_json
-    from memopt_core.runs.workbench import Workbench
-    from memopt_core.mixed.sensitivity import QualityProbe, measure_sensitivity
-
     prune, quant = _configs(args)  # validate before loading
     evaluation = EvalConfig(text=args.eval_text, seq_len=args.seq_len, max_tokens=args.max_tokens,
                             gen_tokens=0, zero_shot=False)

@@ -5,9 +5,17 @@ import argparse
 import sys
 from contextlib import contextmanager
 
-from memopt_core.cli.common import (add_calib_arguments, add_eval_arguments, add_model_arguments, add_quant_arguments,
-                                 calib_config, eval_config, model_spec)
-from memopt_core.errors import ConfigError, DataError
+from tqdm import tqdm
+
+from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments, add_model_arguments,
+                                    add_quant_arguments, calib_config, eval_config, model_spec, print_json,
+                                    quant_kwargs)
+from memopt_core.config import ClusterConfig
+from memopt_core.errors import ConfigError, DataError, choices
+from memopt_core.paths import user_path
+from memopt_core.runs.ray_executor import RayExecutor
+from memopt_core.runs.store import ResultStore
+from memopt_core.runs.sweep import SweepGrid, run_sweep
 
 
 def _csv(kind):
@@ -53,8 +61,6 @@ def register(sub) -> None:
 @contextmanager
 def _progress_bar():
     """A progress callback drawing a bar on stderr, closed even when the sweep fails."""
-    from tqdm import tqdm
-
     # disable=None: no bar when stderr is not a terminal (pipes, logs), so an error stays one line there;
     # leave=False: a bar closed early (the sweep failed) is wiped before the error line is printed.
     bar = tqdm(total=None, file=sys.stderr, unit="setting", dynamic_ncols=True, disable=None, leave=False)
@@ -75,10 +81,6 @@ def _progress_bar():
 
 def build_grid(args: argparse.Namespace):
     """The sweep's grid; quantizers are an axis (16 bits and casts are run once, not per quantizer)."""
-    from memopt_core.cli.common import INTEGER_QUANT_METHODS, quant_kwargs
-    from memopt_core.errors import choices
-    from memopt_core.runs.sweep import SweepGrid
-
     if not args.bits:
         raise ConfigError("--bits is empty; give at least one bit width, e.g. 16,8,4")
     if args.group_size is not None and args.group_sizes is not None:
@@ -98,8 +100,6 @@ def build_grid(args: argparse.Namespace):
 
 def check_out(path: str) -> None:
     """Refuse an --out that cannot be a CSV file: a folder, or a file in a folder that does not exist."""
-    from memopt_core.loading.paths import user_path
-
     target = user_path(path, "--out")
     if target.is_dir():
         raise ConfigError(f"--out {path!r} is a folder; give a file name such as results.csv")
@@ -107,29 +107,17 @@ def check_out(path: str) -> None:
         raise ConfigError(f"--out {path!r}: the folder {str(target.parent)!r} does not exist")
 
 
-def build_executor(args: argparse.Namespace):
+def build_executor(args: argparse.Namespace) -> RayExecutor | None:
     """None (this process) or a RayExecutor; Ray flags without --executor ray are refused."""
-    from memopt_core.config import ClusterConfig
-
     ray_flags = args.address is not None or args.workers is not None or args.cpus_per_worker != 1
     if args.executor == "local":
         if ray_flags:
             raise ConfigError("--address, --workers and --cpus-per-worker apply to --executor ray")
         return None
-    cluster = ClusterConfig(address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker)
-    from memopt_core.runs.ray_executor import RayExecutor
-
-    return RayExecutor(cluster)
+    return RayExecutor(ClusterConfig(address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker))
 
 
 def handle_sweep(args: argparse.Namespace) -> int:
-    from memopt_core.cli.common import print_json
-    from memopt_core.runs.store import ResultStore
-
-    from memopt_core.runs.sweep import run_sweep
-
-    if args.no_act_order:  # the store keys sweeps by their settings; GPTQ's solver options are not among them
-        raise ConfigError("sweeps run GPTQ with activation ordering; compare --no-act-order with 'run'")
     spec, grid, evaluation = model_spec(args), build_grid(args), eval_config(args)
     executor = build_executor(args)
     if args.out:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from memopt_core.compression.memory import format_gib
+from memopt_core.units import format_gib
 
 _QUALITY_KEYS = (("perplexity", "perplexity", "{:.3f}"), ("top1_accuracy", "next-token top-1", "{:.3f}"),
                  ("kl_divergence", "KL from original", "{:.4f}"), ("top1_agreement", "top-1 agreement", "{:.3f}"),

@@ -27,17 +27,16 @@ import torch
 from torch import Tensor, nn
 
 from memopt_core.compression.calibration_data import BlockInputs, LayerStatistics, capture_block_inputs, forward_block
-from memopt_core.config import PruneConfig, QuantConfig, RunConfig
-from memopt_core.errors import ConfigError
-from memopt_core.compression.layers import QuantLinear, weight_storage_bytes
-from memopt_core.primitives.gptq import GPTQOptions, gptq_quantize
-from memopt_core.primitives.packing import pack_codes, pack_mask
-from memopt_core.primitives.quant import QuantizedWeight, dequantize, sqnr_db
-from memopt_core.primitives.sparsegpt import sparsegpt_prune
-from memopt_core.primitives.wanda import input_sq_norms_from_hessian, wanda_scores
+from memopt_core.compression.layers import QuantLinear, copy_bias, dense_linear
 from memopt_core.compression.prune import prune_
-from memopt_core.compression.quantize import quantize_
+from memopt_core.compression.quantize import quantize_, store_quantized_
 from memopt_core.compression.walk import effective_weight, find_blocks, set_module
+from memopt_core.config import PruneConfig, QuantConfig, SolverConfig
+from memopt_core.errors import ConfigError
+from memopt_core.primitives.gptq import gptq_quantize
+from memopt_core.primitives.quant import QuantizedWeight
+from memopt_core.primitives.sparsegpt import sparsegpt_prune
+from memopt_core.primitives.wanda import input_sq_norms_from_hessian
 
 CALIBRATED_PRUNE = ("wanda", "sparsegpt")
 
@@ -51,101 +50,60 @@ class CalibrationReport:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _bias_of(source: nn.Module) -> nn.Parameter | None:
-    bias = getattr(source, "bias", None)
-    return None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-
-
-def quant_linear_from(qw: QuantizedWeight, source: nn.Module, keep: Tensor | None = None) -> QuantLinear:
-    """A new QuantLinear holding ``qw`` (codes ``[out, in]``) with ``source``'s bias copied.
-
-    ``keep [out, in]``: pruned positions; a mask is stored only when their codes do not decode to 0."""
-    out_f, in_f = qw.shape
-    dtype = effective_weight(source).dtype
-    needs_mask = False
-    if keep is not None and not bool(keep.all()):
-        needs_mask = bool(dequantize(qw)[~keep].ne(0).any())
-    module = QuantLinear(in_f, out_f, qw.bits, qw.group_size, qw.zero_kind, tuple(qw.scale.shape), needs_mask,
-                         _bias_of(source), dtype)
-    module.packed = pack_codes(qw.codes, qw.bits)
-    module.scale = qw.scale.clone()
-    module.zero = None if qw.zero is None else qw.zero.clone()
-    module.mask = pack_mask(keep) if needs_mask else None
-    return module
-
-
-def _dense_from(weight: Tensor, source: nn.Module) -> nn.Linear:
-    """A new nn.Linear holding ``weight [out, in]`` and a copy of ``source``'s bias."""
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=getattr(source, "bias", None) is not None,
-                      device="meta")
-    layer.weight = nn.Parameter(weight, requires_grad=False)
-    if layer.bias is not None:
-        layer.bias = _bias_of(source)
-    return layer
-
-
-def _store_quantized(model: nn.Module, name: str, qw: QuantizedWeight, source: nn.Module, source_weight: Tensor,
-                     quant: QuantConfig, keep: Tensor | None) -> dict[str, Any]:
-    """Put the packed layer (or, for storage 'fake', its dequantized dense twin) at ``name``."""
-    stored: nn.Module = quant_linear_from(qw, source, keep)
-    bits = weight_storage_bytes(stored) * 8 / source_weight.numel()
-    simulated = quant.storage == "fake"
-    if simulated:
-        stored = _dense_from(stored.dequantized_weight(source_weight.dtype), source)
-    set_module(model, name, stored)
-    return {"bits": bits, "simulated": simulated, "sqnr_db": sqnr_db(source_weight, effective_weight(stored))}
+def _store_quantized(model: nn.Module, name: str, qw: QuantizedWeight, source: nn.Module, quant: QuantConfig,
+                     keep: Tensor | None) -> dict[str, Any]:
+    """Put the packed layer holding ``qw`` (or, for storage 'fake', its dense twin) at ``name``."""
+    stored = QuantLinear.from_quantized(qw, copy_bias(source), effective_weight(source).dtype, keep)
+    return store_quantized_(model, name, stored, source, quant)
 
 
 def _prune_layer(model: nn.Module, name: str, prune: PruneConfig, stats: LayerStatistics,
-                 quant: QuantConfig | None, options: GPTQOptions) -> tuple[Tensor, dict[str, Any] | None]:
+                 quant: QuantConfig | None, solver: SolverConfig) -> tuple[Tensor, dict[str, Any] | None]:
     """Wanda or SparseGPT on one layer. Returns (keep mask, the stored layer's info when SparseGPT
     already quantized it jointly, else None)."""
-    module = model.get_submodule(name)
-    weight = effective_weight(module).detach()  # [out, in]
     if prune.method == "wanda":
         norms = input_sq_norms_from_hessian(stats.hessian, stats.tokens) if stats.hessian is not None \
             else stats.sq_norms
-        return prune_(model, prune, [name], scores={name: wanda_scores(weight, norms)})[name], None
+        return prune_(model, prune, [name], input_sq_norms={name: norms})[name], None
+    module = model.get_submodule(name)
+    weight = effective_weight(module).detach()  # [out, in]
     joint = quant if quant is not None and quant.method == "gptq" else None
-    result = sparsegpt_prune(weight, stats.hessian, prune.ratio, prune.n, prune.m, joint, options)
+    result = sparsegpt_prune(weight, stats.hessian, prune.ratio, prune.n, prune.m, joint, solver)
     if result.quantized is not None:
-        return result.keep, _store_quantized(model, name, result.quantized, module, weight, joint, result.keep)
-    set_module(model, name, _dense_from(result.weight, module))
+        return result.keep, _store_quantized(model, name, result.quantized, module, joint, result.keep)
+    set_module(model, name, dense_linear(result.weight, copy_bias(module)))
     return result.keep, None
 
 
 def _quantize_layer(model: nn.Module, name: str, quant: QuantConfig, stats: LayerStatistics,
-                    options: GPTQOptions, keep: Tensor | None) -> dict[str, Any]:
+                    solver: SolverConfig, keep: Tensor | None) -> dict[str, Any]:
     if quant.method != "gptq":
         return quantize_(model, quant, [name])[name]
     module = model.get_submodule(name)
-    weight = effective_weight(module).detach()  # [out, in]
-    qw = gptq_quantize(weight, stats.hessian, quant, options, keep)
-    return _store_quantized(model, name, qw, module, weight, quant, keep)
+    qw = gptq_quantize(effective_weight(module).detach(), stats.hessian, quant, solver, keep)
+    return _store_quantized(model, name, qw, module, quant, keep)
 
 
-def compress_layer_(model: nn.Module, name: str, config: RunConfig, stats: LayerStatistics,
-                    options: GPTQOptions, keep: Tensor | None = None) -> dict[str, Any]:
+def compress_layer_(model: nn.Module, name: str, prune: PruneConfig | None, quant: QuantConfig | None,
+                    stats: LayerStatistics, solver: SolverConfig, keep: Tensor | None = None) -> dict[str, Any]:
     """Prune (Wanda / SparseGPT) then quantize (GPTQ / RTN / cast) the layer ``name`` of ``model``
     from its calibration statistics; ``keep`` is a mask from an earlier, uncalibrated pruning.
     Replaces the module (in place on ``model``); returns the layer's info."""
     start = time.perf_counter()
     info: dict[str, Any] = {}
-    prune, quant = config.prune, config.quant
     if prune is not None and prune.method in CALIBRATED_PRUNE:
-        keep, joint = _prune_layer(model, name, prune, stats, quant, options)
+        keep, joint = _prune_layer(model, name, prune, stats, quant, solver)
         if joint is not None:
             return {**joint, "method": "sparsegpt+gptq", "seconds": time.perf_counter() - start}
     if quant is not None:
-        info = _quantize_layer(model, name, quant, stats, options, keep)
+        info = _quantize_layer(model, name, quant, stats, solver, keep)
     info.update(method="+".join(m for m in (prune.method if prune else None, quant.method if quant else None) if m),
                 seconds=time.perf_counter() - start)
     return info
 
 
-def _needs_hessian(config: RunConfig) -> bool:
-    return (config.quant is not None and config.quant.method == "gptq") or \
-        (config.prune is not None and config.prune.method == "sparsegpt")
+def _needs_hessian(prune: PruneConfig | None, quant: QuantConfig | None) -> bool:
+    return (quant is not None and quant.method == "gptq") or (prune is not None and prune.method == "sparsegpt")
 
 
 def _layers_by_block(model: nn.Module, names: list[str]) -> tuple[nn.ModuleList, list[list[str]]]:
@@ -175,12 +133,12 @@ def _check_tokens(model: nn.Module, tokens: Tensor) -> None:
                           f"choose a calibration length of at most {limit}")
 
 
-def pre_prune(model: nn.Module, config: RunConfig, names: list[str]) -> dict[str, Tensor]:
+def pre_prune(model: nn.Module, prune: PruneConfig | None, names: list[str]) -> dict[str, Tensor]:
     """Uncalibrated pruning (magnitude, global, l2) of ``names`` (in place) before the calibrated
     walk, whose solvers then keep its masks; calibrated pruning happens inside the walk instead."""
-    if config.prune is None or config.prune.method in CALIBRATED_PRUNE:
+    if prune is None or prune.method in CALIBRATED_PRUNE:
         return {}
-    return prune_(model, config.prune, names)
+    return prune_(model, prune, names)
 
 
 class _StandIn(nn.Module):
@@ -205,10 +163,11 @@ class _StandIn(nn.Module):
 class _Walk:
     """Compresses the layers of one block after another (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, config: RunConfig, options: GPTQOptions, masks: dict[str, Tensor]) -> None:
-        self.model, self.config, self.options, self.masks = model, config, options, masks
-        self.hessian = _needs_hessian(config)
-        self.report = CalibrationReport(options=dataclasses.asdict(options))
+    def __init__(self, model: nn.Module, prune: PruneConfig | None, quant: QuantConfig | None, solver: SolverConfig,
+                 masks: dict[str, Tensor]) -> None:
+        self.model, self.prune, self.quant, self.solver, self.masks = model, prune, quant, solver, masks
+        self.hessian = _needs_hessian(prune, quant)
+        self.report = CalibrationReport(options=dataclasses.asdict(solver))
         self.clock = dict.fromkeys(("capture_s", "statistics_s", "solve_s", "forward_s"), 0.0)
         self.last: tuple[Tensor | None, LayerStatistics | None] = (None, None)
 
@@ -218,8 +177,8 @@ class _Walk:
             self.last = (x, LayerStatistics.of(x, self.hessian))
         middle = time.perf_counter()
         set_module(self.model, name, self.model.get_submodule(name).original)
-        self.report.layers[name] = compress_layer_(self.model, name, self.config, self.last[1], self.options,
-                                                   self.masks.get(name))
+        self.report.layers[name] = compress_layer_(self.model, name, self.prune, self.quant, self.last[1],
+                                                   self.solver, self.masks.get(name))
         self.clock["statistics_s"] += middle - start
         self.clock["solve_s"] += time.perf_counter() - middle
         return self.model.get_submodule(name)
@@ -249,11 +208,11 @@ class BlockwiseCalibration:
     at construction, so the model's embeddings must be usable then; each call then needs only its
     block's real weights, and leaves that block's outputs as the next block's inputs."""
 
-    def __init__(self, model: nn.Module, config: RunConfig, names: list[str], tokens: Tensor,
-                 options: GPTQOptions | None = None) -> None:
+    def __init__(self, model: nn.Module, names: list[str], prune: PruneConfig | None, quant: QuantConfig | None,
+                 tokens: Tensor, solver: SolverConfig = SolverConfig()) -> None:
         _check_tokens(model, tokens)
         self.blocks, self.by_block = _layers_by_block(model, names)
-        self.walk = _Walk(model, config, options or GPTQOptions(), {})
+        self.walk = _Walk(model, prune, quant, solver, {})
         start = time.perf_counter()
         self.inputs = capture_block_inputs(model, self.blocks[0], tokens)
         self.walk.clock["capture_s"] = time.perf_counter() - start
@@ -262,8 +221,9 @@ class BlockwiseCalibration:
 
     @torch.no_grad()
     def compress_block_(self, index: int, masks: dict[str, Tensor]) -> None:
-        """Compress the targets of block ``index`` (replaced in the model, in place), respecting the
-        keep ``masks`` of an earlier uncalibrated pruning; blocks past the last target are skipped."""
+        """Compress the targets of block ``index`` (replaced in the model, in place), keeping the
+        ``masks`` of an earlier uncalibrated pruning (:func:`pre_prune`); blocks past the last
+        target are skipped."""
         if index > self.last:
             return
         self.walk.masks = masks
@@ -275,15 +235,15 @@ class BlockwiseCalibration:
 
 
 @torch.no_grad()
-def compress_calibrated_(model: nn.Module, config: RunConfig, names: list[str], tokens: Tensor,
-                         options: GPTQOptions | None = None) -> CalibrationReport:
-    """Compress the Linears ``names`` of ``model`` as ``config`` says, using calibration ``tokens``
+def compress_calibrated_(model: nn.Module, names: list[str], prune: PruneConfig | None, quant: QuantConfig | None,
+                         tokens: Tensor, solver: SolverConfig = SolverConfig()) -> CalibrationReport:
+    """Compress the Linears ``names`` of ``model`` (prune, then quantize), using calibration ``tokens``
     (LongTensor ``[samples, length]``, run as one batch). ``model`` changes in place (modules
-    replaced, no tensor written). Returns per-layer info, timings and the solver options."""
+    replaced, no tensor written). Returns per-layer info, timings and the solver settings."""
     _check_tokens(model, tokens)
     _layers_by_block(model, names)  # refuse targets outside the blocks before any layer is pruned
-    masks = pre_prune(model, config, names)  # all layers at once: a global threshold needs them all
-    walk = BlockwiseCalibration(model, config, names, tokens, options)
+    masks = pre_prune(model, prune, names)  # all layers at once: a global threshold needs them all
+    walk = BlockwiseCalibration(model, names, prune, quant, tokens, solver)
     for index in range(len(walk.blocks)):
         walk.compress_block_(index, masks)
     return walk.report()

@@ -28,9 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from memopt_core.config import BUNDLED_TEXTS, CalibConfig, EvalConfig
-from memopt_core.evaluation.causal_lm import model_device
-from memopt_core.loading.texts import load_text, token_windows
 from memopt_core.errors import ConfigError, DataError
+from memopt_core.texts import load_text, token_windows
 
 PROTECTED_TOKENS = 16_384
 # Tokens after the protected prefix that are also skipped: a prefix cut can only change the
@@ -135,7 +134,9 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, tokens: Tenso
         captured.append(BlockInputs(hidden, tuple(args[1:]), kwargs))
         raise _Stop
 
-    device = model_device(model)
+    # The first parameter holding data: a model dispatched layer by layer keeps the modules it
+    # streams from disk on the meta device.
+    device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
     extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
     handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
     try:

@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from memopt_core.compression.calibrate import compress_calibrated_
 from memopt_core.compression.calibration_data import CalibrationSet
-from memopt_core.config import RunConfig
-from memopt_core.errors import ConfigError
 from memopt_core.compression.layers import SparseLinear
-from memopt_core.primitives.quant import sqnr_db
 from memopt_core.compression.prune import prune_
 from memopt_core.compression.quantize import quantize_
 from memopt_core.compression.walk import effective_weight, set_module, target_linears
+from memopt_core.config import PruneConfig, QuantConfig, RunConfig, SolverConfig, needs_calibration
+from memopt_core.errors import ConfigError
+from memopt_core.primitives.quant import sqnr_db
 
 
 def structural_copy(model: nn.Module) -> nn.Module:
@@ -53,55 +54,55 @@ def store_sparse_(model: nn.Module, names: list[str]) -> int:
     return converted
 
 
-def _calibrated(model: nn.Module, config: RunConfig, names: list[str],
-                calibration: CalibrationSet | Callable[[], CalibrationSet] | None, gptq) -> CompressedModel:
-    """GPTQ / Wanda / SparseGPT: compression block by block from calibration statistics."""
-    from memopt_core.compression.calibrate import compress_calibrated_
+def compress_layers_(model: nn.Module, names: list[str], prune: PruneConfig | None, quant: QuantConfig | None,
+                     calibration: Tensor | None = None, solver: SolverConfig = SolverConfig()) -> dict[str, Any]:
+    """Prune, then quantize, the Linears ``names`` of ``model`` in place (modules replaced, no tensor
+    written); a pruned layer left unquantized is held as bitmask + values where that is smaller.
 
-    if calibration is None:
-        raise ConfigError("GPTQ, Wanda and SparseGPT need calibration data; pass calibration= "
-                          "(memopt_core.compression.calibration_data.calibration_set; runner.Workbench does this)")
-    data = calibration() if callable(calibration) else calibration
-    report = compress_calibrated_(model, config, names, data.tokens, gptq)
-    timings = {f"calibration_{k}" if k != "calibrate_s" else k: v for k, v in report.timings.items()}
-    if config.prune is not None and config.quant is None:
+    Calibrated methods (GPTQ, Wanda, SparseGPT) take ``calibration`` tokens ``[samples, length]``
+    and the ``solver`` settings. Returns ``{"timings": {...}, "solver": {...} or None}``. The one
+    road by which runs, sensitivity and mixed precision compress layers."""
+    timings: dict[str, float] = {}
+    calibrated = needs_calibration(prune, quant)
+    if calibrated and calibration is None:
+        raise ConfigError("GPTQ, Wanda and SparseGPT need calibration data; pass calibration tokens "
+                          "(memopt_core.compression.calibration_data.calibration_set; the Workbench does this)")
+    with torch.inference_mode(False), torch.no_grad():
+        if calibrated:
+            report = compress_calibrated_(model, names, prune, quant, calibration, solver)
+            timings.update({k if k == "calibrate_s" else f"calibration_{k}": v for k, v in report.timings.items()})
+        else:
+            _timed(timings, "prune_s", prune is not None, lambda: prune_(model, prune, names))
+            _timed(timings, "quantize_s", quant is not None, lambda: quantize_(model, quant, names))
+        _timed(timings, "sparse_storage_s", prune is not None and quant is None, lambda: store_sparse_(model, names))
+    return {"timings": timings, "solver": report.options if calibrated else None}
+
+
+def _timed(timings: dict[str, float], key: str, when: bool, step: Callable[[], Any]) -> None:
+    if when:
         start = time.perf_counter()
-        store_sparse_(model, names)
-        timings["sparse_storage_s"] = time.perf_counter() - start
-    simulated = config.quant is not None and config.quant.storage == "fake"
-    return CompressedModel(model=model, target_names=names, simulated=simulated, timings=timings,
-                           calibration={**data.description, "solver": report.options})
+        step()
+        timings[key] = time.perf_counter() - start
 
 
 def compress_copy(original: nn.Module, config: RunConfig,
-                  calibration: CalibrationSet | Callable[[], CalibrationSet] | None = None,
-                  gptq=None) -> CompressedModel:
+                  calibration: CalibrationSet | Callable[[], CalibrationSet] | None = None) -> CompressedModel:
     """Prune then quantize a structural copy of ``original`` as ``config`` says (original unchanged).
 
     Configs that need calibration (GPTQ, Wanda, SparseGPT) take their tokens from ``calibration``
-    (a CalibrationSet or a function returning one, called only when needed) and solver settings
-    from ``gptq`` (a :class:`memopt_core.primitives.gptq.GPTQOptions`; default act-order on)."""
+    (a CalibrationSet or a function returning one, called only when needed) and their solver
+    settings from ``config.calib.solver``."""
     model = structural_copy(original)
     names = list(target_linears(model, config.targets))
-    if config.needs_calibration:
-        with torch.inference_mode(False), torch.no_grad():
-            return _calibrated(model, config, names, calibration, gptq)
-    timings: dict[str, float] = {}
-    simulated = False
-    with torch.inference_mode(False), torch.no_grad():
-        if config.prune is not None:
-            start = time.perf_counter()
-            prune_(model, config.prune, names)
-            timings["prune_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        if config.quant is not None:
-            quantize_(model, config.quant, names)
-            simulated = config.quant.storage == "fake"
-            timings["quantize_s"] = time.perf_counter() - start
-        elif config.prune is not None:
-            store_sparse_(model, names)
-            timings["sparse_storage_s"] = time.perf_counter() - start
-    return CompressedModel(model=model, target_names=names, simulated=simulated, timings=timings)
+    data = None
+    if config.needs_calibration and calibration is not None:
+        data = calibration() if callable(calibration) else calibration
+    done = compress_layers_(model, names, config.prune, config.quant, None if data is None else data.tokens,
+                            config.calib.solver)
+    simulated = config.quant is not None and config.quant.storage == "fake"
+    described = None if data is None else {**data.description, "solver": done["solver"]}
+    return CompressedModel(model=model, target_names=names, simulated=simulated, timings=done["timings"],
+                           calibration=described)
 
 
 def layer_errors(original: nn.Module, compressed: nn.Module, names: list[str]) -> dict[str, float]:

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memopt_core.compression.walk import effective_weight
 from memopt_core.config import QuantConfig
 from memopt_core.primitives.packing import pack_codes, pack_mask, packed_nbytes, unpack_codes, unpack_mask
-from memopt_core.primitives.quant import dequantize_codes, quantize_weight
-from memopt_core.compression.walk import effective_weight
+from memopt_core.primitives.quant import QuantizedWeight, dequantize, dequantize_codes, quantize_weight
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -24,11 +24,22 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _copy_bias(linear: nn.Module) -> nn.Parameter | None:
+def copy_bias(linear: nn.Module) -> nn.Parameter | None:
+    """A copy of ``linear``'s bias as a new Parameter (None without one); ``linear`` is not changed."""
     bias = getattr(linear, "bias", None)
     if bias is None:
         return None
     return nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+
+
+def dense_linear(weight: torch.Tensor, bias: nn.Parameter | None) -> nn.Linear:
+    """A new ``nn.Linear`` holding ``weight`` ``[out, in]`` (not copied) and ``bias``.
+
+    Built on the meta device, so no random initialisation is paid for, then given the tensors."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+    layer.bias = bias
+    return layer
 
 
 def _empty_bias(spec: dict) -> nn.Parameter | None:
@@ -97,19 +108,24 @@ class QuantLinear(_KeepsStoredDtype):
 
     @classmethod
     def from_linear(cls, linear: nn.Module, cfg: QuantConfig) -> "QuantLinear":
-        """Quantize ``linear`` (nn.Linear or a module of this file; not changed) into a new QuantLinear."""
+        """Quantize ``linear`` (nn.Linear or a module of this file; not changed) into a new QuantLinear;
+        its zero weights (pruned ones) stay exactly zero."""
         w = effective_weight(linear).detach()  # [out, in]
-        qw = quantize_weight(w, cfg)
-        zeros = w == 0
-        # A float minimum cannot always represent 0: keep pruned weights at exactly 0 with a mask.
-        needs_mask = bool(zeros.any()) and bool(dequantize_codes(qw.codes, qw.scale, qw.zero, qw.bits, qw.group_size,
-                                                                 qw.zero_kind)[zeros].ne(0).any())
-        module = cls(w.shape[1], w.shape[0], qw.bits, qw.group_size, qw.zero_kind, tuple(qw.scale.shape),
-                     needs_mask, _copy_bias(linear), w.dtype)
+        return cls.from_quantized(quantize_weight(w, cfg), copy_bias(linear), w.dtype, keep=w != 0)
+
+    @classmethod
+    def from_quantized(cls, qw: QuantizedWeight, bias: nn.Parameter | None, dtype: torch.dtype,
+                       keep: torch.Tensor | None = None) -> "QuantLinear":
+        """A new QuantLinear holding ``qw`` (codes ``[out, in]``, copied) and ``bias``; ``dtype`` is the
+        source weight's. ``keep`` (bool ``[out, in]``) marks the weights that are not pruned: a mask is
+        stored only when pruned positions would not decode to exactly 0 (a float-minimum grid)."""
+        out_f, in_f = qw.shape
+        needs_mask = keep is not None and not bool(keep.all()) and bool(dequantize(qw)[~keep].ne(0).any())
+        module = cls(in_f, out_f, qw.bits, qw.group_size, qw.zero_kind, tuple(qw.scale.shape), needs_mask, bias, dtype)
         module.packed = pack_codes(qw.codes, qw.bits)
         module.scale = qw.scale.clone()
         module.zero = None if qw.zero is None else qw.zero.clone()
-        module.mask = pack_mask(~zeros) if needs_mask else None
+        module.mask = pack_mask(keep) if needs_mask else None
         return module
 
     def codes(self) -> torch.Tensor:
@@ -164,7 +180,7 @@ class SparseLinear(nn.Module):
         """Store the non-zeros of ``linear``'s weight (``linear`` is not changed)."""
         w = effective_weight(linear).detach()  # [out, in]
         keep = w != 0
-        module = cls(w.shape[1], w.shape[0], int(keep.sum()), w.dtype, _copy_bias(linear))
+        module = cls(w.shape[1], w.shape[0], int(keep.sum()), w.dtype, copy_bias(linear))
         module.mask = pack_mask(keep)
         module.values = w[keep].clone()
         return module
@@ -215,7 +231,7 @@ class CastLinear(_KeepsStoredDtype):
     def from_linear(cls, linear: nn.Module, dtype: torch.dtype = torch.float16) -> "CastLinear":
         """Cast ``linear``'s weight into a new tensor (``linear`` is not changed)."""
         w = effective_weight(linear).detach()  # [out, in]
-        module = cls(w.shape[1], w.shape[0], dtype, _copy_bias(linear))
+        module = cls(w.shape[1], w.shape[0], dtype, copy_bias(linear))
         # .to() returns the same tensor when the dtype already matches: clone so nothing is shared.
         module.weight = w.to(dtype).clone()
         return module

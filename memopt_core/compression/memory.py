@@ -25,8 +25,7 @@ import torch
 from torch import nn
 
 from memopt_core.compression.layers import module_storage_bytes, weight_storage_bytes
-from memopt_core.units import GIB, format_gib  # noqa: F401 - re-exported for callers
-
+from memopt_core.units import GIB
 
 
 def stored_bytes(module: nn.Module) -> int:

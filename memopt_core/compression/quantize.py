@@ -1,35 +1,39 @@
 """Weight-only quantization walker: ``quantize_(model, cfg, names)`` swaps Linear layers in place.
 
-Storage ``packed`` puts a :class:`~memopt_core.compression.layers.QuantLinear` (bit-packed codes + fp16 scales)
-in place of each layer: the memory saving is real. Storage ``fake`` puts a plain ``nn.Linear``
-holding the dequantized float weight: the quality is that of the quantized model but the memory
-saving is only simulated (the reported bits per weight are those the packed form would take).
-Methods ``fp16``/``bf16`` store the weight cast (:class:`~memopt_core.compression.layers.CastLinear`).
+Storage ``packed`` puts a :class:`~memopt_core.compression.layers.QuantLinear` (bit-packed codes +
+fp16 scales) in place of each layer: the memory saving is real. Storage ``fake`` puts a plain
+``nn.Linear`` holding the dequantized float weight: the quality is that of the quantized model but
+the memory saving is only simulated (the reported bits per weight are those the packed form would
+take). Methods ``fp16``/``bf16`` store the weight cast (:class:`~memopt_core.compression.layers.CastLinear`).
 Source tensors are never written: the model may share them with a cached original.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from memopt_core.compression.layers import CastLinear, QuantLinear, copy_bias, dense_linear, weight_storage_bytes
+from memopt_core.compression.walk import effective_weight, set_module
 from memopt_core.config import QuantConfig
 from memopt_core.errors import ConfigError
-from memopt_core.compression.layers import CastLinear, QuantLinear, weight_storage_bytes
 from memopt_core.primitives.quant import sqnr_db
-from memopt_core.compression.walk import effective_weight, set_module
 
 _CAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _dense_linear(weight: torch.Tensor, source: nn.Module) -> nn.Linear:
-    """A new nn.Linear holding ``weight`` [out, in] and a copy of ``source``'s bias."""
-    bias = getattr(source, "bias", None)
-    # Built on the meta device so no random initialisation is paid for, then given real tensors.
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    layer.weight = nn.Parameter(weight, requires_grad=False)
-    if bias is not None:
-        layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
-    return layer
+def store_quantized_(model: nn.Module, name: str, stored: nn.Module, source: nn.Module, cfg: QuantConfig) -> dict[str, Any]:
+    """Put ``stored`` (a compressed module made from ``source``, the module now at ``name``) into
+    ``model`` at ``name``; for storage 'fake' its dequantized dense twin instead. Returns the layer's
+    info: stored weight bits per weight, SQNR against the source weight and whether it is simulated."""
+    source_weight = effective_weight(source).detach()  # [out, in]
+    bits = weight_storage_bytes(stored) * 8 / source_weight.numel()
+    simulated = cfg.storage == "fake"
+    if simulated:
+        stored = dense_linear(stored.dequantized_weight(source_weight.dtype), copy_bias(source))
+    set_module(model, name, stored)
+    return {"bits": bits, "sqnr_db": sqnr_db(source_weight, effective_weight(stored)), "simulated": simulated}
 
 
 def _compressed(module: nn.Module, cfg: QuantConfig) -> nn.Module:
@@ -53,13 +57,5 @@ def quantize_(model: nn.Module, cfg: QuantConfig, names: list[str]) -> dict[str,
     info: dict[str, dict] = {}
     for name in names:
         source = model.get_submodule(name)
-        source_weight = effective_weight(source).detach()  # [out, in]
-        stored = _compressed(source, cfg)
-        bits = weight_storage_bytes(stored) * 8 / source_weight.numel()
-        simulated = cfg.storage == "fake"
-        if simulated:
-            stored = _dense_linear(stored.dequantized_weight(source_weight.dtype), source)
-        info[name] = {"bits": bits, "sqnr_db": sqnr_db(source_weight, effective_weight(stored)),
-                      "simulated": simulated}
-        set_module(model, name, stored)
+        info[name] = store_quantized_(model, name, _compressed(source, cfg), source, cfg)
     return info

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from memopt_core.primitives.sparsity import count_zeros
 from memopt_core.compression.walk import effective_weight, layer_position
+from memopt_core.primitives.sparsity import count_zeros
 
 
 @torch.no_grad()

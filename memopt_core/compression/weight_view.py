@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from memopt_core.compression.compress import compress_copy
+from memopt_core.compression.walk import effective_weight
 from memopt_core.config import QuantConfig, RunConfig, TargetConfig
 from memopt_core.primitives.quant import dequantize_codes, quantize_weight
-from memopt_core.compression.walk import effective_weight
 
 MAX_POINTS = 20_000  # enough for a smooth histogram, small enough to send to a browser
 

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from memopt_core.config import EvalConfig
-from memopt_core.loading.texts import TextSource, load_labelled_sentences, load_text, token_windows
 from memopt_core.evaluation.causal_lm import evaluate_causal_lm, greedy_generate, model_device, zero_shot_sentiment
 from memopt_core.evaluation.encoder import (classifier_accuracy, classifier_predictions, encoder_metrics, fit_probe,
-                                          sentence_embeddings)
+                                            sentence_embeddings)
 from memopt_core.loading.models import LoadedModel
+from memopt_core.texts import TextSource, load_labelled_sentences, load_text, token_windows
 
 
 @dataclass

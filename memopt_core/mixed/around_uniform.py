@@ -19,15 +19,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from memopt_core.compression.compress import compress_layers_
+from memopt_core.compression.walk import effective_weight, set_module, target_linears
 from memopt_core.config import QuantConfig, TargetConfig
 from memopt_core.errors import ConfigError
 from memopt_core.mixed.plan import (CANDIDATE_BITS, MixedPrecisionPlan, apply_plan, error_energy, plan_bits,
-                                         plan_outcome, uniform_plan_of, widths_to_measure)
-from memopt_core.compression.quantize import quantize_
+                                    plan_outcome, uniform_plan_of, widths_to_measure)
 from memopt_core.mixed.sensitivity import DEFAULT_EVAL, Progress, QualityProbe, units_of
-from memopt_core.compression.walk import effective_weight, set_module, target_linears
 
 
 @dataclass
@@ -69,18 +67,17 @@ def measure_around_uniform(source, base: QuantConfig, widths: tuple[int, ...], b
     others = [b for b in widths if b != base.bits]
     changes = {b: {} for b in others}
     total = len(others) * len(units)
-    with torch.inference_mode(False), torch.no_grad():
-        for index, bits in enumerate(others):
-            for done, (unit, names) in enumerate(units.items()):
-                if progress is not None:
-                    progress(index * len(units) + done, total, f"{bits} bits: {unit}")
-                saved = {name: model.get_submodule(name) for name in names}
-                for name in names:  # the original Linear, quantized anew at this width (never changed)
-                    set_module(model, name, loaded.model.get_submodule(name))
-                quantize_(model, dataclasses.replace(base, bits=bits), names)
-                changes[bits][unit] = _loss(probe, model) - uniform_loss
-                for name, module in saved.items():
-                    set_module(model, name, module)
+    for index, bits in enumerate(others):
+        for done, (unit, names) in enumerate(units.items()):
+            if progress is not None:
+                progress(index * len(units) + done, total, f"{bits} bits: {unit}")
+            saved = {name: model.get_submodule(name) for name in names}
+            for name in names:  # the original Linear, quantized anew at this width (never changed)
+                set_module(model, name, loaded.model.get_submodule(name))
+            compress_layers_(model, names, None, dataclasses.replace(base, bits=bits))
+            changes[bits][unit] = _loss(probe, model) - uniform_loss
+            for name, module in saved.items():
+                set_module(model, name, module)
     if progress is not None:
         progress(1, 1, "done")
     changes[base.bits] = {unit: 0.0 for unit in units}

@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from memopt_core.compression.compress import CompressedModel, structural_copy
+from memopt_core.compression.compress import CompressedModel, compress_layers_, structural_copy
+from memopt_core.compression.layers import weight_storage_bytes
 from memopt_core.config import QuantConfig
 from memopt_core.errors import ConfigError
-from memopt_core.primitives.packing import packed_nbytes
-from memopt_core.compression.quantize import quantize_
 from memopt_core.mixed.sensitivity import QualityProbe
+from memopt_core.primitives.packing import packed_nbytes
 from memopt_core.primitives.quant import dequantize, quantize_weight
 
 CANDIDATE_BITS = (2, 3, 4, 5, 6, 8)
@@ -169,13 +169,10 @@ def error_energy(weight, cfg: QuantConfig) -> float:
 
 def apply_plan(original, plan: MixedPrecisionPlan) -> CompressedModel:
     """A structural copy of ``original`` (an ``nn.Module``) with each planned layer quantized at its own width."""
-    import torch
-
     start = time.perf_counter()
     model = structural_copy(original)
-    with torch.inference_mode(False), torch.no_grad():
-        for name in plan.bits:
-            quantize_(model, plan.config_for(name), [name])
+    for name in plan.bits:
+        compress_layers_(model, [name], None, plan.config_for(name))
     return CompressedModel(model=model, target_names=list(plan.bits), simulated=plan.base.storage == "fake",
                            timings={"quantize_s": time.perf_counter() - start})
 
@@ -184,8 +181,6 @@ def plan_outcome(probe: QualityProbe, compressed: CompressedModel, plan: MixedPr
     """Predicted (summed unit losses) against measured loss of the applied plan, and its bytes.
     With KL as the loss, the predicted perplexity is ``exp(baseline NLL + summed KL)``: the NLL
     rises by the KL on average over the model's own predictions, about so on real text."""
-    from memopt_core.compression.layers import weight_storage_bytes
-
     score, delta, kl = probe.measure(compressed.model)
     stored = sum(weight_storage_bytes(compressed.model.get_submodule(n)) for n in compressed.target_names)
     measured = kl if plan.extra.get("loss") == "kl" else delta

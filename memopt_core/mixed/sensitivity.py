@@ -18,13 +18,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from memopt_core.compression.compress import structural_copy
+from memopt_core.compression.compress import compress_layers_, structural_copy
+from memopt_core.compression.walk import layer_position, set_module, target_linears
 from memopt_core.config import EvalConfig, PruneConfig, QuantConfig, TargetConfig
 from memopt_core.errors import ConfigError, choices
+from memopt_core.evaluation.causal_lm import evaluate_causal_lm
+from memopt_core.evaluation.encoder import sentence_embeddings
 from memopt_core.loading.models import LoadedModel
-from memopt_core.compression.prune import prune_
-from memopt_core.compression.quantize import quantize_
-from memopt_core.compression.walk import layer_position, set_module, target_linears
+from memopt_core.texts import load_labelled_sentences, load_text, token_windows
 
 UNITS = ("layer", "block")
 DEFAULT_EVAL = EvalConfig(max_tokens=1024, seq_len=512, gen_tokens=0, zero_shot=False)
@@ -80,21 +81,14 @@ class QualityProbe:
         if self.causal:
             self._prepare_causal(windows)
         else:
-            from memopt_core.loading.texts import load_labelled_sentences
-            from memopt_core.evaluation.encoder import sentence_embeddings
-
             self.sentences = [s for s, _ in load_labelled_sentences()]
             self.reference = sentence_embeddings(loaded.model, loaded.tokenizer, self.sentences)
             self.baseline = 1.0
             self.protocol = {"sentences": len(self.sentences), "metric": "drop of mean cosine similarity"}
 
     def _prepare_causal(self, windows: torch.Tensor | None) -> None:
-        from memopt_core.evaluation.causal_lm import evaluate_causal_lm
-
         text = "given windows"
         if windows is None:
-            from memopt_core.loading.texts import load_text, token_windows
-
             source = load_text(self.eval_config.text)
             text = source.name
             windows = token_windows(self.loaded.tokenizer, source.text, self.eval_config.seq_len,
@@ -112,12 +106,8 @@ class QualityProbe:
     def measure(self, model: nn.Module) -> tuple[float, float, float | None]:
         """(score, delta = quality loss against the original, KL or None) of ``model``."""
         if self.causal:
-            from memopt_core.evaluation.causal_lm import evaluate_causal_lm
-
             metrics, _ = evaluate_causal_lm(model, self.windows, reference=self.reference, kl_top_k=1)
             return metrics.mean_nll, metrics.mean_nll - self.baseline, metrics.kl_divergence
-        from memopt_core.evaluation.encoder import sentence_embeddings
-
         embeddings = sentence_embeddings(model, self.loaded.tokenizer, self.sentences)
         cosine = float((embeddings * self.reference).sum(-1).mean())  # both L2-normalised
         return cosine, self.baseline - cosine, None
@@ -145,15 +135,6 @@ def _check_cheap(prune: PruneConfig | None, quant: QuantConfig | None) -> None:
                           "GPTQ, Wanda and SparseGPT need calibration")
 
 
-def compress_unit_(model: nn.Module, names: list[str], prune: PruneConfig | None, quant: QuantConfig | None) -> None:
-    """Prune then quantize the layers ``names`` of ``model`` (modules replaced in place)."""
-    with torch.inference_mode(False), torch.no_grad():
-        if prune is not None:
-            prune_(model, prune, names)
-        if quant is not None:
-            quantize_(model, quant, names)
-
-
 def measure_sensitivity(source, quant: QuantConfig | None, prune: PruneConfig | None = None, by: str = "layer",
                         eval_config: EvalConfig | None = None, targets: TargetConfig | None = None,
                         probe: QualityProbe | None = None, progress: Progress | None = None) -> SensitivityResult:
@@ -172,7 +153,7 @@ def measure_sensitivity(source, quant: QuantConfig | None, prune: PruneConfig | 
             progress(done, len(units), unit)
         began = time.perf_counter()
         saved = {name: copy.get_submodule(name) for name in names}
-        compress_unit_(copy, names, prune, quant)
+        compress_layers_(copy, names, prune, quant)
         score, delta, kl = probe.measure(copy)
         for name, module in saved.items():
             set_module(copy, name, module)

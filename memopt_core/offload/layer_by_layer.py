@@ -30,7 +30,7 @@ from memopt_core.config import ModelSpec, OffloadConfig, RunConfig
 from memopt_core.errors import ModelLoadError
 from memopt_core.evaluation.quality import evaluate
 from memopt_core.loading.devices import resolve_device
-from memopt_core.loading.saved import MANIFEST, check_save_target, manifest, write_config_and_tokenizer
+from memopt_core.loading.saved import MANIFEST, check_save_target, manifest_record, write_config_and_tokenizer
 from memopt_core.offload.sequential import SequentialResult, check_supported, compress_sequential
 from memopt_core.offload.streamed import StreamedModel, load_streamed
 from memopt_core.planning import guard
@@ -74,7 +74,7 @@ def _memory(original_bytes: int, compressed: StreamedModel, layers: SequentialRe
 def _publish(folder: Path, save_dir: str, result: RunResult, original: StreamedModel,
              layers: SequentialResult) -> None:
     """Write the manifest with the run's figures and move the staging folder onto ``save_dir``."""
-    record = manifest(layers.modules, original.loaded, layers.simulated, result)
+    record = manifest_record(layers.modules, original.loaded, layers.simulated, result)
     (folder / MANIFEST).write_text(json.dumps(record, indent=2, default=str))
     final = check_save_target(save_dir)
     if final.exists():
@@ -82,20 +82,19 @@ def _publish(folder: Path, save_dir: str, result: RunResult, original: StreamedM
     os.replace(folder, final)
 
 
-def _compress(bench: Workbench, original: StreamedModel, config: RunConfig, folder: Path,
-              gptq) -> SequentialResult:
+def _compress(bench: Workbench, original: StreamedModel, config: RunConfig, folder: Path) -> SequentialResult:
     """Block by block into ``folder`` (consuming the original), plus config, tokenizer and a
     manifest without figures yet, so the folder loads as a memopt save."""
     calibration = bench.calibration(config) if config.needs_calibration else None
-    layers = compress_sequential(original, config, folder, calibration, gptq)
+    layers = compress_sequential(original, config, folder, calibration)
     write_config_and_tokenizer(original.loaded.model.config, original.loaded, folder)
-    record = manifest(layers.modules, original.loaded, layers.simulated)  # the figures come at publication
+    record = manifest_record(layers.modules, original.loaded, layers.simulated)  # the figures come at publication
     (folder / MANIFEST).write_text(json.dumps(record, indent=2, default=str))
     return layers
 
 
-def _run(config: RunConfig, offload: OffloadConfig, folder: Path, gptq) -> tuple[RunResult, StreamedModel,
-                                                                                 SequentialResult]:
+def _run(config: RunConfig, offload: OffloadConfig, folder: Path) -> tuple[RunResult, StreamedModel,
+                                                                           SequentialResult]:
     """Steps 1-4 of the module docstring: (the result, the consumed original, what was written)."""
     device, timings = resolve_device(config.model.device), {}
     start = time.perf_counter()
@@ -108,7 +107,7 @@ def _run(config: RunConfig, offload: OffloadConfig, folder: Path, gptq) -> tuple
     baseline = bench.baseline(config.eval)
     timings["baseline_s"] = baseline.seconds
     start, original_bytes = time.perf_counter(), original.stored_bytes()
-    layers = _compress(bench, original, config, folder, gptq)
+    layers = _compress(bench, original, config, folder)
     timings["compress_s"] = time.perf_counter() - start
     timings.update(layers.timings)
     gc.collect()  # the original's husk: its tensors are released already
@@ -128,15 +127,14 @@ def _run(config: RunConfig, offload: OffloadConfig, folder: Path, gptq) -> tuple
     return result, original, layers
 
 
-def run_layer_by_layer(config: RunConfig, offload: OffloadConfig, save_dir: str | None = None,
-                       gptq=None) -> RunResult:
+def run_layer_by_layer(config: RunConfig, offload: OffloadConfig, save_dir: str | None = None) -> RunResult:
     """Run one setting with at most ``offload.max_memory`` bytes of weights resident (see module doc)."""
     check_supported(config)
     device = resolve_device(config.model.device)
     if save_dir is not None:
         check_save_target(save_dir)
     with measure_peak(device) as peak, staging_folder(save_dir, offload) as folder:
-        result, original, layers = _run(config, offload, folder, gptq)
+        result, original, layers = _run(config, offload, folder)
         if save_dir is not None:
             _publish(folder, save_dir, result, original, layers)
     result.memory.measured_bytes = peak.bytes

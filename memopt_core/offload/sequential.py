@@ -25,11 +25,9 @@ from torch import nn
 
 from memopt_core.compression.calibrate import BlockwiseCalibration, pre_prune
 from memopt_core.compression.calibration_data import CalibrationSet
-from memopt_core.compression.compress import store_sparse_
+from memopt_core.compression.compress import compress_layers_, store_sparse_
 from memopt_core.compression.layers import weight_storage_bytes
 from memopt_core.compression.memory import LayerMemory
-from memopt_core.compression.prune import prune_
-from memopt_core.compression.quantize import quantize_
 from memopt_core.compression.sparsity import layer_sparsity
 from memopt_core.compression.walk import effective_weight, find_blocks, target_linears
 from memopt_core.config import RunConfig
@@ -103,25 +101,24 @@ class _Compressor:
     """Compresses the targets of one part at a time, calibrated or not (see the module docstring)."""
 
     def __init__(self, model: nn.Module, config: RunConfig, names: list[str],
-                 calibration: CalibrationSet | None, options) -> None:
+                 calibration: CalibrationSet | None) -> None:
         self.model, self.config, self.names = model, config, names
         self.walk = None
         if config.needs_calibration:
             if calibration is None:
                 raise ConfigError("GPTQ, Wanda and SparseGPT need calibration data; pass calibration=")
-            self.walk = BlockwiseCalibration(model, config, names, calibration.tokens, options)
+            self.walk = BlockwiseCalibration(model, names, config.prune, config.quant, calibration.tokens,
+                                             config.calib.solver)
 
     def part_(self, names: list[str], block: int | None) -> None:
         """Compress ``names`` (all inside block ``block``, or outside the blocks when None) in place."""
         config, model = self.config, self.model
-        if self.walk is not None:
-            if block is not None:
-                self.walk.compress_block_(block, pre_prune(model, config, names))
-        elif config.prune is not None:
-            prune_(model, config.prune, names)
-        if config.quant is not None and self.walk is None:
-            quantize_(model, config.quant, names)
-        elif config.prune is not None and config.quant is None:
+        if self.walk is None:  # the in-memory road, on this part's layers (per-layer methods only)
+            compress_layers_(model, names, config.prune, config.quant)
+            return
+        if block is not None:
+            self.walk.compress_block_(block, pre_prune(model, config.prune, names))
+        if config.prune is not None and config.quant is None:
             store_sparse_(model, names)
 
 
@@ -156,16 +153,17 @@ def _part_(streamed: StreamedModel, compressor: _Compressor, part: str, block: i
 
 @torch.no_grad()
 def compress_sequential(streamed: StreamedModel, config: RunConfig, folder: Path,
-                        calibration: CalibrationSet | None = None, options=None) -> SequentialResult:
+                        calibration: CalibrationSet | None = None) -> SequentialResult:
     """Compress ``streamed``'s model as ``config`` says, block by block, into ``folder`` (sharded
     safetensors; no config or manifest: the caller adds those). Consumes the model (its tensors
-    are released as they are written). ``options``: GPTQ solver options for calibrated methods."""
+    are released as they are written). Calibrated methods take ``calibration``'s tokens and the
+    solver settings of ``config.calib``."""
     check_supported(config)
     model = streamed.loaded.model
     names = list(target_linears(model, config.targets))
     prefix, blocks = find_blocks(model)
     start = time.perf_counter()
-    compressor = _Compressor(model, config, names, calibration, options)  # captures block 0's inputs
+    compressor = _Compressor(model, config, names, calibration)  # captures block 0's inputs
     result = SequentialResult(target_names=names)
     clock = {"calibration_capture_s": time.perf_counter() - start, "onload_s": 0.0, "compress_s": 0.0,
              "write_s": 0.0}

@@ -32,7 +32,8 @@ from memopt_core.config import ModelSpec, OffloadConfig
 from memopt_core.errors import ConfigError, ModelLoadError
 from memopt_core.loading.devices import resolve_device
 from memopt_core.loading import bundled
-from memopt_core.loading.models import LoadedModel, local_folder, model_class
+from memopt_core.loading.architectures import model_class
+from memopt_core.loading.models import LoadedModel, local_folder
 from memopt_core.loading.saved import MANIFEST, read_manifest, safetensors_files
 
 Index = dict[str, dict[str, str]]  # accelerate offload index: tensor name -> safetensors file, name in it, dtype

@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import torch
 
+from memopt_core.config import ModelSpec
 from memopt_core.errors import MemoptError, ResourceError
 
 GiB = 2**30
@@ -93,7 +94,7 @@ def _count(config: Any) -> tuple[int | None, str]:
     size fields when it cannot build the architecture (custom code, an absurd size); None when
     even those fields are missing: then the size is unknown, not zero.
     """
-    from memopt_core.planning.presets import count_parameters
+    from memopt_core.planning.counting import count_parameters  # transformers: see _rough_params
 
     # Through a dict, so the planner drops auto_map: counting never imports a model's own code.
     fields = config.to_dict() if hasattr(config, "to_dict") else config
@@ -105,6 +106,8 @@ def _count(config: Any) -> tuple[int | None, str]:
 
 def _rough_params(config: Any) -> int | None:
     """An upper bound from the size fields alone (hidden size, layers, heads, vocabulary)."""
+    # transformers (seconds to import) only when a config is counted: the dashboard's sidebar
+    # imports this module through the bundled model list on every page.
     from transformers import PretrainedConfig
 
     from memopt_core.planning.presets import model_dims
@@ -126,8 +129,6 @@ def estimate_load_bytes(spec_or_config: Any, dtype: str | torch.dtype | None = N
     local folder (its config.json is read; hub ids and bundled keys give None: load their config
     first). ``dtype`` defaults to the spec's dtype, else float32.
     """
-    from memopt_core.config import ModelSpec
-
     if isinstance(spec_or_config, ModelSpec):
         dtype = dtype or spec_or_config.dtype
         if spec_or_config.origin != "local":
@@ -156,7 +157,7 @@ def check_load_fits(config: Any, dtype: str, name: str, available: Available | i
 def layer_by_layer_offer(config: Any, size: int, free: int) -> str:
     """'; or compress it layer by layer with --max-memory N ...': the largest cap whose planned peak
     (see planning.layer_by_layer) passes this guard's margin, or why even that would not fit."""
-    from memopt_core.planning.layer_by_layer import suggest_cap
+    from memopt_core.planning.layer_by_layer import suggest_cap  # transformers: see _rough_params
 
     try:
         peak = suggest_cap(config, size, int((free - MARGIN_BYTES) / MARGIN_FACTOR))

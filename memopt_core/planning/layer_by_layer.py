@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from memopt_core.planning.presets import ModelDims, check_sizes, count_parameters, load_config
+from memopt_core.planning.counting import count_parameters
+from memopt_core.planning.presets import ModelDims, check_sizes, load_config
 
 LOGIT_COPIES = 3
 FLOAT32 = 4

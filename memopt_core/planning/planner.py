@@ -15,8 +15,9 @@ import psutil
 from transformers import PretrainedConfig
 
 from memopt_core.errors import ConfigError, choices
-from memopt_core.planning.presets import (COMPONENTS, ModelDims, ParamBreakdown, TargetShape, check_sizes,
-                                         count_parameters, list_presets, load_config, load_preset, preset_info)
+from memopt_core.planning.counting import ParamBreakdown, TargetShape, count_parameters
+from memopt_core.planning.presets import (COMPONENTS, ModelDims, check_sizes, list_presets, load_config, load_preset,
+                                          preset_info)
 from memopt_core.units import GIB, format_gib
 
 __all__ = ["PlanConfig", "ParamBreakdown", "TargetShape", "MemoryEstimate", "count_parameters", "estimate",

@@ -24,39 +24,16 @@ import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from memopt_core.config import QuantConfig
+from memopt_core.config import QuantConfig, SolverConfig
 from memopt_core.errors import ConfigError
 from memopt_core.primitives.quant import QuantizedWeight, quantize_weight, zero_kind_of
 
 _MAX_DAMP_RETRIES = 6
-
-
-@dataclass(frozen=True)
-class GPTQOptions:
-    """Solver settings shared by GPTQ and SparseGPT.
-
-    ``act_order``: visit columns by decreasing Hessian diagonal (GPTQ only; SparseGPT keeps the
-    original order so N:M groups stay contiguous). ``damp``: added to the Hessian diagonal as a
-    fraction of its mean. ``block_size``: columns per lazy batch update (the result does not
-    depend on it, only the speed does). ``static_groups``: fit group scales on the original weight.
-    """
-
-    act_order: bool = True
-    damp: float = 0.01
-    block_size: int = 128
-    static_groups: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.damp, (int, float)) or not 0.0 <= self.damp <= 1.0:
-            raise ConfigError(f"GPTQ dampening {self.damp!r} is out of range; choose 0 to 1 (default 0.01)")
-        if not isinstance(self.block_size, int) or self.block_size < 1:
-            raise ConfigError(f"GPTQ block size {self.block_size!r} must be a positive whole number (default 128)")
 
 
 _THREADS = {"lock": threading.Lock(), "depth": 0, "saved": 1}
@@ -270,7 +247,7 @@ def _check_shapes(w: Tensor, h: Tensor, keep: Tensor | None) -> None:
         raise ConfigError(f"keep mask shape {tuple(keep.shape)} differs from the weight's {tuple(w.shape)}")
 
 
-def gptq_quantize(w: Tensor, h: Tensor, cfg: QuantConfig, options: GPTQOptions = GPTQOptions(),
+def gptq_quantize(w: Tensor, h: Tensor, cfg: QuantConfig, options: SolverConfig = SolverConfig(),
                   keep: Tensor | None = None) -> QuantizedWeight:
     """GPTQ-quantize ``w [out, in]`` given ``h [in, in]`` (``2/n X^T X`` of the layer's inputs).
 

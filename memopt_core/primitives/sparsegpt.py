@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from memopt_core.config import QuantConfig
+from memopt_core.config import QuantConfig, SolverConfig
 from memopt_core.errors import ConfigError
-from memopt_core.primitives.gptq import ColumnQuantizer, GPTQOptions, OBSSweep, prepare_hessian
+from memopt_core.primitives.gptq import ColumnQuantizer, OBSSweep, prepare_hessian
 from memopt_core.primitives.quant import QuantizedWeight
 from memopt_core.primitives.sparsity import nm_mask
 
@@ -85,7 +85,7 @@ def _check(w: Tensor, h: Tensor, ratio: float, n: int, m: int, block_size: int) 
 
 
 def sparsegpt_prune(w: Tensor, h: Tensor, ratio: float = 0.5, n: int = 0, m: int = 0,
-                    quant: QuantConfig | None = None, options: GPTQOptions = GPTQOptions()) -> SparseGPTResult:
+                    quant: QuantConfig | None = None, options: SolverConfig = SolverConfig()) -> SparseGPTResult:
     """Prune ``w [out, in]`` given ``h [in, in]`` (``2/n X^T X``): a fraction ``ratio`` of the weights
     (exactly ``round(ratio * out * in)``), or with ``m > 0`` keep ``n`` of every ``m`` consecutive
     inputs of each row (``ratio`` ignored). With ``quant`` the kept weights are also quantized

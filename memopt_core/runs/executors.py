@@ -9,6 +9,7 @@ result is written there by whoever computed it, as soon as it is computed.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any, Iterator, Protocol, Union
 
 from memopt_core.config import RunConfig
 from memopt_core.runs.store import ResultStore
-from memopt_core.runs.stored import stored_run
+from memopt_core.runs.stored import RunnerLoader, stored_run
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,12 @@ class Started:
 
 @dataclass(frozen=True)
 class Finished:
-    """``result`` is ``RunResult.to_dict()``; ``cached``: it came from the store, not computed;
+    """``result`` is ``RunResult.to_dict()``; ``from_store``: answered by the store, not computed;
     ``seconds``: the time the setting took where it ran."""
 
     job: Job
     result: dict[str, Any]
-    cached: bool
+    from_store: bool
     seconds: float
 
 
@@ -57,21 +58,31 @@ class Executor(Protocol):
             cancel: threading.Event | None) -> Iterator[Event]: ...
 
 
+def load_once() -> RunnerLoader:
+    """A loader that loads the sweep's one model on first use and then reuses it."""
+    # torch + transformers load here, on the first setting to compute: a sweep answered from the
+    # store needs neither.
+    from memopt_core.runs.workbench import Workbench
+
+    return functools.cache(Workbench.load)
+
+
 class LocalExecutor:
-    """Settings one after another in this process, on one loaded model (``workbench``: a loaded
-    Workbench to reuse, or None to load the model at the first setting the store lacks)."""
+    """Settings one after another in this process, on one loaded model (``load`` gives it; default
+    :func:`load_once`: loaded at the first setting the store lacks)."""
 
     workers = 1
 
-    def __init__(self, workbench=None) -> None:
-        self.workbench = workbench
+    def __init__(self, load: RunnerLoader | None = None) -> None:
+        self.load = load
 
     def run(self, jobs: list[Job], store: ResultStore | None, sweep_name: str | None,
             cancel: threading.Event | None) -> Iterator[Event]:
+        load = self.load or load_once()
         for job in jobs:
             yield Started(job)
             if cancel is not None and cancel.is_set():
                 return
             began = time.perf_counter()
-            result, cached, self.workbench = stored_run(job.config, store, self.workbench, sweep_name)
-            yield Finished(job, result, cached, time.perf_counter() - began)
+            run = stored_run(job.config, store, load, sweep_name)
+            yield Finished(job, run.result, run.from_store, time.perf_counter() - began)

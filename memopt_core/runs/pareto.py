@@ -1,8 +1,12 @@
-"""Pareto fronts over (memory, quality) points. Pure: lists in, booleans out."""
+"""Pareto fronts over (memory, quality) points. Pure: lists (or a table) in, booleans out."""
 from __future__ import annotations
 
 import math
 from typing import Sequence
+
+import pandas as pd
+
+from memopt_core.runs.rows import QUALITY_METRIC
 
 
 def pareto_mask(costs: Sequence[float], losses: Sequence[float]) -> list[bool]:
@@ -25,3 +29,13 @@ def pareto_mask(costs: Sequence[float], losses: Sequence[float]) -> list[bool]:
         elif previous == (cost, loss):  # exact duplicates of a front point stay on the front
             mask[index] = True
     return mask
+
+
+def mark_pareto(table: pd.DataFrame) -> pd.DataFrame:
+    """Add a boolean ``pareto`` column: lowest stored bytes for the quality, best quality for the bytes."""
+    if table.empty:
+        return table.assign(pareto=pd.Series(dtype=bool))
+    metric, higher_is_better = QUALITY_METRIC[table["kind"].iloc[0]]
+    quality = table[metric].astype(float)
+    losses = (-quality if higher_is_better else quality).tolist()
+    return table.assign(pareto=pareto_mask(table["stored_bytes"].astype(float).tolist(), losses))

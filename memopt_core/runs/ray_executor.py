@@ -29,7 +29,7 @@ import torch
 import memopt_core
 from memopt_core.config import ClusterConfig, RunConfig
 from memopt_core.errors import ConfigError, MemoptError
-from memopt_core.runs.executors import Event, Finished, Job, Started
+from memopt_core.runs.executors import Event, Finished, Job, Started, load_once
 from memopt_core.runs.store import ResultStore
 from memopt_core.runs.stored import config_key, stored_run
 
@@ -72,7 +72,7 @@ class SettingWorker:
     def __init__(self, db_path: str | None, threads: int) -> None:
         torch.set_num_threads(threads)
         self.store = ResultStore(db_path) if db_path is not None else None
-        self.workbench = None
+        self.load = load_once()
 
     def pid(self) -> int:
         return os.getpid()
@@ -80,8 +80,8 @@ class SettingWorker:
     def run(self, config: RunConfig, sweep_name: str | None) -> tuple[dict[str, Any], bool, float]:
         """(result, whether the store already held it, seconds) of one setting, stored before returning."""
         began = time.perf_counter()
-        result, cached, self.workbench = stored_run(config, self.store, self.workbench, sweep_name)
-        return result, cached, time.perf_counter() - began
+        run = stored_run(config, self.store, self.load, sweep_name)
+        return run.result, run.from_store, time.perf_counter() - began
 
 
 def _restarted_pid(worker: Any) -> int:

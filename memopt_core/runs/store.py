@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from memopt_core.errors import DataError, choices
+from memopt_core.loading.cache import cache_dir
+from memopt_core.paths import user_path
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -41,8 +43,6 @@ def run_key(model_identity: str, settings: dict[str, Any], eval_identity: dict[s
 
 
 def default_db_path() -> Path:
-    from memopt_core.loading.cache import cache_dir
-
     return cache_dir() / "results.db"
 
 
@@ -82,8 +82,6 @@ class ResultStore:
     """A thread-safe handle on the results database (one connection per thread)."""
 
     def __init__(self, path: str | Path | None = None):
-        from memopt_core.loading.paths import user_path
-
         self.path = user_path(path, "results database") if path is not None else default_db_path()
         self._local = threading.local()
         try:

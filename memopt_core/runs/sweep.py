@@ -16,10 +16,10 @@ import pandas as pd
 from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig
 from memopt_core.errors import ConfigError
 from memopt_core.runs.executors import Executor, Job, LocalExecutor, Started
-from memopt_core.runs.pareto import pareto_mask
-from memopt_core.runs.rows import QUALITY_METRIC, result_row
+from memopt_core.runs.pareto import mark_pareto
+from memopt_core.runs.rows import result_row
 from memopt_core.runs.store import ResultStore
-from memopt_core.runs.stored import config_key, setting_label, stored_run  # noqa: F401 - re-exported
+from memopt_core.runs.stored import RunnerLoader
 
 Progress = Callable[[int, int, str, float | None], None]  # (done, total, current setting, seconds left)
 
@@ -76,16 +76,6 @@ class SweepResult:
     computed: int
 
 
-def mark_pareto(table: pd.DataFrame) -> pd.DataFrame:
-    """Add a boolean ``pareto`` column: lowest stored bytes for the quality, best quality for the bytes."""
-    if table.empty:
-        return table.assign(pareto=pd.Series(dtype=bool))
-    metric, higher_is_better = QUALITY_METRIC[table["kind"].iloc[0]]
-    quality = table[metric].astype(float)
-    losses = (-quality if higher_is_better else quality).tolist()
-    return table.assign(pareto=pareto_mask(table["stored_bytes"].astype(float).tolist(), losses))
-
-
 class _Eta:
     """Seconds left: the settings still to compute times the mean time of those computed so far,
     divided by the settings computed at once (an upper bound when some are in the store already)."""
@@ -104,23 +94,23 @@ class _Eta:
 def run_sweep(spec: ModelSpec, grid: SweepGrid, eval_config: EvalConfig | None = None,
               targets: TargetConfig | None = None, store: ResultStore | None = None,
               progress: Progress | None = None, cancel: threading.Event | None = None,
-              sweep_name: str | None = None, workbench=None, calib: CalibConfig | None = None,
-              executor: Executor | None = None) -> SweepResult:
+              sweep_name: str | None = None, load: RunnerLoader | None = None,
+              calib: CalibConfig | None = None, executor: Executor | None = None) -> SweepResult:
     """Run every setting of ``grid`` on ``spec``; returns one row per finished setting.
 
-    ``executor`` runs the settings (default :class:`LocalExecutor` in this process, reusing
-    ``workbench``, a loaded :class:`memopt_core.runs.workbench.Workbench`, when given; otherwise the
-    model is loaded on the first setting the store does not already hold). ``cancel`` stops new
-    settings from starting: what finished is kept (and stored). ``progress`` gets the finished
-    count over all workers, the running settings and the time left."""
+    ``executor`` runs the settings: by default :class:`LocalExecutor` in this process, with ``load``
+    giving the loaded model (default: :meth:`Workbench.load`, once per sweep), called only for
+    settings the store does not already hold. ``cancel`` stops new settings from starting: what
+    finished is kept (and stored). ``progress`` gets the settings finished by every worker, the
+    running ones and the time left."""
     start = time.perf_counter()
     eval_config = eval_config or EvalConfig()
     targets = targets or TargetConfig()
     calib = calib or CalibConfig()  # used by the calibrated settings (GPTQ, Wanda, SparseGPT) only
-    jobs = [Job(index, config, setting_label(config.prune, config.quant)) for index, config in enumerate(
+    jobs = [Job(index, config, config.label) for index, config in enumerate(
         RunConfig(model=spec, prune=p, quant=q, targets=targets, eval=eval_config, calib=calib)
         for p, q in grid.settings())]
-    executor = executor or LocalExecutor(workbench)
+    executor = executor or LocalExecutor(load)
     rows: dict[int, dict[str, Any]] = {}
     from_store, running, eta = 0, {}, _Eta(executor.workers)
     for event in executor.run(jobs, store, sweep_name, cancel):
@@ -129,8 +119,8 @@ def run_sweep(spec: ModelSpec, grid: SweepGrid, eval_config: EvalConfig | None =
         else:
             running.pop(event.job.index, None)
             rows[event.job.index] = result_row(event.result, label=event.job.label)
-            from_store += event.cached
-            if not event.cached:
+            from_store += event.from_store
+            if not event.from_store:
                 eta.computed_seconds.append(event.seconds)
         if progress and running:  # a finish with nothing else running is followed by a start, or by "done"
             progress(len(rows), len(jobs), ", ".join(running.values()), eta.left(len(jobs) - len(rows)))

@@ -5,20 +5,22 @@ dashboard sessions reuse them; :func:`run` is the one-shot entry point used by t
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from memopt_core.planning import guard
 from memopt_core.compression.calibration_data import CalibrationSet, calibration_set
 from memopt_core.compression.compress import CompressedModel, compress_copy, layer_errors
-from memopt_core.config import CalibConfig, EvalConfig, RunConfig
-from memopt_core.loading.devices import resolve_device
 from memopt_core.compression.memory import MemoryReport, measure_growth, memory_report
-from memopt_core.loading.models import LoadedModel, load_model
-from memopt_core.evaluation.quality import EvalData, Reference, evaluate, prepare
 from memopt_core.compression.sparsity import layer_sparsity, overall_sparsity
+from memopt_core.config import CalibConfig, EvalConfig, RunConfig, SolverConfig
+from memopt_core.evaluation.quality import EvalData, Reference, evaluate, prepare
+from memopt_core.loading.devices import resolve_device
+from memopt_core.loading.models import LoadedModel, load_model
+from memopt_core.loading.saved import save_compressed
+from memopt_core.planning import guard
 
 
 @dataclass
@@ -100,16 +102,15 @@ class Workbench:
 
     def calibration(self, config: RunConfig) -> CalibrationSet:
         """Calibration tokens for ``config`` (drawn once per calibration and evaluation setting)."""
-        key = (config.calib, config.eval.text, config.eval.max_tokens)
+        # The solver settings do not change the tokens: a GPTQ run with and without act-order share them.
+        key = (dataclasses.replace(config.calib, solver=SolverConfig()), config.eval.text, config.eval.max_tokens)
         with self._lock:
             if key not in self._calibration:
                 self._calibration[key] = calibration_set(self.loaded.tokenizer, config.calib, config.eval)
             return self._calibration[key]
 
-    def compress(self, config: RunConfig, gptq=None) -> tuple[CompressedModel, MemoryReport]:
-        """A compressed copy and its memory report (stored bytes and measured growth).
-
-        ``gptq``: solver options (``memopt_core.primitives.gptq.GPTQOptions``) for calibrated methods."""
+    def compress(self, config: RunConfig) -> tuple[CompressedModel, MemoryReport]:
+        """A compressed copy and its memory report (stored bytes and measured growth)."""
         device = resolve_device(self.loaded.spec.device)
         # Drawn before measuring, so the cached tokens do not count as the copy's memory.
         calibration = self.calibration(config) if config.needs_calibration else None
@@ -118,7 +119,7 @@ class Workbench:
         guard.check_fits(guard.model_bytes(self.loaded.model), what,
                          available=lambda: guard.device_available_bytes(device))
         with measure_growth(device) as measured, guard.out_of_memory_as_resource_error(what, device):
-            compressed = compress_copy(self.loaded.model, config, calibration=calibration, gptq=gptq)
+            compressed = compress_copy(self.loaded.model, config, calibration=calibration)
         original, copy = self.loaded.model, compressed.model
         report = memory_report(original, copy, {n: original.get_submodule(n) for n in compressed.target_names},
                                {n: copy.get_submodule(n) for n in compressed.target_names},
@@ -135,12 +136,12 @@ class Workbench:
                        sqnr_db=errors[row["name"]])
         return rows
 
-    def run(self, config: RunConfig, save_dir: str | None = None, gptq=None) -> RunResult:
+    def run(self, config: RunConfig, save_dir: str | None = None) -> RunResult:
         timings: dict[str, float] = {}
         baseline = self.baseline(config.eval)
         timings["baseline_s"] = baseline.seconds
         start = time.perf_counter()
-        compressed, memory = self.compress(config, gptq=gptq)
+        compressed, memory = self.compress(config)
         timings["compress_s"] = time.perf_counter() - start
         timings.update(compressed.timings)
         start = time.perf_counter()
@@ -152,8 +153,6 @@ class Workbench:
                            timings=timings, protocol=_protocol(baseline.data.protocol, compressed),
                            notes=run_notes(self.loaded, config, memory))
         if save_dir is not None:
-            from memopt_core.loading.saved import save_compressed
-
             save_compressed(compressed, self.loaded, result, save_dir)
         return result
 
@@ -165,11 +164,11 @@ def _protocol(protocol: dict[str, Any], compressed: CompressedModel) -> dict[str
     return {**protocol, "calibration": compressed.calibration}
 
 
-def run(config: RunConfig, save_dir: str | None = None, gptq=None) -> RunResult:
+def run(config: RunConfig, save_dir: str | None = None) -> RunResult:
     """Load ``config.model`` and run one setting (the CLI's ``run``)."""
     start = time.perf_counter()
     bench = Workbench.load(config.model)
     load_s = time.perf_counter() - start
-    result = bench.run(config, save_dir=save_dir, gptq=gptq)
+    result = bench.run(config, save_dir=save_dir)
     result.timings["load_s"] = load_s
     return result

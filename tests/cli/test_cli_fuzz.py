@@ -20,12 +20,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from memopt_core.compression import memory
-
-from memopt_core.runs import workbench as runner
-
-from memopt_core.runs import sweep
 from memopt_core.cli import main
+from memopt_core.cli import run as cli_run
+from memopt_core.cli import sweep as cli_sweep
+from memopt_core.compression import memory
 from memopt_core.config import CalibConfig
 from memopt_core.loading.models import REMOTE_CODE_WARNING
 
@@ -41,8 +39,8 @@ def _tiny_local_folder(folder: Path) -> None:
     """A saved tiny Llama with SmolLM2's tokenizer: a local model that loads in a second."""
     from transformers import AutoTokenizer
 
-    from tiny_models import make_tiny_llama
     from memopt_core.loading import bundled
+    from tiny_models import make_tiny_llama
 
     tokenizer = AutoTokenizer.from_pretrained(bundled.smollm2_tokenizer_folder())
     make_tiny_llama(vocab_size=len(tokenizer)).save_pretrained(folder)
@@ -142,7 +140,7 @@ def option_values(places: dict[str, str]) -> dict[str, dict[str, Option]]:
 
 FLAGS = {"run": ["--json", "--asymmetric", "--per-tensor", "--fake", "--no-zero-shot", "--no-act-order",
                  "--trust-remote-code"],
-         "sweep": ["--json", "--asymmetric", "--per-tensor", "--fake", "--no-zero-shot"],
+         "sweep": ["--json", "--asymmetric", "--per-tensor", "--fake", "--no-zero-shot", "--no-act-order"],
          "estimate": ["--json", "--asymmetric"], "models": ["--json", "--help"]}
 SOURCES = {"run": ["--model"], "sweep": ["--model"], "estimate": ["--preset", "--config", "--model"], "models": []}
 
@@ -180,7 +178,7 @@ def _cheap_eval(config):
 @pytest.fixture
 def cheap_runs(monkeypatch):
     """Runs that pass validation still load and run for real, on at most 64 tokens and 2 calibration samples."""
-    real_run, real_sweep = runner.run, sweep.run_sweep
+    real_run, real_sweep = cli_run.run, cli_sweep.run_sweep
 
     def run(config, **kwargs):
         calib = dataclasses.replace(config.calib, samples=min(config.calib.samples, 2),
@@ -192,10 +190,11 @@ def cheap_runs(monkeypatch):
 
     monkeypatch.setattr(memory, "_release_freed_heap", lambda: None)  # a full gc per copy: slow, and only
     # sharpens the RSS figure, which no assertion here reads
-    monkeypatch.setattr(runner, "run", run)
-    monkeypatch.setattr(sweep, "run_sweep", run_sweep)
+    monkeypatch.setattr(cli_run, "run", run)  # the names the commands call
+    monkeypatch.setattr(cli_sweep, "run_sweep", run_sweep)
     # sweeps calibrate with the default CalibConfig: make that default small too
-    monkeypatch.setattr(CalibConfig.__init__, "__defaults__", ("both", 2, 32, 0))
+    solver_default = CalibConfig.__init__.__defaults__[4:]
+    monkeypatch.setattr(CalibConfig.__init__, "__defaults__", ("both", 2, 32, 0, *solver_default))
 
 
 def assert_one_line_outcome(code: int, out: str, err: str, args: list[str]) -> None:

@@ -8,17 +8,19 @@ import torch
 from torch import nn
 
 from memopt_core.compression.calibrate import compress_calibrated_
-from memopt_core.compression.calibration_data import (PROTECTED_TOKENS, CalibrationSet, LayerStatistics, calibration_set,
-                                          capture_block_inputs, forward_block, gram, protected_prefix)
+from memopt_core.compression.calibration_data import (PROTECTED_TOKENS, CalibrationSet, LayerStatistics,
+                                                      calibration_set, capture_block_inputs, forward_block, gram,
+                                                      protected_prefix)
 from memopt_core.compression.compress import compress_copy
-from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig
-from memopt_core.loading.texts import load_text, token_windows
-from memopt_core.errors import ConfigError, DataError
 from memopt_core.compression.layers import QuantLinear, SparseLinear
-from memopt_core.loading.models import weights_checksum
-from memopt_core.primitives.gptq import GPTQOptions, gptq_quantize
-from memopt_core.primitives.wanda import wanda_mask
 from memopt_core.compression.walk import effective_weight, find_blocks, target_linears
+from memopt_core.config import (CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, SolverConfig,
+                                TargetConfig)
+from memopt_core.errors import ConfigError, DataError
+from memopt_core.loading.models import weights_checksum
+from memopt_core.primitives.gptq import gptq_quantize
+from memopt_core.primitives.wanda import wanda_mask
+from memopt_core.texts import load_text, token_windows
 
 SPEC = ModelSpec("tiny-llama")
 
@@ -122,7 +124,7 @@ def test_every_layer_is_gptq_of_its_input_in_the_compressed_model(tiny_llama):
     inputs = _layer_inputs(compressed.model, compressed.target_names, tokens)
     for name in compressed.target_names:
         hessian = LayerStatistics.of(inputs[name], hessian=True).hessian
-        expected = gptq_quantize(tiny_llama.get_submodule(name).weight, hessian, quant, GPTQOptions())
+        expected = gptq_quantize(tiny_llama.get_submodule(name).weight, hessian, quant, SolverConfig())
         layer = compressed.model.get_submodule(name)
         assert torch.equal(layer.codes(), expected.codes) and torch.equal(layer.scale, expected.scale), name
 
@@ -198,7 +200,7 @@ def test_requests_that_cannot_calibrate_fail_clearly(tiny_llama):
     with pytest.raises(ConfigError, match="inside the transformer blocks"):
         compress_copy(tiny_llama, outside, calibration=CalibrationSet(_tokens(), {}))
     with pytest.raises(ConfigError, match="positions"):
-        compress_calibrated_(tiny_llama, config, list(target_linears(tiny_llama)), _tokens(length=300))
+        compress_calibrated_(tiny_llama, list(target_linears(tiny_llama)), None, config.quant, _tokens(length=300))
 
 
 def test_runner_records_calibration_and_cli_accepts_the_flags(capsys):

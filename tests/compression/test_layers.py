@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from memopt_core.config import QuantConfig
 from memopt_core.compression.layers import (CastLinear, QuantLinear, SparseLinear, from_spec, module_storage_bytes,
-                                weight_storage_bytes)
+                                            weight_storage_bytes)
+from memopt_core.config import QuantConfig
 from memopt_core.primitives.packing import unpack_mask
 from memopt_core.primitives.quant import dequantize, quantize_weight
 

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from memopt_core.config import PruneConfig
-from memopt_core.errors import ConfigError
-from memopt_core.primitives.sparsity import nm_mask, unstructured_mask_from_scores
 from memopt_core.compression.prune import prune_
 from memopt_core.compression.sparsity import layer_sparsity, overall_sparsity
 from memopt_core.compression.walk import target_linears
+from memopt_core.config import PruneConfig
+from memopt_core.errors import ConfigError
+from memopt_core.primitives.sparsity import nm_mask, unstructured_mask_from_scores
 
 
 def _names(model: nn.Module) -> list[str]:
@@ -133,8 +133,9 @@ def test_wanda_uses_scores_within_each_row(tiny_llama):
     gen = torch.Generator().manual_seed(1)
     weights = {n: tiny_llama.get_submodule(n).weight.detach().clone() for n in names}
     # Wanda's importance: |w| times the norm of each input feature over calibration tokens.
-    scores = {n: w.abs() * torch.rand(w.shape[1], generator=gen) for n, w in weights.items()}
-    masks = prune_(tiny_llama, PruneConfig("wanda", 0.5), names, scores=scores)
+    sq_norms = {n: torch.rand(w.shape[1], generator=gen) for n, w in weights.items()}
+    scores = {n: w.abs() * sq_norms[n].sqrt() for n, w in weights.items()}
+    masks = prune_(tiny_llama, PruneConfig("wanda", 0.5), names, input_sq_norms=sq_norms)
     for name in names:
         weight = tiny_llama.get_submodule(name).weight
         expected = unstructured_mask_from_scores(scores[name], 0.5, per_row=True)
@@ -146,11 +147,12 @@ def test_wanda_uses_scores_within_each_row(tiny_llama):
 
 def test_wanda_nm_pattern_uses_scores(tiny_llama):
     names = _names(tiny_llama)[:2]
-    scores = {n: torch.rand(tiny_llama.get_submodule(n).weight.shape, generator=torch.Generator().manual_seed(2))
-              for n in names}
-    masks = prune_(tiny_llama, PruneConfig("wanda", pattern="2:4"), names, scores=scores)
+    gen = torch.Generator().manual_seed(2)
+    sq_norms = {n: torch.rand(tiny_llama.get_submodule(n).in_features, generator=gen) for n in names}
+    weights = {n: tiny_llama.get_submodule(n).weight.detach().clone() for n in names}
+    masks = prune_(tiny_llama, PruneConfig("wanda", pattern="2:4"), names, input_sq_norms=sq_norms)
     for name in names:
-        assert torch.equal(masks[name], nm_mask(scores[name], 2, 4))
+        assert torch.equal(masks[name], nm_mask(weights[name].abs() * sq_norms[name].sqrt(), 2, 4))
 
 
 @pytest.mark.parametrize(("cfg", "scores", "words"), [
@@ -163,10 +165,10 @@ def test_wanda_nm_pattern_uses_scores(tiny_llama):
 def test_bad_requests_raise_before_changing_anything(tiny_llama, cfg, scores, words):
     names = _names(tiny_llama)
     if scores == "wrong-shape":
-        scores = {n: torch.ones(3, 3) for n in names}
+        scores = {n: torch.ones(3) for n in names}
     before = _checksum(tiny_llama)
     with pytest.raises(ConfigError, match=words) as info:
-        prune_(tiny_llama, cfg, names, scores=scores)
+        prune_(tiny_llama, cfg, names, input_sq_norms=scores)
     assert "\n" not in str(info.value)
     assert _checksum(tiny_llama) == before
 

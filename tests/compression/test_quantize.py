@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from memopt_core.config import QuantConfig
-from memopt_core.errors import ConfigError
 from memopt_core.compression.layers import CastLinear, QuantLinear, module_storage_bytes
-from memopt_core.primitives.quant import dequantize, quantize_weight
 from memopt_core.compression.quantize import quantize_
 from memopt_core.compression.walk import effective_weight, target_linears
+from memopt_core.config import QuantConfig
+from memopt_core.errors import ConfigError
+from memopt_core.primitives.quant import dequantize, quantize_weight
 
 G128_ASYM = QuantConfig(bits=4, granularity="group", group_size=128, symmetric=False)
 G128_SYM = QuantConfig(bits=4, granularity="group", group_size=128)

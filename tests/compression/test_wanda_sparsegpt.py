@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from memopt_core.compression.calibrate import quant_linear_from
-from memopt_core.config import QuantConfig
+from gptq_support import correlated_inputs, hessian, output_error, weight
+from memopt_core.compression.layers import QuantLinear, copy_bias
+from memopt_core.config import QuantConfig, SolverConfig
 from memopt_core.errors import ConfigError
-from memopt_core.primitives.gptq import GPTQOptions, gptq_quantize
+from memopt_core.primitives.gptq import gptq_quantize
 from memopt_core.primitives.sparsegpt import sparsegpt_prune
 from memopt_core.primitives.sparsity import magnitude_mask
 from memopt_core.primitives.wanda import input_sq_norms_from_hessian, wanda_mask, wanda_scores
-from gptq_support import correlated_inputs, hessian, output_error, weight
 
 
 def _groups(t: torch.Tensor, m: int) -> torch.Tensor:
@@ -87,7 +87,7 @@ def reference_sparsegpt(w, h, ratio=0.5, n=0, m=0, block=8, damp=0.01):
 def test_sparsegpt_matches_the_plain_reference(ratio, n, m):
     x = correlated_inputs(400, 36, seed=6)
     w, h = weight(10, 36, seed=7), hessian(x)
-    result = sparsegpt_prune(w, h, ratio, n, m, options=GPTQOptions(block_size=8))
+    result = sparsegpt_prune(w, h, ratio, n, m, options=SolverConfig(block_size=8))
     expected_w, expected_keep = reference_sparsegpt(w, h, ratio, n, m, block=8)
     assert torch.equal(result.keep, expected_keep)
     assert torch.allclose(result.weight, expected_w, atol=1e-10)
@@ -123,10 +123,11 @@ def test_joint_pruning_and_quantization_is_gptq_under_the_chosen_mask(cfg):
     x = correlated_inputs(512, 48, seed=12)
     w, h = weight(12, 48, seed=13), hessian(x)
     joint = sparsegpt_prune(w, h, n=2, m=4, quant=cfg)
-    alone = gptq_quantize(w, h, cfg, GPTQOptions(act_order=False), keep=joint.keep)
+    alone = gptq_quantize(w, h, cfg, SolverConfig(act_order=False), keep=joint.keep)
     assert torch.equal(joint.quantized.codes, alone.codes) and torch.equal(joint.quantized.scale, alone.scale)
     # The layer that stores it keeps pruned weights at 0 (with a mask where the grid cannot hold 0).
-    layer = quant_linear_from(joint.quantized, torch.nn.Linear(48, 12).double(), keep=joint.keep)
+    source = torch.nn.Linear(48, 12).double()
+    layer = QuantLinear.from_quantized(joint.quantized, copy_bias(source), source.weight.dtype, keep=joint.keep)
     restored = layer.dequantized_weight()
     assert torch.all(restored[~joint.keep] == 0) and torch.equal(joint.weight, restored)
     assert (layer.mask is not None) == (cfg.zero_point == "float" and not cfg.symmetric)

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tiny_models import make_tiny_llama
 from memopt_core.errors import ConfigError, DataError
-from memopt_core.evaluation.causal_lm import (SENTIMENT_PROMPT, continuation_log_probs, evaluate_causal_lm, greedy_generate,
-                                  measure_latency, zero_shot_sentiment)
+from memopt_core.evaluation import causal_lm
+from memopt_core.evaluation.causal_lm import (SENTIMENT_PROMPT, continuation_log_probs, evaluate_causal_lm,
+                                              greedy_generate, measure_latency, zero_shot_sentiment)
 from memopt_core.evaluation.stats import kl_exact, kl_top_k, wilson_interval
+from tiny_models import make_tiny_llama
 
 VOCAB = 320
 
@@ -217,4 +219,13 @@ def test_measure_latency_reports_per_window_figures(model, windows):
     result = measure_latency(model, windows[:2], repeats=1)
     assert set(result) == {"mean_ms", "std_ms", "device"}
     assert result["device"] == "cpu" and result["mean_ms"] > 0 and result["std_ms"] == 0.0
-    assert measure_latency(model, windows[:2], repeats=3)["std_ms"] >= 0.0
+
+
+def test_measure_latency_is_mean_and_sample_spread_of_the_timed_repeats(model, windows, monkeypatch):
+    # A clock that advances 10, 20 then 60 ms across the three timed repeats of two windows each.
+    ticks = iter([0.0, 0.010, 1.0, 1.020, 2.0, 2.060])
+    monkeypatch.setattr(causal_lm.time, "perf_counter", lambda: next(ticks))
+    result = measure_latency(model, windows[:2], repeats=3)
+    per_window = [5.0, 10.0, 30.0]  # ms: each repeat's time over its two windows
+    assert result["mean_ms"] == pytest.approx(15.0)
+    assert result["std_ms"] == pytest.approx(statistics.stdev(per_window))

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiny_models import make_tiny_bert
 from memopt_core.errors import DataError
 from memopt_core.evaluation.encoder import (classifier_accuracy, classifier_predictions, encoder_metrics, fit_probe,
-                                          sentence_embeddings, sentiment_classes)
+                                            sentence_embeddings, sentiment_classes)
 from memopt_core.evaluation.stats import AccuracyResult, wilson_interval
+from tiny_models import make_tiny_bert
 
 WORDS = "the a film movie was is great awful good bad fun dull plot acting loved hated it not very slow".split()
 SENTENCES = ["the film was great", "awful", "the plot was very slow and dull", "loved it",

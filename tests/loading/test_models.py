@@ -8,21 +8,16 @@ import subprocess
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import make_tiny_bert, make_tiny_llama
 
-from memopt_core.loading import bundled
-
-from memopt_core.loading import cache
-
-from memopt_core.loading import devices
 from memopt_core.config import ModelSpec
 from memopt_core.errors import DeviceError, ModelLoadError, UnsupportedModelError
+from memopt_core.loading import bundled, cache, devices
 from memopt_core.loading.models import LoadedModel, load_model, weights_checksum
+from tiny_models import make_tiny_bert, make_tiny_llama
 
 
 @pytest.fixture
@@ -295,14 +290,10 @@ def test_unsupported_architectures_name_the_architecture_and_the_kinds(tmp_path,
         load_model(ModelSpec(str(folder)))
 
 
-def test_a_memopt_saved_folder_is_handed_to_saving(tmp_path, monkeypatch):
+def test_a_memopt_saved_folder_is_read_as_a_memopt_save(tmp_path):
     (tmp_path / "memopt.json").write_text(json.dumps({"format": 1}))
-    seen = []
-    fake = types.ModuleType("memopt_core.loading.saved")
-    fake.load_saved = lambda path, spec: seen.append((path, spec)) or "from saving"
-    monkeypatch.setitem(sys.modules, "memopt_core.loading.saved", fake)
-    spec = ModelSpec(str(tmp_path))
-    assert load_model(spec) == "from saving" and seen == [(tmp_path.resolve(), spec)]
+    with pytest.raises(ModelLoadError, match="was saved in format 1; this memopt reads 'memopt-compressed/1'"):
+        load_model(ModelSpec(str(tmp_path)))
 
 
 # hub (offline here: HF_HUB_OFFLINE=1 from conftest) ------------------------------------------------

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import make_tiny_llama
 
-from memopt_core.loading import bundled
 from memopt_core.cli import main
 from memopt_core.config import ModelSpec
 from memopt_core.errors import ModelLoadError
+from memopt_core.loading import bundled
 from memopt_core.loading.models import REMOTE_CODE_WARNING, load_model
+from tiny_models import make_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,9 @@ import json
 import numpy as np
 import torch
 
+from memopt_core.config import ModelSpec
 from memopt_core.loading import bundled
 from memopt_core.loading.cache import cache_dir
-from memopt_core.config import ModelSpec
 from memopt_core.loading.models import load_model, weights_checksum
 
 SMOLLM2_PARAMS = 134_515_008

@@ -9,17 +9,16 @@ import pytest
 import torch
 from torch import nn
 
+from memopt_core.compression.layers import QuantLinear, weight_storage_bytes
+from memopt_core.compression.walk import target_linears
 from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig
 from memopt_core.errors import ConfigError
-from memopt_core.compression.layers import QuantLinear, weight_storage_bytes
-from memopt_core.mixed.around_uniform import ContextSensitivity, changes_at, plan_and_compare
-from memopt_core.mixed.plan import (CANDIDATE_BITS, apply_plan, plan_bits, weight_bytes,
-                                         widths_to_measure)
-from memopt_core.mixed.charts import plan_bits_chart, sensitivity_bars
-from memopt_core.primitives.quant import dequantize, quantize_weight
 from memopt_core.loading.models import LoadedModel, load_model, weights_checksum
+from memopt_core.mixed.around_uniform import ContextSensitivity, changes_at, plan_and_compare
+from memopt_core.mixed.charts import plan_bits_chart, sensitivity_bars
+from memopt_core.mixed.plan import CANDIDATE_BITS, apply_plan, plan_bits, weight_bytes, widths_to_measure
 from memopt_core.mixed.sensitivity import QualityProbe, measure_sensitivity, units_of
-from memopt_core.compression.walk import target_linears
+from memopt_core.primitives.quant import dequantize, quantize_weight
 
 SMALL_EVAL = EvalConfig(max_tokens=256, seq_len=128, gen_tokens=0, zero_shot=False)
 FRAGILE = "model.layers.1.mlp.down_proj"

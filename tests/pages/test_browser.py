@@ -16,8 +16,8 @@ from page_support import app_cache  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-from screenshots import (EXCEPTION, PLOT, browser_tab, dashboard, open_page, pick, screenshot,  # noqa: E402
-                         set_slider, settle, wait_for_plots)
+from screenshots import (EXCEPTION, PLOT, browser_tab, dashboard, open_page, pick, screenshot, set_slider,  # noqa: E402
+                         settle, wait_for_plots)
 
 ARTIFACTS = ROOT / "test-artifacts"
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from memopt_core.compression.weight_view import grid_levels
 from memopt_core.config import ModelSpec, QuantConfig
 from memopt_core.errors import ConfigError, DataError
 from page_support import app_cache  # noqa: F401
 from ui import loaders
 from ui.chart_glue import saving_kind, saving_phrase
 from ui.saved_models import zip_folder
-from memopt_core.compression.weight_view import grid_levels
 from ui.uploads import read_config_upload, save_text_upload
 
 

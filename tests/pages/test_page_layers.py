@@ -4,16 +4,16 @@ from __future__ import annotations
 import numpy as np
 
 from memopt_core.config import EvalConfig, ModelSpec
-from memopt_core.runs.workbench import Workbench
 from memopt_core.runs.store import ResultStore
 from memopt_core.runs.sweep import SweepGrid, run_sweep
+from memopt_core.runs.workbench import Workbench
 from page_support import app_cache, array, errors, figures, new_app, no_exception, use_tiny_model  # noqa: F401
 
 
 def store_a_sweep(name: str = "demo") -> None:
     spec = ModelSpec("tiny-bert")
     run_sweep(spec, SweepGrid(prune_ratios=(0.0, 0.5), bits=(16, 4)), EvalConfig(max_tokens=128, seq_len=64),
-              store=ResultStore(), sweep_name=name, workbench=Workbench.load(spec))
+              store=ResultStore(), sweep_name=name, load=Workbench.load)
 
 
 def test_empty_store_points_to_the_compress_page(app_cache):

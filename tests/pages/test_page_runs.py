@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 
-from page_support import app_cache, array, errors, figures, new_app, no_exception  # noqa: F401
 from test_page_layers import store_a_sweep
+
+from page_support import app_cache, array, errors, figures, new_app, no_exception  # noqa: F401
 
 
 def open_runs():
@@ -47,8 +48,8 @@ def test_single_runs_and_sweeps_can_be_told_apart(app_cache):
 
 
 def test_json_download_holds_full_results(app_cache):
-    from ui.runs_view import store_table
     from memopt_core.runs.store import ResultStore
+    from ui.runs_view import store_table
 
     store_a_sweep("first")
     rows = ResultStore().rows()

@@ -10,13 +10,12 @@ from types import SimpleNamespace
 import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from memopt_core.planning import planner
-
-from memopt_core.planning import presets as planner_presets
-from memopt_core.errors import ConfigError, DataError, MemoptError
-from memopt_core.planning.planner import (GIB, PlanConfig, count_parameters, estimate, fits_on, format_gib, group_count,
-                                 layer_bits, list_presets, load_config, load_preset)
 from memopt_core.compression.walk import target_linears
+from memopt_core.errors import ConfigError, DataError, MemoptError
+from memopt_core.planning import counting, planner
+from memopt_core.planning import presets as planner_presets
+from memopt_core.planning.planner import (GIB, PlanConfig, count_parameters, estimate, fits_on, format_gib, group_count,
+                                          layer_bits, list_presets, load_config, load_preset)
 
 # Tiny Llama: V=1000, h=64, I=160, L=3 layers, 8 heads of 8, 2 KV heads (GQA).
 V, H, I, L, HEADS, KV, HD = 1000, 64, 160, 3, 8, 2, 8
@@ -258,7 +257,7 @@ def test_missing_config_file_is_refused(tmp_path):
 def test_absurd_sizes_are_refused_before_building(monkeypatch, fields, fragment):
     def must_not_build(config):
         raise AssertionError("the model was built before the sizes were checked")
-    monkeypatch.setattr(planner_presets, "build_meta_model", must_not_build)
+    monkeypatch.setattr(counting, "build_meta_model", must_not_build)
     with pytest.raises(ConfigError, match=fragment):
         count_parameters({**TINY, **fields})
 

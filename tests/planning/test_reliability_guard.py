@@ -10,16 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import make_tiny_llama
 
-from memopt_core.planning import guard
-
-from memopt_core.loading import models
 from memopt_core.cli import main
 from memopt_core.config import ModelSpec
 from memopt_core.errors import ModelLoadError, ResourceError
+from memopt_core.loading import models
 from memopt_core.loading.models import load_model
+from memopt_core.planning import guard
 from memopt_core.planning.planner import count_parameters, format_gib, load_preset
+from tiny_models import make_tiny_llama
 
 GiB = 2**30
 

@@ -11,13 +11,12 @@ import math
 import pytest
 import torch
 
-from memopt_core.config import QuantConfig
-from memopt_core.errors import ConfigError
-from memopt_core.compression.calibrate import quant_linear_from
-from memopt_core.primitives.gptq import GPTQOptions, decode_column, encode_column, gptq_quantize, one_thread
-from memopt_core.primitives.quant import dequantize, quantize_weight
-
 from gptq_support import correlated_inputs, hessian, output_error, weight
+from memopt_core.compression.layers import QuantLinear, copy_bias
+from memopt_core.config import QuantConfig, SolverConfig
+from memopt_core.errors import ConfigError
+from memopt_core.primitives.gptq import decode_column, encode_column, gptq_quantize, one_thread
+from memopt_core.primitives.quant import dequantize, quantize_weight
 
 
 def reference_gptq(w, h, bits, group_size, act_order, damp=0.01):
@@ -62,7 +61,7 @@ def test_matches_the_plain_reference(act_order, bits, group_size):
     w, h = weight(24, 64), hessian(x)
     granularity = "group" if group_size < 64 else "per-channel"
     cfg = QuantConfig(method="gptq", bits=bits, granularity=granularity, group_size=group_size)
-    qw = gptq_quantize(w, h, cfg, GPTQOptions(act_order=act_order, block_size=16))
+    qw = gptq_quantize(w, h, cfg, SolverConfig(act_order=act_order, block_size=16))
     codes, scales = reference_gptq(w, h, bits, group_size, act_order)
     assert torch.equal(qw.scale, scales)
     assert torch.equal(qw.codes, codes)
@@ -80,7 +79,7 @@ def test_matches_the_plain_reference(act_order, bits, group_size):
 def test_output_error_below_round_to_nearest(cfg, act_order):
     x = correlated_inputs(1024, 96, seed=3)
     w = weight(48, 96, seed=4)
-    qw = gptq_quantize(w, hessian(x), cfg, GPTQOptions(act_order=act_order))
+    qw = gptq_quantize(w, hessian(x), cfg, SolverConfig(act_order=act_order))
     rtn = quantize_weight(w, cfg)
     assert output_error(x, w, dequantize(qw, torch.float64)) < 0.95 * output_error(x, w, dequantize(rtn, torch.float64))
 
@@ -105,7 +104,7 @@ def test_result_does_not_depend_on_the_block_size():
     x = correlated_inputs(256, 40, seed=5)
     w, h = weight(8, 40, seed=6), hessian(x)
     cfg = QuantConfig(method="gptq", bits=3, granularity="group", group_size=16)  # ragged last group of 8
-    results = [gptq_quantize(w, h, cfg, GPTQOptions(block_size=b)) for b in (1, 7, 16, 128)]
+    results = [gptq_quantize(w, h, cfg, SolverConfig(block_size=b)) for b in (1, 7, 16, 128)]
     for other in results[1:]:
         assert torch.equal(other.codes, results[0].codes) and torch.equal(other.scale, results[0].scale)
 
@@ -121,7 +120,7 @@ def test_packed_format_is_rtns_with_ragged_last_group_in_original_column_order()
     assert qw.zero.shape == (6, 3) and qw.zero.dtype == torch.float16
     assert (qw.group_size, qw.zero_kind, qw.bits) == (rtn.group_size, rtn.zero_kind, rtn.bits)
     linear = torch.nn.Linear(40, 6, bias=True)
-    layer = quant_linear_from(qw, linear)
+    layer = QuantLinear.from_quantized(qw, copy_bias(linear), linear.weight.dtype)
     assert torch.equal(layer.dequantized_weight(), dequantize(qw))
     assert torch.equal(layer.bias, linear.bias) and layer.bias is not linear.bias
 
@@ -130,7 +129,7 @@ def test_static_groups_take_rtn_scales_of_the_original_weight():
     x = correlated_inputs(256, 48, seed=9)
     w = weight(10, 48, seed=10)
     cfg = QuantConfig(method="gptq", bits=3, granularity="group", group_size=16)
-    qw = gptq_quantize(w, hessian(x), cfg, GPTQOptions(static_groups=True))
+    qw = gptq_quantize(w, hessian(x), cfg, SolverConfig(static_groups=True))
     assert torch.equal(qw.scale, quantize_weight(w, cfg).scale)
 
 
@@ -154,13 +153,13 @@ def test_arguments_are_not_changed_and_shapes_are_checked():
     with pytest.raises(ConfigError, match="Hessian"):
         gptq_quantize(w, h[:8, :8], QuantConfig(method="gptq", bits=4))
     with pytest.raises(ConfigError, match="dampening"):
-        GPTQOptions(damp=2.0)
+        SolverConfig(damp=2.0)
 
 
 def test_rank_deficient_hessian_still_factorises():
     x = correlated_inputs(8, 32, seed=14)  # 8 samples for 32 inputs: H is singular
     qw = gptq_quantize(weight(4, 32).float(), hessian(x).float(), QuantConfig(method="gptq", bits=4),
-                       GPTQOptions(damp=0.0))
+                       SolverConfig(damp=0.0))
     assert torch.isfinite(dequantize(qw)).all()
 
 

@@ -9,8 +9,8 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from memopt_core.errors import ConfigError
-from memopt_core.primitives.sparsity import (count_zeros, global_magnitude_masks, l2_row_mask, magnitude_mask,
-                                             nm_mask, sparsity, unstructured_mask_from_scores)
+from memopt_core.primitives.sparsity import (count_zeros, global_magnitude_masks, l2_row_mask, magnitude_mask, nm_mask,
+                                             sparsity, unstructured_mask_from_scores)
 
 RATIOS = (0.0, 0.1, 0.25, 1 / 3, 0.5, 0.95)
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig
 from memopt_core.compression.layers import QuantLinear, SparseLinear
+from memopt_core.config import EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig
 from memopt_core.loading.models import weights_checksum
 from memopt_core.runs.workbench import Workbench
 

@@ -1,9 +1,10 @@
 """The results store and the identities that key it."""
+import json
 import sqlite3
 
 import pytest
 
-from memopt_core.config import EvalConfig, ModelSpec, QuantConfig, TargetConfig
+from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, QuantConfig, RunConfig, SolverConfig, TargetConfig
 from memopt_core.errors import DataError
 from memopt_core.runs.identity import eval_identity, model_identity, setting_identity
 from memopt_core.runs.store import ResultStore, run_key
@@ -48,6 +49,23 @@ def test_local_model_identity_follows_file_contents(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"b" * 65)
     assert model_identity(ModelSpec(str(tmp_path))) != first
     assert model_identity(ModelSpec("org/name")) == "hub:org/name@main"
+
+
+def test_solver_settings_are_keyed_and_default_keys_are_those_of_earlier_versions():
+    gptq = QuantConfig(method="gptq", bits=4)
+    default = setting_identity(None, gptq, CalibConfig())
+    # Results stored before the solver settings joined the config were keyed by these four fields.
+    assert default["calib"] == {"text": "both", "samples": 64, "seq_len": 512, "seed": 0}
+    no_act_order = setting_identity(None, gptq, CalibConfig(solver=SolverConfig(act_order=False)))
+    assert no_act_order["calib"]["solver"]["act_order"] is False
+    damped = setting_identity(None, gptq, CalibConfig(solver=SolverConfig(damp=0.1)))
+    assert len({str(default), str(no_act_order), str(damped)}) == 3
+
+
+def test_a_stored_config_with_solver_settings_round_trips():
+    config = RunConfig(ModelSpec("tiny-llama"), quant=QuantConfig(method="gptq", bits=3),
+                       calib=CalibConfig(samples=8, solver=SolverConfig(act_order=False, block_size=32)))
+    assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_rollback_journal_for_a_database_shared_across_machines(tmp_path, monkeypatch):

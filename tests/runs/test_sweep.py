@@ -16,7 +16,7 @@ from memopt_core.config import EvalConfig, ModelSpec
 from memopt_core.errors import ConfigError
 from memopt_core.runs.pareto import pareto_mask
 from memopt_core.runs.store import ResultStore
-from memopt_core.runs.sweep import SweepGrid, mark_pareto, run_sweep
+from memopt_core.runs.sweep import SweepGrid, run_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_EVAL = EvalConfig(seq_len=32, max_tokens=128, gen_tokens=0, zero_shot=False)

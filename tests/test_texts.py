@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from memopt_core.loading import bundled
-from memopt_core.loading.texts import load_labelled_sentences, load_text, token_windows
 from memopt_core.errors import DataError
+from memopt_core.loading import bundled
+from memopt_core.texts import load_labelled_sentences, load_text, token_windows
 
 
 @pytest.fixture(scope="module")
