@@ -61,7 +61,7 @@ def connect(cluster: ClusterConfig, num_cpus: int | None = None) -> None:
             ray.init(_node_ip_address="127.0.0.1", num_cpus=num_cpus, **options)
         else:
             ray.init(address=cluster.address, **options)
-    except (ConnectionError, RuntimeError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - Ray raises bare Exceptions too (e.g. a start-up timeout)
         where = cluster.address or "a local cluster"
         raise ConfigError(f"cannot start or reach the Ray cluster at {where}: {str(error).splitlines()[0]}") from None
 
