@@ -60,11 +60,15 @@ def layer_by_layer(evaluation: EvalConfig) -> None:
     print(f"layer by layer, cap {cap.max_memory / MiB:.0f} MiB ({streamed} modules streamed from disk): "
           f"{layered_s:.1f}s = {layered_s / whole_s:.2f}x the in-memory time; perplexity "
           f"{layered.compressed['perplexity']:.4f} (equal: {layered.compressed['perplexity'] == whole.compressed['perplexity']})")
-    peak = layered.memory.measured_bytes
-    print(f"peak {peak / MiB:.0f} MiB above the start = {peak / (cap.max_memory + block):.2f}x (cap + one block "
-          f"= {(cap.max_memory + block) / MiB:.0f} MiB); planner's estimate with the working memory "
-          f"{plan['total_bytes'] / MiB:.0f} MiB (measured / planned {peak / plan['total_bytes']:.2f}x); "
-          f"in memory {whole_peak.bytes / MiB:.0f} MiB")
+    phases = layered.execution["measured_phases"]
+    compress_peak = phases["compress"]
+    print(f"peak above the start, by phase (MiB): " + ", ".join(f"{k} {v / MiB:.0f}" for k, v in phases.items())
+          + f"; in memory {whole_peak.bytes / MiB:.0f}")
+    print(f"compression phase: {compress_peak / MiB:.0f} MiB = {compress_peak / (cap.max_memory + block):.2f}x "
+          f"(cap + one block = {(cap.max_memory + block) / MiB:.0f} MiB); whole run {layered.memory.measured_bytes / MiB:.0f}"
+          f" MiB = {layered.memory.measured_bytes / plan['total_bytes']:.2f}x the planner's estimate "
+          f"{plan['total_bytes'] / MiB:.0f} MiB (cap + block read and compressed + one window's working memory "
+          f"{plan['working_bytes'] / MiB:.0f} MiB)")
 
 
 def on_ray(evaluation: EvalConfig) -> None:

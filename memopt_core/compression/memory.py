@@ -165,25 +165,50 @@ def _sampled_peak(process: psutil.Process) -> Iterator[list[int]]:
         peak[0] = max(peak[0], process.memory_info().rss)
 
 
+class PeakMemory:
+    """Peak memory above the level at construction, phase by phase: on CPU the kernel's peak RSS
+    (VmHWM, reset as each phase starts; RSS sampled every few ms where Linux cannot reset it), on
+    CUDA ``max_memory_allocated`` (reset as each phase starts). Other threads of the process count
+    too: the figure is the process's, as the operating system sees it. ``phases``: bytes above the
+    start by phase name; ``bytes``: the largest of them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.phases = device, {}
+        self.process = psutil.Process()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            self.start, self.method = torch.cuda.memory_allocated(device), "CUDA max_memory_allocated above the start"
+            return
+        _release_freed_heap()
+        self.start = self.process.memory_info().rss
+        self.resets = _reset_peak_rss()
+        self.method = "peak RSS above the start (VmHWM)" if self.resets else "peak RSS above the start (sampled)"
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            yield
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.resets and _reset_peak_rss():
+            yield
+            peak = _peak_rss()
+        else:
+            with _sampled_peak(self.process) as sampled:
+                yield
+            peak = sampled[0]
+        self.phases[name] = max(0, peak - self.start)
+
+    @property
+    def bytes(self) -> int:
+        return max(self.phases.values(), default=0)
+
+
 @contextmanager
 def measure_peak(device: torch.device) -> Iterator[Measurement]:
-    """Measure the PEAK memory the block reaches above the level at its start: on CPU the
-    kernel's peak RSS (VmHWM, reset at the start; sampled RSS where that is not available), on
-    CUDA ``max_memory_allocated``. Other threads of the process count too: the figure is the
-    process's, as the operating system sees it."""
-    if device.type == "cuda":
-        with measure_growth(device) as result:  # max_memory_allocated already is a peak
-            yield result
-        result.method = "CUDA max_memory_allocated above the start"
-        return
-    result = Measurement()
-    process = psutil.Process()
-    _release_freed_heap()
-    start = process.memory_info().rss
-    if _reset_peak_rss():
+    """The PEAK memory the block reaches above the level at its start (see :class:`PeakMemory`)."""
+    result, peaks = Measurement(), PeakMemory(device)
+    with peaks.phase("all"):
         yield result
-        result.bytes, result.method = max(0, _peak_rss() - start), "peak RSS above the start (VmHWM)"
-        return
-    with _sampled_peak(process) as peak:
-        yield result
-    result.bytes, result.method = max(0, peak[0] - start), "peak RSS above the start (sampled)"
+    result.bytes, result.method = peaks.bytes, peaks.method

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from memopt_core.compression.memory import MemoryReport, measure_peak
+from memopt_core.compression.memory import MemoryReport, PeakMemory
 from memopt_core.compression.sparsity import overall_sparsity
 from memopt_core.config import ModelSpec, OffloadConfig, RunConfig
 from memopt_core.errors import ModelLoadError
@@ -93,28 +93,34 @@ def _compress(bench: Workbench, original: StreamedModel, config: RunConfig, fold
     return layers
 
 
-def _run(config: RunConfig, offload: OffloadConfig, folder: Path) -> tuple[RunResult, StreamedModel,
-                                                                           SequentialResult]:
-    """Steps 1-4 of the module docstring: (the result, the consumed original, what was written)."""
+def _run(config: RunConfig, offload: OffloadConfig, folder: Path, peaks: PeakMemory) -> tuple[
+        RunResult, StreamedModel, SequentialResult]:
+    """Steps 1-4 of the module docstring, each a phase of ``peaks``: (the result, the consumed
+    original, what was written)."""
     device, timings = resolve_device(config.model.device), {}
-    start = time.perf_counter()
-    original = load_streamed(config.model, offload)
-    plan = planned_peak(original.loaded.model.config, config, offload)
-    guard.check_fits(plan.total_bytes, f"the layer-by-layer run of {original.loaded.name!r}",
-                     available=lambda: guard.device_available_bytes(device), detail="planner's peak estimate")
-    timings["load_s"] = time.perf_counter() - start
-    bench = Workbench(original.loaded)
-    baseline = bench.baseline(config.eval)
-    timings["baseline_s"] = baseline.seconds
-    start, original_bytes = time.perf_counter(), original.stored_bytes()
-    layers = _compress(bench, original, config, folder)
-    timings["compress_s"] = time.perf_counter() - start
-    timings.update(layers.timings)
-    gc.collect()  # the original's husk: its tensors are released already
-    compressed = load_streamed(ModelSpec(str(folder), device=config.model.device, dtype=config.model.dtype), offload)
-    start = time.perf_counter()
-    metrics, _ = evaluate(compressed.loaded.model, original.loaded, baseline.data, config.eval, baseline.reference)
-    timings["evaluate_s"] = time.perf_counter() - start
+    with peaks.phase("load and baseline"):
+        start = time.perf_counter()
+        original = load_streamed(config.model, offload)
+        plan = planned_peak(original.loaded.model.config, config, offload)
+        guard.check_fits(plan.total_bytes, f"the layer-by-layer run of {original.loaded.name!r}",
+                         available=lambda: guard.device_available_bytes(device), detail="planner's peak estimate")
+        timings["load_s"] = time.perf_counter() - start
+        bench = Workbench(original.loaded)
+        baseline = bench.baseline(config.eval)
+        timings["baseline_s"] = baseline.seconds
+    with peaks.phase("compress"):
+        start, original_bytes = time.perf_counter(), original.stored_bytes()
+        layers = _compress(bench, original, config, folder)
+        timings["compress_s"] = time.perf_counter() - start
+        timings.update(layers.timings)
+        gc.collect()  # the original's husk: its tensors are released already
+    with peaks.phase("evaluate"):
+        compressed = load_streamed(ModelSpec(str(folder), device=config.model.device, dtype=config.model.dtype),
+                                   offload)
+        start = time.perf_counter()
+        metrics, _ = evaluate(compressed.loaded.model, original.loaded, baseline.data, config.eval,
+                              baseline.reference)
+        timings["evaluate_s"] = time.perf_counter() - start
     memory = _memory(original_bytes, compressed, layers)
     protocol = baseline.data.protocol if layers.calibration is None else \
         {**baseline.data.protocol, "calibration": layers.calibration}
@@ -122,25 +128,28 @@ def _run(config: RunConfig, offload: OffloadConfig, folder: Path) -> tuple[RunRe
                        compressed=metrics, memory=memory, sparsity=overall_sparsity(layers.layers),
                        layers=layers.layers, timings=timings, protocol=protocol,
                        notes=run_notes(original.loaded, config, memory))
-    result.execution = {"route": "layer-by-layer", "max_memory": offload.max_memory, "planned_peak": plan.to_dict(),
-                        "original": original.describe(), "compressed": compressed.describe()}
+    result.execution.update(route="layer-by-layer", max_memory=offload.max_memory, planned_peak=plan.to_dict(),
+                            original=original.describe(), compressed=compressed.describe())
     return result, original, layers
 
 
 def run_layer_by_layer(config: RunConfig, offload: OffloadConfig, save_dir: str | None = None) -> RunResult:
-    """Run one setting with at most ``offload.max_memory`` bytes of weights resident (see module doc)."""
+    """Run one setting with at most ``offload.max_memory`` bytes of weights resident (see module doc).
+    The peak memory is measured by phase (load and baseline, compress, evaluate) above the start."""
     check_supported(config)
-    device = resolve_device(config.model.device)
     if save_dir is not None:
         check_save_target(save_dir)
-    with measure_peak(device) as peak, staging_folder(save_dir, offload) as folder:
-        result, original, layers = _run(config, offload, folder)
+    peaks = PeakMemory(resolve_device(config.model.device))
+    with staging_folder(save_dir, offload) as folder:
+        result, original, layers = _run(config, offload, folder, peaks)
         if save_dir is not None:
             _publish(folder, save_dir, result, original, layers)
-    result.memory.measured_bytes = peak.bytes
-    result.memory.measured_method = f"{peak.method}, whole layer-by-layer run"
-    result.execution["measured_peak"] = peak.bytes
-    result.notes.append(f"layer by layer under a {offload.max_memory / 2**20:.0f} MiB cap: peak memory "
-                        f"{peak.bytes / 2**20:.0f} MiB above the start (first-time imports and text loading "
-                        f"included), planner's estimate {result.execution['planned_peak']['total_bytes'] / 2**20:.0f} MiB")
+    result.memory.measured_bytes = peaks.bytes
+    result.memory.measured_method = f"{peaks.method}, largest phase of the layer-by-layer run"
+    result.execution.update(measured_peak=peaks.bytes, measured_phases=dict(peaks.phases))
+    planned = result.execution["planned_peak"]["total_bytes"]
+    phases = ", ".join(f"{name} {value / 2**20:.0f}" for name, value in peaks.phases.items())
+    result.notes.append(f"layer by layer under a {offload.max_memory / 2**20:.0f} MiB cap: peak memory above the "
+                        f"start (MiB) {phases}; planner's estimate {planned / 2**20:.0f}; first-time imports and "
+                        "text loading count in the first phase")
     return result

@@ -102,7 +102,9 @@ def weights_index(folder: Path, model: nn.Module) -> Index:
 
 
 def read_tensors(index: Index, names: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-    """The tensors ``names`` read from their files (one open per file) in their index dtype."""
+    """The tensors ``names`` read from their files (one opening per file) in their index dtype. On
+    the CPU, safetensors hands out tensors backed by the file's mapped pages: they count as
+    resident memory once touched, and leave it when the tensor is dropped."""
     by_file: dict[str, list[str]] = defaultdict(list)
     for name in names:
         by_file[index[name]["safetensors_file"]].append(name)

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from memopt_core.compression.calibration_data import CalibrationSet, calibration_set
 from memopt_core.compression.compress import CompressedModel, compress_copy, layer_errors
 from memopt_core.compression.memory import MemoryReport, measure_growth, memory_report
@@ -37,8 +39,10 @@ class RunResult:
     timings: dict[str, float]
     protocol: dict[str, Any]
     notes: list[str] = field(default_factory=list)
-    # Where the tensors lived: in memory, or layer by layer under a cap (memopt_core.offload); never a figure.
-    execution: dict[str, Any] = field(default_factory=lambda: {"route": "in-memory"})
+    # Where the tensors lived (in memory, or layer by layer under a cap: memopt_core.offload) and the
+    # compute threads of the process that ran it; never a figure.
+    execution: dict[str, Any] = field(default_factory=lambda: {"route": "in-memory",
+                                                               "threads": torch.get_num_threads()})
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "config": self.config.to_dict(), "baseline": self.baseline,

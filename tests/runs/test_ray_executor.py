@@ -46,6 +46,7 @@ def test_ray_sweep_equals_the_local_one_and_stores_every_result(cluster, local_t
                        progress=lambda done, total, label, eta: seen.append((done, total, label)))
     _same_rows(result.table, local_table)
     assert result.computed == 4 and store.count() == 4 and executor.workers == 2
+    assert {row["result"]["execution"]["threads"] for row in store.rows()} == {1}  # one CPU each: one thread
     assert seen[-1] == (4, 4, "done") and [done for done, _, _ in seen] == sorted(done for done, _, _ in seen)
     assert any("," in label for _, _, label in seen)  # two settings ran at once
     again = run_sweep(ModelSpec("tiny-llama"), GRID, SMALL_EVAL, store=store, executor=RayExecutor(TWO_WORKERS))
