@@ -167,7 +167,8 @@ def _sampled_peak(process: psutil.Process) -> Iterator[list[int]]:
 
 class PeakMemory:
     """Peak memory above the level at construction, phase by phase: on CPU the kernel's peak RSS
-    (VmHWM, reset as each phase starts; RSS sampled every few ms where Linux cannot reset it), on
+    (VmHWM, reset as each phase starts, after the heap has returned what earlier phases freed; RSS
+    sampled every few ms where Linux cannot reset it), on
     CUDA ``max_memory_allocated`` (reset as each phase starts). Other threads of the process count
     too: the figure is the process's, as the operating system sees it. ``phases``: bytes above the
     start by phase name; ``bytes``: the largest of them."""
@@ -191,13 +192,15 @@ class PeakMemory:
             yield
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
-        elif self.resets and _reset_peak_rss():
-            yield
-            peak = _peak_rss()
         else:
-            with _sampled_peak(self.process) as sampled:
+            _release_freed_heap()  # what earlier phases freed must not count in this one
+            if self.resets and _reset_peak_rss():
                 yield
-            peak = sampled[0]
+                peak = _peak_rss()
+            else:
+                with _sampled_peak(self.process) as sampled:
+                    yield
+                peak = sampled[0]
         self.phases[name] = max(0, peak - self.start)
 
     @property
