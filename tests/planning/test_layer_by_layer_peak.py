@@ -39,7 +39,7 @@ def test_calibration_batch_through_one_block_counts_when_larger():
 
 
 def test_suggested_cap_is_the_largest_whose_peak_fits():
-    usable = 13_000_000
+    usable = 12_000_000  # leaves a cap between the embeddings (256 KB) and the whole model (552 KB)
     peak = suggest_cap(TINY, 4, usable)
     assert peak.total_bytes == usable and peak.max_memory >= peak.embedding_bytes  # the embeddings stay resident
     assert estimate_peak(TINY, 4, peak.max_memory + 1).total_bytes > usable
