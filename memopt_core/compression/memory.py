@@ -166,12 +166,11 @@ def _sampled_peak(process: psutil.Process) -> Iterator[list[int]]:
 
 
 class PeakMemory:
-    """Peak memory above the level at construction, phase by phase: on CPU the kernel's peak RSS
-    (VmHWM, reset as each phase starts, after the heap has returned what earlier phases freed; RSS
-    sampled every few ms where Linux cannot reset it), on
-    CUDA ``max_memory_allocated`` (reset as each phase starts). Other threads of the process count
-    too: the figure is the process's, as the operating system sees it. ``phases``: bytes above the
-    start by phase name; ``bytes``: the largest of them."""
+    """Peak memory above the level at construction, phase by phase. On CPU the kernel's peak RSS
+    (VmHWM, reset as each phase starts, once the heap has returned what earlier phases freed; RSS
+    sampled every few ms where Linux cannot reset it); on CUDA ``max_memory_allocated`` (reset as
+    each phase starts). Other threads count too: the figure is the process's, as the operating
+    system sees it. ``phases``: bytes above the start by phase name; ``bytes``: the largest."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.phases = device, {}
