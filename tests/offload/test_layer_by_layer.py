@@ -81,6 +81,16 @@ def test_gptq_with_every_module_on_disk_equals_in_memory(bench):
     assert layered.protocol["calibration"] == in_memory.protocol["calibration"]
 
 
+def test_sparsegpt_alone_layer_by_layer_equals_in_memory(bench):
+    """Calibrated pruning without quantization: the walk, then bitmask storage, one block at a time."""
+    config = RunConfig(TINY, prune=PruneConfig(method="sparsegpt", pattern="2:4"), eval=SMALL_EVAL,
+                       calib=CalibConfig(samples=4, seq_len=64))
+    in_memory = bench.run(config)
+    layered = run_layer_by_layer(config, EMBEDDINGS_ONLY)
+    _same_run(in_memory, layered)
+    assert layered.sparsity == pytest.approx(0.5)
+
+
 def test_a_save_streams_back_with_the_same_outputs(bench, tmp_path):
     config = RunConfig(TINY, quant=QuantConfig(bits=3), eval=SMALL_EVAL)
     bench.run(config, save_dir=str(tmp_path / "saved"))  # the in-memory route's single-file save
