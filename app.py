@@ -9,4 +9,5 @@ st.navigation([
     st.Page("pages/sensitivity.py", title="Sensitivity", icon=":material/tune:"),
     st.Page("pages/planner.py", title="Memory planner", icon=":material/calculate:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
+    st.Page("pages/deploy.py", title="Deploy", icon=":material/rocket_launch:"),
 ]).run()

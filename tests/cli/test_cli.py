@@ -91,6 +91,7 @@ def test_models_lists_the_bundled_models(capsys):
     assert keys == {"smollm2-135m", "minilm-l6", "tiny-llama", "tiny-bert"}
 
 
+@pytest.mark.slow
 def test_process_exit_status_and_stderr():
     """The real entry point: exit status 2 and one stderr line."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

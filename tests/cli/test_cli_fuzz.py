@@ -211,6 +211,7 @@ def assert_one_line_outcome(code: int, out: str, err: str, args: list[str]) -> N
 
 # the fuzzers -----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 @example(data=None)
@@ -277,6 +278,7 @@ def test_real_calls_end_to_end(args, tmp_path, capsys):
     assert (code == 0) == ("1" not in args and "nothing-matches*" not in args)
 
 
+@pytest.mark.slow
 def test_real_sweep_end_to_end(tmp_path, capsys):
     args = ["sweep", *TINY, "--bits", "16,4,2", "--prune-ratios", "0,0.5", "--db", str(tmp_path / "r.db"), "--json"]
     assert main(args) == 0
@@ -289,6 +291,7 @@ def test_real_sweep_end_to_end(tmp_path, capsys):
     ["models", "--bogus"],
     ["run", *TINY, "--bits", "4", "--json"],
 ])
+@pytest.mark.slow
 def test_subprocess_calls_print_no_traceback(args, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MEMOPT_CACHE": os.environ["MEMOPT_CACHE"], "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "memopt_core", *args], env=env, cwd=tmp_path, capture_output=True,

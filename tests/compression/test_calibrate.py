@@ -44,6 +44,7 @@ def _positions(ids: torch.Tensor, window: torch.Tensor) -> list[int]:
     return torch.nonzero(hits).flatten().tolist()
 
 
+@pytest.mark.slow
 def test_calibration_windows_avoid_the_evaluated_tokens(tokenizer):
     calib = CalibConfig(samples=6, seq_len=64, seed=3)
     data = calibration_set(tokenizer, calib, EvalConfig(max_tokens=4096))

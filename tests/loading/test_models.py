@@ -150,6 +150,7 @@ def _race_worker(final: str, counter: str) -> str:
     return str(cache.ensure_directory(Path(final), build))
 
 
+@pytest.mark.slow
 def test_two_processes_on_a_cold_cache_build_once_and_share_the_folder(tmp_path):
     final, counter = tmp_path / "shared", tmp_path / "builds.txt"
     context = multiprocessing.get_context("spawn")

@@ -14,8 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from memopt_core.config import ModelSpec
 from memopt_core.loading.models import load_model
+
+pytestmark = pytest.mark.real_model
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ["-m", "memopt_core", "run", "--model", "smollm2-135m", "--bits", "8", "--max-tokens", "256", "--seq-len",

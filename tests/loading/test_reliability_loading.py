@@ -97,6 +97,7 @@ def test_cli_refuses_custom_code_in_one_line(tmp_path, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_trust_remote_code_runs_the_code_and_warns(tmp_path):
     """The control: asked to, the same folder's code does run (in a child process, its module cache
     in tmp), and a warning names the risk."""

@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from memopt_core.config import ModelSpec
 from memopt_core.loading import bundled
 from memopt_core.loading.cache import cache_dir
 from memopt_core.loading.models import load_model, weights_checksum
+
+pytestmark = pytest.mark.real_model
 
 SMOLLM2_PARAMS = 134_515_008
 

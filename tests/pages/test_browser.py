@@ -16,8 +16,10 @@ from page_support import app_cache  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-from screenshots import (EXCEPTION, PLOT, browser_tab, dashboard, open_page, pick, screenshot, set_slider,  # noqa: E402
-                         settle, wait_for_plots)
+from screenshots import (EXCEPTION, PLOT, RUN_WAIT_MS, browser_tab, dashboard, open_page, pick,  # noqa: E402
+                         screenshot, set_slider, settle, wait_for_plots)
+
+pytestmark = pytest.mark.browser
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -74,3 +76,9 @@ def test_every_page_in_a_real_browser(tab):
     open_page(tab, "Runs")
     wait_for_plots(tab, 1)
     check_and_shoot(tab, "runs")
+
+    open_page(tab, "Deploy")  # the Compress page's setting, shipped as GGUF and read back
+    tab.get_by_role("button", name="Export").click()
+    tab.get_by_role("button", name="Download model.gguf").wait_for(timeout=RUN_WAIT_MS)
+    assert metric_value(tab, "Perplexity (format's loader)") == metric_value(tab, "Perplexity (memopt)")
+    check_and_shoot(tab, "deploy")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from memopt_core.config import ModelSpec
 from page_support import app_cache, array, errors, figures, new_app, no_exception, titles, use_tiny_model  # noqa: F401
 from ui import loaders
@@ -162,6 +164,7 @@ def test_two_sessions_keep_their_own_results(app_cache):
     assert not any("W3A16" in header.value for header in alice.header)
 
 
+@pytest.mark.slow
 def test_a_calibrated_result_names_its_calibration_data(app_cache):
     at = use_tiny_model(new_app())
     at.selectbox(key="prune.method").set_value("wanda").run()

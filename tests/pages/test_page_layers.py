@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from memopt_core.config import EvalConfig, ModelSpec
 from memopt_core.runs.store import ResultStore
@@ -23,6 +24,7 @@ def test_empty_store_points_to_the_compress_page(app_cache):
     assert not at.get("plotly_chart")
 
 
+@pytest.mark.slow
 def test_stored_run_shows_block_by_module_heatmaps(app_cache):
     store_a_sweep()
     at = new_app().switch_page("pages/layers.py").run()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_page_layers import store_a_sweep
 
 from page_support import app_cache, array, errors, figures, new_app, no_exception  # noqa: F401
@@ -19,6 +20,7 @@ def test_empty_store_says_so(app_cache):
     assert any("None yet" in caption.value for caption in at.caption)  # no saved models either
 
 
+@pytest.mark.slow
 def test_stored_sweeps_are_listed_filtered_overlaid_and_downloadable(app_cache):
     store_a_sweep("first")
     store_a_sweep("first")  # the same settings again: answered from the store, not duplicated
@@ -34,6 +36,7 @@ def test_stored_sweeps_are_listed_filtered_overlaid_and_downloadable(app_cache):
     assert downloads == {"Download CSV", "Download JSON (full results)"}
 
 
+@pytest.mark.slow
 def test_single_runs_and_sweeps_can_be_told_apart(app_cache):
     store_a_sweep("first")
     at = new_app()
@@ -47,6 +50,7 @@ def test_single_runs_and_sweeps_can_be_told_apart(app_cache):
     assert [trace["name"] for trace in figures(at)[0]["data"]] == ["(single runs)", "Pareto front"]
 
 
+@pytest.mark.slow
 def test_json_download_holds_full_results(app_cache):
     from memopt_core.runs.store import ResultStore
     from ui.runs_view import store_table

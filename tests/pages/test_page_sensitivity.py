@@ -1,6 +1,8 @@
 """The Sensitivity page through AppTest: a ranking chart, then a mixed-precision plan applied and measured."""
 from __future__ import annotations
 
+import pytest
+
 from page_support import app_cache, errors, figures, new_app, no_exception, use_tiny_model  # noqa: F401
 
 
@@ -10,6 +12,7 @@ def _small(at):
     return at.run()
 
 
+@pytest.mark.slow
 def test_ranking_then_plan(app_cache):
     at = _small(new_app())
     assert no_exception(at) and not errors(at) and not figures(at)

@@ -1,6 +1,8 @@
 """The Trade-offs page through AppTest: a small grid on a tiny model."""
 from __future__ import annotations
 
+import pytest
+
 from page_support import app_cache, array, errors, figures, new_app, no_exception, use_tiny_model  # noqa: F401
 from ui.sweep_view import SWEEP
 
@@ -24,6 +26,7 @@ def test_grid_widgets_count_the_settings(app_cache):
     assert at.button(key="tradeoffs.run").disabled
 
 
+@pytest.mark.slow
 def test_gptq_is_a_grid_axis_shown_beside_rtn(app_cache):
     at = open_tradeoffs("tiny-llama")
     at.multiselect(key="sweep.bits").set_value([4]).run()
@@ -38,6 +41,7 @@ def test_gptq_is_a_grid_axis_shown_beside_rtn(app_cache):
     assert {"not pruned", "not pruned · GPTQ", "magnitude 50%", "magnitude 50% · GPTQ"} <= lines
 
 
+@pytest.mark.slow
 def test_sweep_shows_progress_table_curves_and_csv(app_cache):
     at = open_tradeoffs("tiny-llama")
     at.multiselect(key="sweep.bits").set_value([16, 4]).run()
@@ -57,6 +61,7 @@ def test_sweep_shows_progress_table_curves_and_csv(app_cache):
     assert "4 computed here and 0 from the results store" in at.success[0].value
 
 
+@pytest.mark.slow
 def test_rerunning_a_sweep_answers_from_the_store(app_cache):
     at = open_tradeoffs("tiny-bert")
     at.multiselect(key="sweep.bits").set_value([16, 8]).run()

@@ -13,6 +13,7 @@ SETTINGS = [  # (planner plan, the same setting for a real run)
 ]
 
 
+@pytest.mark.real_model
 @pytest.mark.parametrize("model", ["smollm2-135m", "minilm-l6"])
 def test_planner_weight_bytes_match_a_real_run_within_one_percent(model):
     bench = Workbench.load(ModelSpec(model))
@@ -22,6 +23,7 @@ def test_planner_weight_bytes_match_a_real_run_within_one_percent(model):
         assert planned == pytest.approx(memory.stored_bytes, rel=0.01), (model, quant.label)
 
 
+@pytest.mark.slow
 def test_planner_bitmask_sparsity_matches_a_pruned_run():
     bench = Workbench.load(ModelSpec("minilm-l6"))
     planned = estimate(load_preset("minilm-l6"), PlanConfig(bits=16, sparsity=0.75, sparsity_format="bitmask",

@@ -20,6 +20,7 @@ def _figures(result):
             result.sparsity, result.compressed["generation"]["text"])
 
 
+@pytest.mark.slow
 def test_four_concurrent_sessions_match_their_solo_runs():
     shared = Workbench.load(ModelSpec("tiny-llama"))
     checksum = weights_checksum(shared.loaded.model)

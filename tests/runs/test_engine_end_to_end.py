@@ -29,6 +29,7 @@ def _held_bytes(model: torch.nn.Module) -> int:
     return sum(storages.values())
 
 
+@pytest.mark.slow
 def test_prune_and_quantize_figures_match_the_weights(llama_bench):
     before = weights_checksum(llama_bench.loaded.model)
     config = _config(PruneConfig(ratio=0.5), QuantConfig(bits=4, granularity="group", group_size=32))
@@ -61,6 +62,7 @@ def test_pruning_alone_is_stored_as_bitmask_when_smaller(llama_bench):
     assert memory.stored_bytes == _held_bytes(compressed.model)
 
 
+@pytest.mark.slow
 def test_quality_moves_with_bits(llama_bench):
     eight = llama_bench.run(_config(quant=QuantConfig(bits=8))).compressed
     two = llama_bench.run(_config(quant=QuantConfig(bits=2))).compressed
@@ -76,6 +78,7 @@ def test_baseline_is_computed_once_per_protocol(llama_bench):
     assert llama_bench.baseline(EvalConfig(**{**SMALL_EVAL.__dict__, "seq_len": 32})) is not first
 
 
+@pytest.mark.slow
 def test_save_and_reload_give_the_same_figures(llama_bench, tmp_path):
     config = _config(PruneConfig(ratio=0.3), QuantConfig(bits=3, granularity="group", group_size=48,
                                                          symmetric=False))
@@ -96,6 +99,7 @@ def test_notes_say_random_weights_and_simulated_memory(llama_bench):
     assert result.memory.stored_bytes == result.memory.dense_bytes  # fake quantization saves nothing
 
 
+@pytest.mark.slow
 def test_encoder_run_reports_cosine_and_accuracy():
     bench = Workbench.load(ModelSpec("tiny-bert"))
     config = RunConfig(ModelSpec("tiny-bert"), quant=QuantConfig(bits=2), eval=SMALL_EVAL)

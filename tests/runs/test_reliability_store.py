@@ -69,6 +69,7 @@ def _kill_sweep(db: Path, when: str) -> int:
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["at-start", "first-row", "midway"])
 def test_a_sweep_killed_at_any_point_resumes_without_loss(tmp_path, when, capsys):
     db = tmp_path / "runs.db"
@@ -119,6 +120,7 @@ def _kill_writer(db: Path, start: int, rows_before_kill: int, row_bytes: int, de
     return finished
 
 
+@pytest.mark.slow
 def test_writes_killed_mid_transaction_lose_no_finished_run(tmp_path):
     """Kills in a row on one database, each in the middle of writing 1-4 MB rows."""
     db, finished = tmp_path / "writes.db", []

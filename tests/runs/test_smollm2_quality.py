@@ -4,6 +4,8 @@ import pytest
 from memopt_core.config import EvalConfig, ModelSpec, QuantConfig, RunConfig
 from memopt_core.runs.workbench import Workbench
 
+pytestmark = pytest.mark.real_model
+
 EVAL = EvalConfig(seq_len=256, max_tokens=1024, gen_tokens=0, zero_shot=False)
 
 

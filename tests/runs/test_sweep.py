@@ -66,6 +66,7 @@ def test_quantizers_are_an_axis_and_casts_run_once():
         SweepGrid(bits=(4,), quant_methods=("awq",))
 
 
+@pytest.mark.slow
 def test_cli_sweep_runs_rtn_and_gptq_side_by_side(tmp_path, capsys):
     from memopt_core import charts
     from memopt_core.cli import main
@@ -84,6 +85,7 @@ def test_cli_sweep_runs_rtn_and_gptq_side_by_side(tmp_path, capsys):
     assert lines == {"not pruned", "not pruned · GPTQ", "wanda 50%", "wanda 50% · GPTQ"}
 
 
+@pytest.mark.slow
 def test_sweep_rows_pareto_and_store(tmp_path):
     store = ResultStore(tmp_path / "runs.db")
     grid = SweepGrid(prune_ratios=(0.0, 0.5), bits=(16, 8, 2))
@@ -104,6 +106,7 @@ def test_sweep_rows_pareto_and_store(tmp_path):
                                   table.drop(columns="key", errors="ignore"))
 
 
+@pytest.mark.slow
 def test_cancel_keeps_finished_settings(tmp_path):
     import threading
 
@@ -118,6 +121,7 @@ def test_cancel_keeps_finished_settings(tmp_path):
     assert result.cancelled and len(result.table) == 2 and store.count() == 2
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     db = tmp_path / "runs.db"
     argv = [sys.executable, "-m", "memopt_core", "sweep", "--model", "tiny-llama", "--bits", "16,8,6,5,4,3,2",
@@ -145,6 +149,7 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     assert result.from_store >= len(before) and len(result.table) == 7
 
 
+@pytest.mark.slow
 def test_cli_sweep_writes_csv_and_json(tmp_path, capsys):
     from memopt_core.cli import main
 
