@@ -91,6 +91,17 @@ def test_sparsegpt_alone_layer_by_layer_equals_in_memory(bench):
     assert layered.sparsity == pytest.approx(0.5)
 
 
+def test_wanda_then_rtn_layer_by_layer_equals_in_memory(bench):
+    """Wanda scores weights by the block's input norms: the inputs captured block by block from the
+    previous compressed block must be the in-memory walk's, or the masks (and zeros) would differ."""
+    config = RunConfig(TINY, prune=PruneConfig(method="wanda", ratio=0.5), quant=QuantConfig(bits=8),
+                       eval=SMALL_EVAL, calib=CalibConfig(samples=4, seq_len=64))
+    in_memory = bench.run(config)
+    layered = run_layer_by_layer(config, NOTHING)
+    _same_run(in_memory, layered)
+    assert layered.sparsity == pytest.approx(0.5, abs=0.01)
+
+
 def test_a_save_streams_back_with_the_same_outputs(bench, tmp_path):
     config = RunConfig(TINY, quant=QuantConfig(bits=3), eval=SMALL_EVAL)
     bench.run(config, save_dir=str(tmp_path / "saved"))  # the in-memory route's single-file save
