@@ -90,7 +90,7 @@ def memory_report(original: nn.Module, compressed: nn.Module, original_targets: 
         measured_bytes=measured, measured_method=measured_method, simulated=simulated, layers=layers)
 
 
-def _release_freed_heap() -> None:
+def release_freed_heap() -> None:
     """Return freed heap pages to the OS so RSS reflects what is held, not what was once used."""
     gc.collect()
     if os.name == "posix":
@@ -120,10 +120,10 @@ def measure_growth(device: torch.device) -> Iterator[Measurement]:
         result.method = "CUDA max_memory_allocated growth"
         return
     process = psutil.Process()
-    _release_freed_heap()
+    release_freed_heap()
     start = process.memory_info().rss
     yield result
-    _release_freed_heap()
+    release_freed_heap()
     result.bytes = max(0, process.memory_info().rss - start)
     result.method = "process RSS growth (psutil)"
 
@@ -179,7 +179,7 @@ class PeakMemory:
             torch.cuda.synchronize(device)
             self.start, self.method = torch.cuda.memory_allocated(device), "CUDA max_memory_allocated above the start"
             return
-        _release_freed_heap()
+        release_freed_heap()
         self.start = self.process.memory_info().rss
         self.resets = _reset_peak_rss()
         self.method = "peak RSS above the start (VmHWM)" if self.resets else "peak RSS above the start (sampled)"
@@ -192,7 +192,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            _release_freed_heap()  # what earlier phases freed must not count in this one
+            release_freed_heap()  # what earlier phases freed must not count in this one
             if self.resets and _reset_peak_rss():
                 yield
                 peak = _peak_rss()

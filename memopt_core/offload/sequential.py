@@ -27,7 +27,7 @@ from memopt_core.compression.calibrate import BlockwiseCalibration, pre_prune
 from memopt_core.compression.calibration_data import CalibrationSet
 from memopt_core.compression.compress import compress_layers_, store_sparse_
 from memopt_core.compression.layers import weight_storage_bytes
-from memopt_core.compression.memory import LayerMemory
+from memopt_core.compression.memory import LayerMemory, release_freed_heap
 from memopt_core.compression.sparsity import layer_sparsity
 from memopt_core.compression.walk import effective_weight, find_blocks, target_linears
 from memopt_core.config import RunConfig
@@ -146,6 +146,7 @@ def _part_(streamed: StreamedModel, compressor: _Compressor, part: str, block: i
     compressed = time.perf_counter()
     writer.write(_tensors_to_write(model, part, streamed.tied, writer.weight_map))
     release_(model, part)
+    release_freed_heap()  # else the heap keeps every block's freed pages: RSS would grow block by block
     clock["onload_s"] += loaded - began
     clock["compress_s"] += compressed - loaded
     clock["write_s"] += time.perf_counter() - compressed

@@ -102,9 +102,10 @@ def weights_index(folder: Path, model: nn.Module) -> Index:
 
 
 def read_tensors(index: Index, names: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-    """The tensors ``names`` read from their files (one opening per file) in their index dtype. On
-    the CPU, safetensors hands out tensors backed by the file's mapped pages: they count as
-    resident memory once touched, and leave it when the tensor is dropped."""
+    """The tensors ``names`` read from their files (one opening per file) in their index dtype,
+    each a copy that owns its memory. safetensors hands out views into a mapping of the whole
+    file, which stays mapped (with every page read through it resident) while any view lives: one
+    tensor kept from each streamed block would keep the whole checkpoint resident."""
     by_file: dict[str, list[str]] = defaultdict(list)
     for name in names:
         by_file[index[name]["safetensors_file"]].append(name)
@@ -112,7 +113,7 @@ def read_tensors(index: Index, names: list[str], device: torch.device) -> dict[s
     for file, file_names in by_file.items():
         with safe_open(file, framework="pt", device=str(device)) as handle:
             for name in file_names:
-                out[name] = handle.get_tensor(index[name]["weight_name"]).to(getattr(torch, index[name]["dtype"]))
+                out[name] = handle.get_tensor(index[name]["weight_name"]).to(getattr(torch, index[name]["dtype"]), copy=True)
     return out
 
 
