@@ -7,6 +7,7 @@ st.navigation([
     st.Page("pages/tradeoffs.py", title="Trade-offs", icon=":material/scatter_plot:"),
     st.Page("pages/layers.py", title="Layers", icon=":material/layers:"),
     st.Page("pages/sensitivity.py", title="Sensitivity", icon=":material/tune:"),
+    st.Page("pages/recovery.py", title="Recovery", icon=":material/healing:"),
     st.Page("pages/planner.py", title="Memory planner", icon=":material/calculate:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
     st.Page("pages/deploy.py", title="Deploy", icon=":material/rocket_launch:"),

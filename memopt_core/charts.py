@@ -26,6 +26,7 @@ _HOVER_FIGURES = (("setting", "setting", "{}"), ("perplexity", "perplexity", "{:
                   ("bits_per_weight", "bits per weight", "{:.3f}"), ("x_smaller", "x smaller", "{:.2f}"),
                   ("sparsity", "sparsity", "{:.1%}"), ("measured_mib", "measured (MiB)", "{:,.1f}"),
                   ("simulated", "memory saving simulated", "{}"), ("calibration", "calibration", "{}"),
+                  ("recovery", "recovery", "{}"),
                   ("sweep", "sweep", "{}"))
 
 
@@ -206,15 +207,18 @@ CALIBRATED_QUANTIZERS = {"gptq": "GPTQ"}
 
 
 def _line_label(row: pd.Series) -> str:
-    """The pruning setting, plus the quantizer when it is a calibrated one (RTN is the default):
-    'magnitude 50%', 'wanda 2:4 · GPTQ', 'not pruned'."""
+    """The pruning setting, plus the quantizer when it is a calibrated one (RTN is the default) and
+    the recovery when there was one: 'magnitude 50%', 'wanda 2:4 · GPTQ', 'not pruned + recovery 150
+    steps' (recovered points get their own line beside the unrecovered ones)."""
     label = "not pruned"
     if row.get("prune_method", "none") != "none":
         pattern = row.get("prune_pattern", "unstructured")
         amount = pattern if pattern != "unstructured" else f"{row['prune_ratio']:.0%}"
         label = f"{row['prune_method']} {amount}"
     quantizer = CALIBRATED_QUANTIZERS.get(row.get("quant_method"))
-    return f"{label} · {quantizer}" if quantizer else label
+    label = f"{label} · {quantizer}" if quantizer else label
+    steps = row.get("recovery_steps")
+    return label if steps is None or pd.isna(steps) else f"{label} + recovery {int(steps)} steps"
 
 
 def _grain_label(row: pd.Series) -> str:

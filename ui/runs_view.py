@@ -18,7 +18,8 @@ from ui.saved_models import list_saved, zip_folder
 
 SINGLE = "(single runs)"
 COLUMNS = ("created", "sweep", "setting", "evaluation", "perplexity", "kl_divergence", "top1_agreement",
-           "cosine_similarity", "accuracy", "stored_mib", "bits_per_weight", "x_smaller", "sparsity", "simulated")
+           "cosine_similarity", "accuracy", "stored_mib", "bits_per_weight", "x_smaller", "sparsity", "simulated",
+           "recovery")
 
 
 def _evaluation(result: dict) -> str:
@@ -34,7 +35,9 @@ def store_table(rows: list[dict]) -> pd.DataFrame:
     records = []
     for row in rows:
         flat = result_row(row["result"], label=row["setting"], key=row["key"])
-        flat.update(created=dt.datetime.fromtimestamp(row["created"]), sweep=row["sweep"] or SINGLE,
+        # Recovered runs form their own group on the chart, beside the unrecovered ones.
+        group = (row["sweep"] or SINGLE) + (" · recovered" if flat["recovery_steps"] is not None else "")
+        flat.update(created=dt.datetime.fromtimestamp(row["created"]), sweep=group,
                     evaluation=_evaluation(row["result"]), stored_mib=flat["stored_bytes"] / 2**20)
         records.append(flat)
     return pd.DataFrame(records)

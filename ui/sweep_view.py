@@ -8,8 +8,11 @@ import pandas as pd
 import streamlit as st
 
 from memopt_core import charts
-from memopt_core.config import PRUNE_METHODS, ClusterConfig, EvalConfig, ModelSpec
+from memopt_core.config import PRUNE_METHODS, ClusterConfig, EvalConfig, ModelSpec, RunConfig
+from memopt_core.recovery.stored import recovered_results
+from memopt_core.runs.pareto import mark_pareto
 from memopt_core.runs.ray_executor import RayExecutor
+from memopt_core.runs.rows import result_row
 from memopt_core.runs.sweep import SweepGrid, run_sweep
 from ui.chart_glue import show_chart, table_saving_phrase
 from ui.loaders import loader, result_store
@@ -22,7 +25,8 @@ QUANTIZERS = {"rtn": "round to nearest", "gptq": "GPTQ (calibration)"}
 PLACES = {"local": "this server", "ray": "a Ray cluster"}
 ADDRESS_ENV = "MEMOPT_RAY_ADDRESS"  # the cluster this dashboard's operator configured, if any
 TABLE_COLUMNS = ("setting", "perplexity", "kl_divergence", "top1_agreement", "cosine_similarity", "accuracy",
-                 "stored_mib", "bits_per_weight", "x_smaller", "sparsity", "simulated", "calibration", "pareto")
+                 "stored_mib", "bits_per_weight", "x_smaller", "sparsity", "simulated", "calibration", "recovery",
+                 "pareto")
 
 
 def grid_settings(where=st) -> SweepGrid:
@@ -90,9 +94,21 @@ def run_grid(spec: ModelSpec, grid: SweepGrid, evaluation: EvalConfig, name: str
     result = run_sweep(spec, grid, evaluation, store=result_store(), progress=progress, sweep_name=name,
                        load=loader() if executor is None else None, executor=executor)
     where = "here" if executor is None else f"on {executor.workers} Ray worker{'s' * (executor.workers > 1)}"
+    configs = [RunConfig(model=spec, prune=p, quant=q, eval=evaluation) for p, q in grid.settings()]
     st.session_state[SWEEP] = {"table": result.table, "name": name, "computed": result.computed,
                                "from_store": result.from_store, "seconds": result.seconds,
-                               "cancelled": result.cancelled, "where": where}
+                               "cancelled": result.cancelled, "where": where, "configs": configs}
+
+
+def with_recovered(sweep: dict[str, Any]) -> pd.DataFrame:
+    """The sweep's rows plus the stored recovered runs of its settings ('+ recovery N steps'), the
+    Pareto front marked over both: recovery keeps the bytes, so its points compete on quality."""
+    found = recovered_results(result_store(), sweep.get("configs", []))
+    if not found:
+        return sweep["table"]
+    rows = [result_row(result, label=label, key=key) for key, label, result in found]
+    table = pd.concat([sweep["table"].drop(columns="pareto"), pd.DataFrame(rows)], ignore_index=True)
+    return mark_pareto(table)
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -102,10 +118,12 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def show_sweep(sweep: dict[str, Any]) -> None:
-    table = sweep["table"]
-    st.success(f"Sweep {sweep['name']!r}: {len(table)} settings, {sweep['computed']} computed "
+    table = with_recovered(sweep)
+    recovered = len(table) - len(sweep["table"])
+    extra = f" Shown with {recovered} recovered runs of these settings (Recovery page)." if recovered else ""
+    st.success(f"Sweep {sweep['name']!r}: {len(sweep['table'])} settings, {sweep['computed']} computed "
                f"{sweep.get('where', 'here')} and {sweep['from_store']} from the results store, "
-               f"in {sweep['seconds']:.1f} s.")
+               f"in {sweep['seconds']:.1f} s.{extra}")
     if table.empty:
         return
     phrase = table_saving_phrase(table)

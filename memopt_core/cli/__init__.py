@@ -1,4 +1,4 @@
-"""Command line: ``python -m memopt_core {run,sweep,estimate,sensitivity,export,models} ...``.
+"""Command line: ``python -m memopt_core {run,recover,sweep,estimate,sensitivity,export,models} ...``.
 
 Every known failure ends with one line ``error: <message>`` on stderr and exit status 2;
 nothing prints a traceback unless ``MEMOPT_DEBUG=1``.
@@ -11,7 +11,7 @@ import traceback
 
 from transformers.utils import logging as hf_logging
 
-from memopt_core.cli import estimate, export, models, run, sensitivity, sweep
+from memopt_core.cli import estimate, export, models, recover, run, sensitivity, sweep
 from memopt_core.cli.common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, fail
 from memopt_core.errors import MemoptError, ResourceError
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m memopt_core",
                            description="Prune and quantize language models; measure quality and memory.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    for module in (run, sweep, estimate, sensitivity, export, models):
+    for module in (run, recover, sweep, estimate, sensitivity, export, models):
         module.register(sub)
     return parser
 

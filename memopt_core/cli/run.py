@@ -17,6 +17,21 @@ from memopt_core.runs.workbench import run
 
 def register(sub) -> None:
     parser = sub.add_parser("run", help="compress one model at one setting and evaluate it")
+    add_setting_arguments(parser)
+    parser.add_argument("--save", default=None, metavar="DIR", help="write the compressed model to DIR")
+    parser.add_argument("--max-memory", default=None, metavar="SIZE",
+                        help="hold at most SIZE of weights in memory (e.g. 300MB, 2GiB) and compress and evaluate "
+                             "layer by layer, streaming the other blocks from disk (same figures; a local folder of "
+                             "safetensors or a bundled model)")
+    parser.add_argument("--offload-dir", default=None, metavar="DIR",
+                        help="with --max-memory: where the compressed blocks are written while the run lasts "
+                             "when there is no --save (default: the system's temporary folder)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=handle_run)
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model, pruning, quantization, calibration, evaluation and target flags (``run``, ``recover``)."""
     add_model_arguments(parser)
     parser.add_argument("--prune-method", default="magnitude",
                         help=f"{', '.join(PRUNE_METHODS)}; '2:4' and '4:8' are shorthands for magnitude N:M")
@@ -30,16 +45,6 @@ def register(sub) -> None:
     add_eval_arguments(parser)
     parser.add_argument("--include", action="append", default=[], help="fnmatch pattern of Linear names to target")
     parser.add_argument("--exclude", action="append", default=[], help="fnmatch pattern of Linear names to skip")
-    parser.add_argument("--save", default=None, metavar="DIR", help="write the compressed model to DIR")
-    parser.add_argument("--max-memory", default=None, metavar="SIZE",
-                        help="hold at most SIZE of weights in memory (e.g. 300MB, 2GiB) and compress and evaluate "
-                             "layer by layer, streaming the other blocks from disk (same figures; a local folder of "
-                             "safetensors or a bundled model)")
-    parser.add_argument("--offload-dir", default=None, metavar="DIR",
-                        help="with --max-memory: where the compressed blocks are written while the run lasts "
-                             "when there is no --save (default: the system's temporary folder)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(handler=handle_run)
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:

@@ -45,7 +45,7 @@ class Probe:
     test_index: np.ndarray
 
 
-def _encode(model: nn.Module, tokenizer, texts: list[str]) -> dict[str, Tensor]:
+def encode_batch(model: nn.Module, tokenizer, texts: list[str]) -> dict[str, Tensor]:
     """Tokenize with right padding (absolute positions stay correct) and truncation to what the
     model's position table holds; tensors on the model's device."""
     limit = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
@@ -72,7 +72,7 @@ def sentence_embeddings(model: nn.Module, tokenizer, sentences: list[str], batch
     parts = []
     with torch.inference_mode():
         for chunk in _batches(list(sentences), batch_size):
-            encoded = _encode(model, tokenizer, chunk)
+            encoded = encode_batch(model, tokenizer, chunk)
             hidden = encoder(**encoded).last_hidden_state.float()  # [B, S, H]
             mask = encoded["attention_mask"][..., None].float()  # [B, S, 1]
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # [B, H]
@@ -117,7 +117,7 @@ def classifier_logits(model: nn.Module, tokenizer, texts: list[str], batch_size:
     parts = []
     with torch.inference_mode():
         for chunk in _batches(list(texts), batch_size):
-            parts.append(model(**_encode(model, tokenizer, chunk)).logits.float().cpu())
+            parts.append(model(**encode_batch(model, tokenizer, chunk)).logits.float().cpu())
     return torch.cat(parts)
 
 

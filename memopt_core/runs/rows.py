@@ -17,6 +17,16 @@ def calibration_label(calibration: dict[str, Any]) -> str:
     return f"{calibration['text']} {calibration['samples']}x{calibration['seq_len']} seed {calibration['seed']}"
 
 
+def recovery_fields(recovery: dict[str, Any] | None) -> dict[str, Any]:
+    """``recovery_steps`` (steps trained, None when not recovered) and a one-line ``recovery`` summary
+    of a recovered run (``memopt_core.recovery``): steps, tokens, seconds, training text."""
+    if not recovery:
+        return {"recovery_steps": None, "recovery": None}
+    summary = (f"{recovery['steps_done']} of {recovery['steps']} steps, {recovery['tokens']:,} tokens of "
+               f"{recovery['data']['text']}, {recovery['seconds']:.0f} s ({recovery['stop_reason']})")
+    return {"recovery_steps": recovery["steps_done"], "recovery": summary}
+
+
 def result_row(result: dict[str, Any], label: str = "", key: str = "") -> dict[str, Any]:
     """One flat row of a ``RunResult.to_dict()``: settings, quality, memory and timings."""
     config, memory = result["config"], result["memory"]
@@ -39,6 +49,7 @@ def result_row(result: dict[str, Any], label: str = "", key: str = "") -> dict[s
                    zero_shot_ci_high=zero_shot["ci_high"])
     calibration = (result.get("protocol") or {}).get("calibration")
     row["calibration"] = calibration_label(calibration) if calibration else None
+    row.update(recovery_fields(result.get("recovery")))
     row.update(sparsity=result["sparsity"], dense_bytes=memory["dense_bytes"], stored_bytes=memory["stored_bytes"],
                measured_bytes=memory["measured_bytes"], bits_per_weight=memory["bits_per_weight"],
                x_smaller=memory["ratio"], simulated=memory["simulated"],

@@ -140,6 +140,20 @@ class Workbench:
                        sqnr_db=errors[row["name"]])
         return rows
 
+    def measure(self, config: RunConfig, compressed: CompressedModel, memory: MemoryReport,
+                timings: dict[str, float]) -> RunResult:
+        """Evaluate a compressed copy of this original against its baseline and assemble the result
+        (``timings`` gains ``evaluate_s``; the copy is not changed)."""
+        baseline = self.baseline(config.eval)
+        start = time.perf_counter()
+        metrics, _ = evaluate(compressed.model, self.loaded, baseline.data, config.eval, baseline.reference)
+        timings["evaluate_s"] = time.perf_counter() - start
+        rows = self.layer_rows(compressed, memory)
+        return RunResult(model=model_summary(self.loaded), config=config, baseline=baseline.reference.metrics,
+                         compressed=metrics, memory=memory, sparsity=overall_sparsity(rows), layers=rows,
+                         timings=timings, protocol=_protocol(baseline.data.protocol, compressed),
+                         notes=run_notes(self.loaded, config, memory))
+
     def run(self, config: RunConfig, save_dir: str | None = None) -> RunResult:
         timings: dict[str, float] = {}
         baseline = self.baseline(config.eval)
@@ -148,14 +162,7 @@ class Workbench:
         compressed, memory = self.compress(config)
         timings["compress_s"] = time.perf_counter() - start
         timings.update(compressed.timings)
-        start = time.perf_counter()
-        metrics, _ = evaluate(compressed.model, self.loaded, baseline.data, config.eval, baseline.reference)
-        timings["evaluate_s"] = time.perf_counter() - start
-        rows = self.layer_rows(compressed, memory)
-        result = RunResult(model=model_summary(self.loaded), config=config, baseline=baseline.reference.metrics,
-                           compressed=metrics, memory=memory, sparsity=overall_sparsity(rows), layers=rows,
-                           timings=timings, protocol=_protocol(baseline.data.protocol, compressed),
-                           notes=run_notes(self.loaded, config, memory))
+        result = self.measure(config, compressed, memory, timings)
         if save_dir is not None:
             save_compressed(compressed, self.loaded, result, save_dir)
         return result
