@@ -85,3 +85,19 @@ def test_error_messages_are_one_line():
         with pytest.raises(ConfigError) as info:
             make()
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text, expected", [("300MB", 300 * 10**6), ("2GiB", 2 * 2**30), ("1.5GB", 1_500_000_000),
+                                            (" 512MiB ", 512 * 2**20)])
+def test_offload_sizes_read_as_accelerate_reads_them(text, expected):
+    from memopt_core.config import OffloadConfig
+
+    assert OffloadConfig.from_text(text).max_memory == expected
+
+
+@pytest.mark.parametrize("text", ["300", "300mb", "0MB", "-1GB", "infGB", "nanGB", "lots", ""])
+def test_offload_sizes_that_are_not_sizes_are_one_line_errors(text):
+    from memopt_core.config import OffloadConfig
+
+    with pytest.raises(ConfigError, match="is not a size; write it like 300MB"):
+        OffloadConfig.from_text(text)

@@ -1,15 +1,17 @@
 """The Trade-offs page's parts: grid widgets, a sweep run with live progress, the results."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from memopt_core import charts
-from memopt_core.config import PRUNE_METHODS, EvalConfig, ModelSpec, RunConfig
+from memopt_core.config import PRUNE_METHODS, ClusterConfig, EvalConfig, ModelSpec, RunConfig
 from memopt_core.recovery.stored import recovered_results
 from memopt_core.runs.pareto import mark_pareto
+from memopt_core.runs.ray_executor import RayExecutor
 from memopt_core.runs.rows import result_row
 from memopt_core.runs.sweep import SweepGrid, run_sweep
 from ui.chart_glue import show_chart, table_saving_phrase
@@ -20,6 +22,8 @@ SWEEP = "tradeoffs.result"  # {"table": DataFrame, "name", "computed", "from_sto
 RATIOS = (0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95)
 BITS = (2, 3, 4, 5, 6, 8, 16, "fp16", "bf16")
 QUANTIZERS = {"rtn": "round to nearest", "gptq": "GPTQ (calibration)"}
+PLACES = {"local": "this server", "ray": "a Ray cluster"}
+ADDRESS_ENV = "MEMOPT_RAY_ADDRESS"  # the cluster this dashboard's operator configured, if any
 TABLE_COLUMNS = ("setting", "perplexity", "kl_divergence", "top1_agreement", "cosine_similarity", "accuracy",
                  "stored_mib", "bits_per_weight", "x_smaller", "sparsity", "simulated", "calibration", "recovery",
                  "pareto")
@@ -49,14 +53,36 @@ def grid_settings(where=st) -> SweepGrid:
                      quant_methods=tuple(quantizers), quant_options=options)
 
 
+def executor_settings(where=st) -> RayExecutor | None:
+    """Where the sweep runs: None for this server, or a RayExecutor for the cluster at the address
+    (default ``$MEMOPT_RAY_ADDRESS``; empty: a local cluster reachable from this machine only)."""
+    place = where.radio("Run on", list(PLACES), format_func=PLACES.get, horizontal=True, key="sweep.executor",
+                        persist_state=KEEP, help="A Ray cluster runs several settings at once, each worker "
+                        "loading the model once; every result goes to the same results store as it finishes.")
+    if place == "local":
+        return None
+    first, second, third = where.columns(3)
+    address = first.text_input("Cluster address", value=os.environ.get(ADDRESS_ENV, ""), key="sweep.ray_address",
+                               persist_state=KEEP, placeholder="empty: a local cluster on this machine",
+                               help="host:port, ray://host:port or auto. Its workers need the results database "
+                                    "on a disk they share with this server (see the README).")
+    workers = second.number_input("Workers", min_value=1, max_value=512, value=2, key="sweep.ray_workers",
+                                  persist_state=KEEP, help="Processes, each loading the model once.")
+    cpus = third.number_input("CPUs per worker", min_value=1, max_value=256, value=1, key="sweep.ray_cpus",
+                              persist_state=KEEP, help="Each worker computes with as many threads.")
+    return RayExecutor(ClusterConfig(address.strip() or None, int(workers), int(cpus)))
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "time left: estimating after the first computed setting"
     return f"about {seconds:.0f} s left" if seconds < 120 else f"about {seconds / 60:.1f} min left"
 
 
-def run_grid(spec: ModelSpec, grid: SweepGrid, evaluation: EvalConfig, name: str) -> None:
-    """Run the sweep with an ``st.progress`` bar naming the current setting and the time left."""
+def run_grid(spec: ModelSpec, grid: SweepGrid, evaluation: EvalConfig, name: str,
+             executor: RayExecutor | None = None) -> None:
+    """Run the sweep (here, or on ``executor``'s cluster) with an ``st.progress`` bar naming the
+    running settings and the time left; finished settings are counted from every worker."""
     bar = st.progress(0.0, text="Starting ...")
 
     def progress(done: int, total: int, label: str, seconds_left: float | None) -> None:
@@ -66,11 +92,12 @@ def run_grid(spec: ModelSpec, grid: SweepGrid, evaluation: EvalConfig, name: str
         bar.progress(done / total, text=f"{done} of {total} done · now: {label} · {_duration(seconds_left)}")
 
     result = run_sweep(spec, grid, evaluation, store=result_store(), progress=progress, sweep_name=name,
-                       load=loader())
+                       load=loader() if executor is None else None, executor=executor)
+    where = "here" if executor is None else f"on {executor.workers} Ray worker{'s' * (executor.workers > 1)}"
     configs = [RunConfig(model=spec, prune=p, quant=q, eval=evaluation) for p, q in grid.settings()]
     st.session_state[SWEEP] = {"table": result.table, "name": name, "computed": result.computed,
                                "from_store": result.from_store, "seconds": result.seconds,
-                               "cancelled": result.cancelled, "configs": configs}
+                               "cancelled": result.cancelled, "where": where, "configs": configs}
 
 
 def with_recovered(sweep: dict[str, Any]) -> pd.DataFrame:
@@ -94,8 +121,9 @@ def show_sweep(sweep: dict[str, Any]) -> None:
     table = with_recovered(sweep)
     recovered = len(table) - len(sweep["table"])
     extra = f" Shown with {recovered} recovered runs of these settings (Recovery page)." if recovered else ""
-    st.success(f"Sweep {sweep['name']!r}: {len(sweep['table'])} settings, {sweep['computed']} computed and "
-               f"{sweep['from_store']} from the results store, in {sweep['seconds']:.1f} s.{extra}")
+    st.success(f"Sweep {sweep['name']!r}: {len(sweep['table'])} settings, {sweep['computed']} computed "
+               f"{sweep.get('where', 'here')} and {sweep['from_store']} from the results store, "
+               f"in {sweep['seconds']:.1f} s.{extra}")
     if table.empty:
         return
     phrase = table_saving_phrase(table)

@@ -7,10 +7,11 @@ from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, 
                                     add_format_argument, add_model_arguments, add_quant_arguments, calib_config,
                                     eval_config, model_spec, print_json, print_json_line, quant_config)
 from memopt_core.cli.text_report import format_run
-from memopt_core.config import PRUNE_METHODS, PRUNE_PATTERNS, PruneConfig, RunConfig, TargetConfig
+from memopt_core.config import PRUNE_METHODS, PRUNE_PATTERNS, OffloadConfig, PruneConfig, RunConfig, TargetConfig
 from memopt_core.errors import ConfigError
 from memopt_core.evaluation.lm_records import Estimate
 from memopt_core.loading.saved import check_save_target
+from memopt_core.offload.layer_by_layer import run_layer_by_layer
 from memopt_core.runs.workbench import run
 
 
@@ -18,6 +19,13 @@ def register(sub) -> None:
     parser = sub.add_parser("run", help="compress one model at one setting and evaluate it")
     add_setting_arguments(parser)
     parser.add_argument("--save", default=None, metavar="DIR", help="write the compressed model to DIR")
+    parser.add_argument("--max-memory", default=None, metavar="SIZE",
+                        help="hold at most SIZE of weights in memory (e.g. 300MB, 2GiB) and compress and evaluate "
+                             "layer by layer, streaming the other blocks from disk (same figures; a local folder of "
+                             "safetensors or a bundled model)")
+    parser.add_argument("--offload-dir", default=None, metavar="DIR",
+                        help="with --max-memory: where the compressed blocks are written while the run lasts "
+                             "when there is no --save (default: the system's temporary folder)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--stream", action="store_true",
                         help="print one JSON line per scored window (tokens, perplexity, perplexity_ci95, "
@@ -58,15 +66,29 @@ def _print_estimate(step) -> None:
         print_json_line(step.to_dict())
 
 
+def offload_config(args: argparse.Namespace) -> OffloadConfig | None:
+    """The layer-by-layer route's settings, or None for the in-memory route."""
+    if args.max_memory is None:
+        if args.offload_dir is not None:
+            raise ConfigError("--offload-dir applies to the layer-by-layer route; give --max-memory too")
+        return None
+    return OffloadConfig.from_text(args.max_memory, args.offload_dir)
+
+
 def handle_run(args: argparse.Namespace) -> int:
     config = run_config(args)  # validate every setting before loading anything
+    offload = offload_config(args)
     if args.target_ci is not None and not 0 < args.target_ci < 1:
         raise ConfigError(f"--target-ci {args.target_ci} must be a fraction between 0 and 1 (0.02 = +-2%)")
+    if offload is not None and (args.stream or args.target_ci is not None):
+        raise ConfigError("--stream and --target-ci apply to the in-memory run; leave out --max-memory to use them")
     if args.save is not None:  # and where the result goes: a bad --save must not cost the run
         check_save_target(args.save)
-    # --stream prints the estimates of the same loop the dashboard draws, then the result.
-    result = run(config, save_dir=args.save, target_ci=args.target_ci,
-                 on_step=_print_estimate if args.stream else None)
+    if offload is not None:
+        result = run_layer_by_layer(config, offload, save_dir=args.save)
+    else:  # --stream prints the estimates of the same loop the dashboard draws, then the result
+        result = run(config, save_dir=args.save, target_ci=args.target_ci,
+                     on_step=_print_estimate if args.stream else None)
     if args.stream:
         print_json_line(result.to_dict())
     elif args.json:

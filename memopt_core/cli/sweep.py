@@ -10,8 +10,10 @@ from tqdm import tqdm
 from memopt_core.cli.common import (INTEGER_QUANT_METHODS, add_calib_arguments, add_eval_arguments, add_model_arguments,
                                     add_quant_arguments, calib_config, eval_config, model_spec, print_json,
                                     quant_kwargs)
+from memopt_core.config import ClusterConfig
 from memopt_core.errors import ConfigError, DataError, choices
 from memopt_core.paths import user_path
+from memopt_core.runs.ray_executor import RayExecutor
 from memopt_core.runs.store import ResultStore
 from memopt_core.runs.sweep import SweepGrid, run_sweep
 
@@ -47,6 +49,16 @@ def register(sub) -> None:
     parser.add_argument("--name", default=None, help="a name to group this sweep's rows in the store")
     parser.add_argument("--out", default=None, help="write the table to this CSV file")
     parser.add_argument("--json", action="store_true", help="print the table as JSON records")
+    parser.add_argument("--executor", default="local", choices=("local", "ray"),
+                        help="run the settings in this process (local) or on a Ray cluster's workers (ray)")
+    parser.add_argument("--address", default=None,
+                        help="with --executor ray: the cluster to join (host:port, ray://host:port or auto); "
+                             "default: a local cluster on this machine only")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --executor ray: worker processes, each loading the model once "
+                             "(default: the cluster's CPUs / --cpus-per-worker)")
+    parser.add_argument("--cpus-per-worker", type=int, default=1,
+                        help="with --executor ray: CPUs (and compute threads) per worker (default 1)")
     parser.set_defaults(handler=handle_sweep)
 
 
@@ -99,15 +111,25 @@ def check_out(path: str) -> None:
         raise ConfigError(f"--out {path!r}: the folder {str(target.parent)!r} does not exist")
 
 
-def handle_sweep(args: argparse.Namespace) -> int:
+def build_executor(args: argparse.Namespace) -> RayExecutor | None:
+    """None (this process) or a RayExecutor; Ray flags without --executor ray are refused."""
+    ray_flags = args.address is not None or args.workers is not None or args.cpus_per_worker != 1
+    if args.executor == "local":
+        if ray_flags:
+            raise ConfigError("--address, --workers and --cpus-per-worker apply to --executor ray")
+        return None
+    return RayExecutor(ClusterConfig(address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker))
 
+
+def handle_sweep(args: argparse.Namespace) -> int:
     spec, grid, evaluation = model_spec(args), build_grid(args), eval_config(args)
+    executor = build_executor(args)
     if args.out:
         check_out(args.out)  # before the sweep: a typo in --out must not cost the sweep's results
     store = ResultStore(args.db)
     with _progress_bar() as progress:
         result = run_sweep(spec, grid, evaluation, store=store, progress=progress, sweep_name=args.name,
-                           calib=calib_config(args))
+                           calib=calib_config(args), executor=executor)
     if args.out:
         try:
             result.table.to_csv(args.out, index=False)

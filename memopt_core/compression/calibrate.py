@@ -142,9 +142,9 @@ def _check_tokens(model: nn.Module, tokens: Tensor) -> None:
                           f"choose a calibration length of at most {limit}")
 
 
-def _pre_prune(model: nn.Module, prune: PruneConfig | None, names: list[str]) -> dict[str, Tensor]:
-    """Uncalibrated pruning (magnitude, global, l2) runs over all layers first; its masks are then
-    respected by GPTQ. Calibrated pruning happens block by block instead."""
+def pre_prune(model: nn.Module, prune: PruneConfig | None, names: list[str]) -> dict[str, Tensor]:
+    """Uncalibrated pruning (magnitude, global, l2) of ``names`` (in place) before the calibrated
+    walk, whose solvers then keep its masks; calibrated pruning happens inside the walk instead."""
     if prune is None or prune.method in CALIBRATED_PRUNE:
         return {}
     return prune_(model, prune, names)
@@ -211,6 +211,38 @@ class _Walk:
         return outputs
 
 
+class BlockwiseCalibration:
+    """The walk of :func:`compress_calibrated_`, one block per call, for callers that hold one
+    block's weights at a time (``memopt_core.offload.sequential``). Block 0's inputs are captured
+    at construction, so the model's embeddings must be usable then; each call then needs only its
+    block's real weights, and leaves that block's outputs as the next block's inputs."""
+
+    def __init__(self, model: nn.Module, names: list[str], prune: PruneConfig | None, quant: QuantConfig | None,
+                 tokens: Tensor, solver: SolverConfig = SolverConfig()) -> None:
+        _check_tokens(model, tokens)
+        self.blocks, self.by_block = _layers_by_block(model, names)
+        self.walk = _Walk(model, prune, quant, solver, {})
+        start = time.perf_counter()
+        self.inputs = capture_block_inputs(model, self.blocks[0], tokens)
+        self.walk.clock["capture_s"] = time.perf_counter() - start
+        # Blocks after the last one with targets need no forward: nothing after them is calibrated.
+        self.last = max(i for i, layer_names in enumerate(self.by_block) if layer_names)
+
+    @torch.no_grad()
+    def compress_block_(self, index: int, masks: dict[str, Tensor]) -> None:
+        """Compress the targets of block ``index`` (replaced in the model, in place), keeping the
+        ``masks`` of an earlier uncalibrated pruning (:func:`pre_prune`); blocks past the last
+        target are skipped."""
+        if index > self.last:
+            return
+        self.walk.masks = masks
+        self.inputs = self.walk.block(self.blocks[index], self.by_block[index], self.inputs)
+
+    def report(self) -> CalibrationReport:
+        self.walk.report.timings = {**self.walk.clock, "calibrate_s": sum(self.walk.clock.values())}
+        return self.walk.report
+
+
 @torch.no_grad()
 def compress_calibrated_(model: nn.Module, names: list[str], prune: PruneConfig | None, quant: QuantConfig | None,
                          tokens: Tensor, solver: SolverConfig = SolverConfig()) -> CalibrationReport:
@@ -218,13 +250,9 @@ def compress_calibrated_(model: nn.Module, names: list[str], prune: PruneConfig 
     (LongTensor ``[samples, length]``, run as one batch). ``model`` changes in place (modules
     replaced, no tensor written). Returns per-layer info, timings and the solver settings."""
     _check_tokens(model, tokens)
-    blocks, by_block = _layers_by_block(model, names)
-    walk = _Walk(model, prune, quant, solver, _pre_prune(model, prune, names))
-    start = time.perf_counter()
-    inputs = capture_block_inputs(model, blocks[0], tokens)
-    walk.clock["capture_s"] = time.perf_counter() - start
-    last = max(i for i, layer_names in enumerate(by_block) if layer_names)
-    for block, layer_names in zip(blocks[:last + 1], by_block):
-        inputs = walk.block(block, layer_names, inputs)
-    walk.report.timings = {**walk.clock, "calibrate_s": sum(walk.clock.values())}
-    return walk.report
+    _layers_by_block(model, names)  # refuse targets outside the blocks before any layer is pruned
+    masks = pre_prune(model, prune, names)  # all layers at once: a global threshold needs them all
+    walk = BlockwiseCalibration(model, names, prune, quant, tokens, solver)
+    for index in range(len(walk.blocks)):
+        walk.compress_block_(index, masks)
+    return walk.report()

@@ -134,7 +134,9 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, tokens: Tenso
         captured.append(BlockInputs(hidden, tuple(args[1:]), kwargs))
         raise _Stop
 
-    device = next(model.parameters()).device
+    # The first parameter holding data: a model dispatched layer by layer keeps the modules it
+    # streams from disk on the meta device.
+    device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
     extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
     handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
     try:

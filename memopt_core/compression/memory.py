@@ -14,6 +14,8 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import re
+import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
@@ -88,7 +90,7 @@ def memory_report(original: nn.Module, compressed: nn.Module, original_targets: 
         measured_bytes=measured, measured_method=measured_method, simulated=simulated, layers=layers)
 
 
-def _release_freed_heap() -> None:
+def release_freed_heap() -> None:
     """Return freed heap pages to the OS so RSS reflects what is held, not what was once used."""
     gc.collect()
     if os.name == "posix":
@@ -118,9 +120,97 @@ def measure_growth(device: torch.device) -> Iterator[Measurement]:
         result.method = "CUDA max_memory_allocated growth"
         return
     process = psutil.Process()
-    _release_freed_heap()
+    release_freed_heap()
     start = process.memory_info().rss
     yield result
-    _release_freed_heap()
+    release_freed_heap()
     result.bytes = max(0, process.memory_info().rss - start)
     result.method = "process RSS growth (psutil)"
+
+
+_HWM = re.compile(r"^VmHWM:\s+(\d+)\s+kB", re.MULTILINE)
+SAMPLE_EVERY_S = 0.005
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where Linux cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as handle:
+        return int(_HWM.search(handle.read()).group(1)) * 1024
+
+
+@contextmanager
+def _sampled_peak(process: psutil.Process) -> Iterator[list[int]]:
+    """Where VmHWM cannot be reset: sample RSS every few milliseconds on a thread (may miss a spike)."""
+    peak, stop = [process.memory_info().rss], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(SAMPLE_EVERY_S):
+            peak[0] = max(peak[0], process.memory_info().rss)
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join()
+        peak[0] = max(peak[0], process.memory_info().rss)
+
+
+class PeakMemory:
+    """Peak memory above the level at construction, phase by phase. On CPU the kernel's peak RSS
+    (VmHWM, reset as each phase starts, once the heap has returned what earlier phases freed; RSS
+    sampled every few ms where Linux cannot reset it); on CUDA ``max_memory_allocated`` (reset as
+    each phase starts). Other threads count too: the figure is the process's, as the operating
+    system sees it. ``phases``: bytes above the start by phase name; ``bytes``: the largest."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.phases = device, {}
+        self.process = psutil.Process()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            self.start, self.method = torch.cuda.memory_allocated(device), "CUDA max_memory_allocated above the start"
+            return
+        release_freed_heap()
+        self.start = self.process.memory_info().rss
+        self.resets = _reset_peak_rss()
+        self.method = "peak RSS above the start (VmHWM)" if self.resets else "peak RSS above the start (sampled)"
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            yield
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            release_freed_heap()  # what earlier phases freed must not count in this one
+            if self.resets and _reset_peak_rss():
+                yield
+                peak = _peak_rss()
+            else:
+                with _sampled_peak(self.process) as sampled:
+                    yield
+                peak = sampled[0]
+        self.phases[name] = max(0, peak - self.start)
+
+    @property
+    def bytes(self) -> int:
+        return max(self.phases.values(), default=0)
+
+
+@contextmanager
+def measure_peak(device: torch.device) -> Iterator[Measurement]:
+    """The PEAK memory the block reaches above the level at its start (see :class:`PeakMemory`)."""
+    result, peaks = Measurement(), PeakMemory(device)
+    with peaks.phase("all"):
+        yield result
+    result.bytes, result.method = peaks.bytes, peaks.method

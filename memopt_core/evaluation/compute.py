@@ -19,8 +19,9 @@ COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a parameterless module)."""
-    param = next(model.parameters(), None)
+    """The device of the model's first parameter that holds data (CPU for none): a model dispatched
+    layer by layer keeps the parameters of its modules on disk on the meta device."""
+    param = next((p for p in model.parameters() if p.device.type != "meta"), None)
     return param.device if param is not None else torch.device("cpu")
 
 

@@ -172,3 +172,16 @@ def build_tiny(key: str) -> tuple[nn.Module, object]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         return builders[key]()
+
+
+def _write_tiny(key: str, dest: Path) -> None:
+    model, tokenizer = build_tiny(key)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def tiny_folder(key: str) -> Path:
+    """A cached safetensors folder of ``'tiny-llama'`` or ``'tiny-bert'`` (the same seeded weights as
+    :func:`build_tiny`), for routes that read weights from files (layer-by-layer compression)."""
+    bundled_info(key)
+    return ensure_directory(cache_dir() / "models" / key, lambda dest: _write_tiny(key, dest))

@@ -119,7 +119,7 @@ def _load_bundled(spec: ModelSpec, device: torch.device) -> LoadedModel:
     return load_pretrained(str(folder), spec, device, name=info.name, source=source)
 
 
-def _local_folder(source: str) -> Path:
+def local_folder(source: str) -> Path:
     """The existing folder ``source`` names; ModelLoadError (one line) for anything else, including
     names the operating system refuses outright (too long, NUL, '~' of an unknown user)."""
     shown = repr(source if len(source) <= 80 else source[:77] + "...")
@@ -138,7 +138,7 @@ def _local_folder(source: str) -> Path:
 
 
 def _load_local(spec: ModelSpec, device: torch.device) -> LoadedModel:
-    path = _local_folder(spec.source)
+    path = local_folder(spec.source)
     if (path / MANIFEST).is_file():  # a compressed model that memopt saved itself
         saved = read_saved(path, getattr(torch, spec.dtype))
         base = saved.manifest["base_model"]

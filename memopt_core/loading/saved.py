@@ -28,19 +28,52 @@ from memopt_core.paths import user_path
 MANIFEST = "memopt.json"
 FORMAT = "memopt-compressed/1"
 WEIGHTS = "model.safetensors"
+SHARD_INDEX = "model.safetensors.index.json"  # transformers' name; layer-by-layer saves are sharded by block
 
 
-def _manifest(compressed, loaded, result) -> dict[str, Any]:
-    modules = {}
-    for name in compressed.target_names:
-        module = compressed.model.get_submodule(name)
-        if type(module).__name__ in COMPRESSED_LINEARS:
-            modules[name] = module.spec()
-    summary = result.to_dict()
-    summary.pop("layers", None)
+def manifest_record(modules: dict[str, dict], loaded, simulated: bool, result=None) -> dict[str, Any]:
+    """``memopt.json``: the specs of the compressed ``modules`` (to rebuild their skeletons), the base
+    model and the figures of the run ``result`` (a RunResult; None while they are not known yet)."""
+    summary = None if result is None else result.to_dict()
+    if summary is not None:
+        summary.pop("layers", None)
     return {"format": FORMAT, "kind": loaded.kind, "architecture": loaded.architecture,
             "base_model": {"name": loaded.name, "source": loaded.source, "is_random": loaded.is_random},
-            "simulated": compressed.simulated, "modules": modules, "run": summary}
+            "simulated": simulated, "modules": modules, "run": summary}
+
+
+def compressed_specs(model: torch.nn.Module, names: list[str]) -> dict[str, dict]:
+    """``{name: spec}`` of the layers among ``names`` that a compressed module of memopt now holds."""
+    specs = {}
+    for name in names:
+        module = model.get_submodule(name)
+        if type(module).__name__ in COMPRESSED_LINEARS:
+            specs[name] = module.spec()
+    return specs
+
+
+def write_config_and_tokenizer(config, loaded, folder: Path) -> None:
+    """config.json (with the architecture, which models built from a config lack) and the tokenizer."""
+    if not getattr(config, "architectures", None):
+        config.architectures = [loaded.architecture]
+    config.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """The weight files of ``folder``: the shards its ``model.safetensors.index.json`` names, or its
+    ``*.safetensors``; ModelLoadError when there are none."""
+    index = folder / SHARD_INDEX
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, json.JSONDecodeError, KeyError, AttributeError) as error:
+            raise ModelLoadError(f"{index} cannot be read: {error}") from None
+        return [folder / shard for shard in shards]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"folder {folder} holds no safetensors weights")
+    return files
 
 
 def check_save_target(directory: str | os.PathLike) -> Path:
@@ -66,13 +99,12 @@ def save_compressed(compressed, loaded, result, directory: str | os.PathLike) ->
     except OSError as error:
         raise ModelLoadError(f"cannot save the model in {str(final)!r}: {error.strerror or error}") from None
     try:
-        config = compressed.model.config  # the copy's own config object (structural_copy deep-copies it)
-        if not getattr(config, "architectures", None):  # models built from a config have none recorded
-            config.architectures = [loaded.architecture]
-        config.save_pretrained(staging)
-        loaded.tokenizer.save_pretrained(staging)
+        # The copy's own config object (structural_copy deep-copies it).
+        write_config_and_tokenizer(compressed.model.config, loaded, staging)
         save_model(compressed.model, str(staging / WEIGHTS))
-        (staging / MANIFEST).write_text(json.dumps(_manifest(compressed, loaded, result), indent=2, default=str))
+        specs = compressed_specs(compressed.model, compressed.target_names)
+        (staging / MANIFEST).write_text(json.dumps(manifest_record(specs, loaded, compressed.simulated, result), indent=2,
+                                                   default=str))
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
@@ -81,7 +113,7 @@ def save_compressed(compressed, loaded, result, directory: str | os.PathLike) ->
     return final
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -114,12 +146,14 @@ def read_saved(path: str | os.PathLike, dtype: torch.dtype) -> SavedModel:
     """Rebuild a model that :func:`save_compressed` wrote: skeleton from config + specs, then tensors.
     ``memopt_core.loading.models.load_model`` finishes it like every other load (device, eval mode)."""
     path = Path(path)
-    manifest = _read_manifest(path)
+    manifest = read_manifest(path)
     model = _skeleton(path, manifest, dtype)
-    try:
-        state = load_file(str(path / WEIGHTS))
-    except Exception as error:  # safetensors raises its own error types for corrupt files
-        raise ModelLoadError(f"{path / WEIGHTS} cannot be read ({type(error).__name__}: {error})") from None
+    state = {}
+    for file in safetensors_files(path):  # one file, or one shard per block (layer-by-layer saves)
+        try:
+            state.update(load_file(str(file)))
+        except Exception as error:  # safetensors raises its own error types for corrupt files
+            raise ModelLoadError(f"{file} cannot be read ({type(error).__name__}: {error})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in _tied_keys(model)]
     if missing or unexpected:

@@ -139,13 +139,34 @@ def estimate_load_bytes(spec_or_config: Any, dtype: str | torch.dtype | None = N
 
 
 def check_load_fits(config: Any, dtype: str, name: str, available: Available | int | None = None) -> None:
-    """Refuse to load ``name`` when its weights in ``dtype`` (planner count) would not fit in free RAM."""
+    """Refuse to load ``name`` when its weights in ``dtype`` (planner count) would not fit in free RAM;
+    the refusal offers the layer-by-layer route with a cap and the planner's peak estimate for it."""
     params, how = _count(config)
     if params is None:
         return
     size = dtype_bytes(dtype)
-    check_fits(params * size, f"model {name!r} in {dtype}", available,
-               detail=f"{how}: {params:,} parameters x {size} bytes")
+    free = available() if callable(available) else available
+    free = available_bytes() if free is None else int(free)
+    try:
+        check_fits(params * size, f"model {name!r} in {dtype}", free,
+                   detail=f"{how}: {params:,} parameters x {size} bytes")
+    except ResourceError as error:
+        raise ResourceError(f"{error}{layer_by_layer_offer(config, size, free)}") from None
+
+
+def layer_by_layer_offer(config: Any, size: int, free: int) -> str:
+    """'; or compress it layer by layer with --max-memory N ...': the largest cap whose planned peak
+    (see planning.layer_by_layer) passes this guard's margin, or why even that would not fit."""
+    from memopt_core.planning.layer_by_layer import suggest_cap  # transformers: see _rough_params
+
+    try:
+        peak = suggest_cap(config, size, int((free - MARGIN_BYTES) / MARGIN_FACTOR))
+    except MemoptError:  # a config the planner cannot build: no offer rather than a second error
+        return ""
+    if peak is None:
+        return "; even layer by layer (one block at a time) it would not fit"
+    return (f"; or compress it layer by layer, one block at a time: run --max-memory {peak.max_memory // MiB}MiB "
+            f"(planner's peak estimate {peak.total_bytes / GiB:.2f} GiB)")
 
 
 def model_bytes(model: torch.nn.Module) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from memopt_core.compression.memory import MemoryReport
 from memopt_core.config import RunConfig
 from memopt_core.loading.models import LoadedModel
@@ -23,11 +25,16 @@ class RunResult:
     timings: dict[str, float]
     protocol: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    # Where the tensors lived (in memory, or layer by layer under a cap: memopt_core.offload) and the
+    # compute threads of the process that ran it; never a figure.
+    execution: dict[str, Any] = field(default_factory=lambda: {"route": "in-memory",
+                                                               "threads": torch.get_num_threads()})
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "config": self.config.to_dict(), "baseline": self.baseline,
                 "compressed": self.compressed, "memory": self.memory.to_dict(), "sparsity": self.sparsity,
-                "layers": self.layers, "timings": self.timings, "protocol": self.protocol, "notes": self.notes}
+                "layers": self.layers, "timings": self.timings, "protocol": self.protocol, "notes": self.notes,
+                "execution": self.execution}
 
 
 def model_summary(loaded: LoadedModel) -> dict[str, Any]:

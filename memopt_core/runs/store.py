@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from memopt_core.errors import DataError
+from memopt_core.errors import DataError, choices
 from memopt_core.loading.cache import cache_dir
 from memopt_core.paths import user_path
 
@@ -63,6 +64,20 @@ def _when_unlocked(step: Callable[[], Any]) -> Any:
             time.sleep(0.05)
 
 
+JOURNAL_ENV = "MEMOPT_STORE_JOURNAL"
+JOURNALS = ("wal", "delete")
+
+
+def journal_mode() -> str:
+    """WAL (default): readers never wait for the writer, but every process must be on one machine.
+    ``MEMOPT_STORE_JOURNAL=delete`` (SQLite's rollback journal) for a database on a network file
+    system shared by the workers of several machines: WAL's shared memory does not cross machines."""
+    mode = os.environ.get(JOURNAL_ENV, "wal").strip().lower()
+    if mode not in JOURNALS:
+        raise DataError(f"{JOURNAL_ENV}={mode!r} is not supported; choose {choices(JOURNALS)}")
+    return mode.upper()
+
+
 class ResultStore:
     """A thread-safe handle on the results database (one connection per thread)."""
 
@@ -80,8 +95,9 @@ class ResultStore:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=LOCK_WAIT_S)
-            _when_unlocked(lambda: db.execute("PRAGMA journal_mode=WAL"))
-            db.execute("PRAGMA synchronous=NORMAL")
+            mode = journal_mode()
+            _when_unlocked(lambda: db.execute(f"PRAGMA journal_mode={mode}"))
+            db.execute("PRAGMA synchronous=NORMAL" if mode == "WAL" else "PRAGMA synchronous=FULL")
             self._local.db = db
         return db
 

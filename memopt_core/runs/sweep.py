@@ -5,7 +5,6 @@ it stopped and a rerun of a finished sweep answers from the store without loadin
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import threading
 import time
@@ -16,10 +15,11 @@ import pandas as pd
 
 from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, PruneConfig, QuantConfig, RunConfig, TargetConfig
 from memopt_core.errors import ConfigError
+from memopt_core.runs.executors import Executor, Job, LocalExecutor, Started
 from memopt_core.runs.pareto import mark_pareto
 from memopt_core.runs.rows import result_row
 from memopt_core.runs.store import ResultStore
-from memopt_core.runs.stored import RunnerLoader, stored_run
+from memopt_core.runs.stored import RunnerLoader
 
 Progress = Callable[[int, int, str, float | None], None]  # (done, total, current setting, seconds left)
 
@@ -95,69 +95,67 @@ class SweepResult:
 
 
 class _Eta:
-    """Seconds left: the remaining settings times the mean time of those computed so far
-    (an upper bound when some of the rest are in the store already)."""
+    """Seconds left: the settings still to compute times the mean time of those computed so far,
+    divided by the settings computed at once (an upper bound when some are in the store already)."""
 
-    def __init__(self):
+    def __init__(self, workers: int):
+        self.workers = max(1, workers)
         self.computed_seconds: list[float] = []
 
     def left(self, remaining_to_compute: int) -> float | None:
         if not self.computed_seconds:
             return None
-        return remaining_to_compute * sum(self.computed_seconds) / len(self.computed_seconds)
-
-
-def _load_once() -> RunnerLoader:
-    """A loader that loads the sweep's one model on first use and then reuses it."""
-    # torch + transformers load here, on the first setting to compute: a sweep answered from the
-    # store needs neither.
-    from memopt_core.runs.workbench import Workbench
-
-    return functools.cache(Workbench.load)
+        mean = sum(self.computed_seconds) / len(self.computed_seconds)
+        return remaining_to_compute * mean / min(self.workers, max(1, remaining_to_compute))
 
 
 def run_sweep(spec: ModelSpec, grid: SweepGrid, eval_config: EvalConfig | None = None,
               targets: TargetConfig | None = None, store: ResultStore | None = None,
               progress: Progress | None = None, cancel: threading.Event | None = None,
               sweep_name: str | None = None, load: RunnerLoader | None = None,
-              calib: CalibConfig | None = None) -> SweepResult:
+              calib: CalibConfig | None = None, executor: Executor | None = None) -> SweepResult:
     """Run every setting of ``grid`` on ``spec``; returns one row per finished setting.
 
-    ``load`` gives the loaded model (default: :meth:`Workbench.load`, once per sweep); it is called
-    only for settings the store does not already hold. ``cancel`` is checked between settings:
-    what finished is kept (and stored)."""
-    return run_settings(spec, grid.settings(), eval_config, targets, store, progress, cancel, sweep_name, load, calib)
+    ``executor`` runs the settings: by default :class:`LocalExecutor` in this process, with ``load``
+    giving the loaded model (default: :meth:`Workbench.load`, once per sweep), called only for
+    settings the store does not already hold. ``cancel`` stops new settings from starting: what
+    finished is kept (and stored). ``progress`` gets the settings finished by every worker, the
+    running ones and the time left."""
+    return run_settings(spec, grid.settings(), eval_config, targets, store, progress, cancel, sweep_name, load, calib,
+                        executor)
 
 
 def run_settings(spec: ModelSpec, settings: list[tuple[PruneConfig | None, QuantConfig | None]],
                  eval_config: EvalConfig | None = None, targets: TargetConfig | None = None,
                  store: ResultStore | None = None, progress: Progress | None = None,
                  cancel: threading.Event | None = None, sweep_name: str | None = None,
-                 load: RunnerLoader | None = None, calib: CalibConfig | None = None) -> SweepResult:
+                 load: RunnerLoader | None = None, calib: CalibConfig | None = None,
+                 executor: Executor | None = None) -> SweepResult:
     """:func:`run_sweep` over an explicit list of (prune, quant) settings (e.g. the formats comparison)."""
     start = time.perf_counter()
     eval_config = eval_config or EvalConfig()
     targets = targets or TargetConfig()
     calib = calib or CalibConfig()  # used by the calibrated settings (GPTQ, Wanda, SparseGPT) only
-    configs = [RunConfig(model=spec, prune=p, quant=q, targets=targets, eval=eval_config, calib=calib)
-               for p, q in settings]
-    load = load or _load_once()
-    rows, from_store, eta, cancelled = [], 0, _Eta(), False
-    for done, config in enumerate(configs):
-        label = config.label
-        if progress:
-            progress(done, len(configs), label, eta.left(len(configs) - done))
-        if cancel is not None and cancel.is_set():
-            cancelled = True
-            break
-        began = time.perf_counter()
-        run = stored_run(config, store, load, sweep_name)
-        from_store += run.from_store
-        if not run.from_store:
-            eta.computed_seconds.append(time.perf_counter() - began)
-        rows.append(result_row(run.result, label=label))
+    jobs = [Job(index, config, config.label) for index, config in enumerate(
+        RunConfig(model=spec, prune=p, quant=q, targets=targets, eval=eval_config, calib=calib)
+        for p, q in settings)]
+    executor = executor or LocalExecutor(load)
+    rows: dict[int, dict[str, Any]] = {}
+    from_store, running, eta = 0, {}, _Eta(executor.workers)
+    for event in executor.run(jobs, store, sweep_name, cancel):
+        if isinstance(event, Started):
+            running[event.job.index] = event.job.label
+        else:
+            running.pop(event.job.index, None)
+            rows[event.job.index] = result_row(event.result, label=event.job.label)
+            from_store += event.from_store
+            if not event.from_store:
+                eta.computed_seconds.append(event.seconds)
+        if progress and running:  # a finish with nothing else running is followed by a start, or by "done"
+            progress(len(rows), len(jobs), ", ".join(running.values()), eta.left(len(jobs) - len(rows)))
+    cancelled = len(rows) < len(jobs)
     if progress and not cancelled:
-        progress(len(configs), len(configs), "done", 0.0)
-    table = mark_pareto(pd.DataFrame(rows))
+        progress(len(jobs), len(jobs), "done", 0.0)
+    table = mark_pareto(pd.DataFrame([rows[i] for i in sorted(rows)]))
     return SweepResult(table=table, cancelled=cancelled, seconds=time.perf_counter() - start,
                        from_store=from_store, computed=len(rows) - from_store)

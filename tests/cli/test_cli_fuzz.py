@@ -188,7 +188,7 @@ def cheap_runs(monkeypatch):
     def run_sweep(spec, grid, eval_config=None, *args, **kwargs):
         return real_sweep(spec, grid, _cheap_eval(eval_config), *args, **kwargs)
 
-    monkeypatch.setattr(memory, "_release_freed_heap", lambda: None)  # a full gc per copy: slow, and only
+    monkeypatch.setattr(memory, "release_freed_heap", lambda: None)  # a full gc per copy: slow, and only
     # sharpens the RSS figure, which no assertion here reads
     monkeypatch.setattr(cli_run, "run", run)  # the names the commands call
     monkeypatch.setattr(cli_sweep, "run_sweep", run_sweep)

@@ -58,7 +58,7 @@ def test_sweep_shows_progress_table_curves_and_csv(app_cache):
     assert heatmap["data"][0]["type"] == "heatmap"
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 4
     assert [button.label for button in at.get("download_button")] == ["Download CSV"]
-    assert "4 computed and 0 from the results store" in at.success[0].value
+    assert "4 computed here and 0 from the results store" in at.success[0].value
 
 
 @pytest.mark.slow
@@ -71,6 +71,33 @@ def test_rerunning_a_sweep_answers_from_the_store(app_cache):
     again.multiselect(key="sweep.bits").set_value([16, 8]).run()
     again.button(key="tradeoffs.run").click().run()
     assert no_exception(again)
-    assert "0 computed and 4 from the results store" in again.success[0].value
+    assert "0 computed here and 4 from the results store" in again.success[0].value
     metric = figures(again)[0]["layout"]["yaxis"]["title"]["text"]
     assert metric.startswith("cosine similarity")  # encoders are ranked by similarity
+
+
+def test_a_sweep_sent_to_a_ray_cluster_shows_the_same_progress_and_results(app_cache):
+    from memopt_core.config import ClusterConfig
+    from memopt_core.runs.ray_executor import connect
+
+    connect(ClusterConfig(), num_cpus=2)  # what an empty address starts: this machine only
+    import ray  # after connect(): Ray reads its loopback-only setting when first imported
+
+    try:
+        at = open_tradeoffs("tiny-llama")
+        at.multiselect(key="sweep.bits").set_value([16, 4]).run()
+        at.radio(key="sweep.executor").set_value("ray").run()
+        assert at.text_input(key="sweep.ray_address").value == ""
+        at.number_input(key="sweep.ray_workers").set_value(2).run()
+        at.button(key="tradeoffs.run").click().run()
+        assert no_exception(at) and not errors(at)
+        assert at.get("progress")
+        table = at.session_state[SWEEP]["table"]
+        assert len(table) == 4 and table["perplexity"].notna().all()
+        assert "4 computed on 2 Ray workers and 0 from the results store" in at.success[0].value
+        local = open_tradeoffs("tiny-llama")  # the same grid here answers from what the workers stored
+        local.multiselect(key="sweep.bits").set_value([16, 4]).run()
+        local.button(key="tradeoffs.run").click().run()
+        assert "0 computed here and 4 from the results store" in local.success[0].value
+    finally:
+        ray.shutdown()

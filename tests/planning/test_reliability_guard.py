@@ -47,7 +47,8 @@ def test_a_model_larger_than_free_memory_is_refused_with_the_planners_figure(tmp
     assert f"model 'llama-3-8b' in bfloat16 needs about {format_gib(params * 2)}" in message
     assert f"planner estimate: {params:,} parameters x 2 bytes" in message
     assert "only 8.00 GiB of memory is free" in message
-    assert message.endswith("choose a smaller model, a lower precision (bfloat16), or free memory")
+    assert "choose a smaller model, a lower precision (bfloat16), or free memory; or compress it layer by layer" \
+        in message  # the offer of the layer-by-layer route, with its cap and peak (tests/planning/test_layer_by_layer_peak.py)
     assert "\n" not in message
 
 

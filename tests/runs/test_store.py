@@ -66,3 +66,14 @@ def test_a_stored_config_with_solver_settings_round_trips():
     config = RunConfig(ModelSpec("tiny-llama"), quant=QuantConfig(method="gptq", bits=3),
                        calib=CalibConfig(samples=8, solver=SolverConfig(act_order=False, block_size=32)))
     assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_rollback_journal_for_a_database_shared_across_machines(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMOPT_STORE_JOURNAL", "delete")
+    store = ResultStore(tmp_path / "shared.db")
+    store.put("k", "m", "id", "setting", {"x": 1})
+    assert store.get("k") == {"x": 1}
+    assert sqlite3.connect(tmp_path / "shared.db").execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    monkeypatch.setenv("MEMOPT_STORE_JOURNAL", "memory")
+    with pytest.raises(DataError, match="MEMOPT_STORE_JOURNAL='memory' is not supported"):
+        ResultStore(tmp_path / "other.db")

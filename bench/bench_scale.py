@@ -1,0 +1,109 @@
+"""Past one machine, on the bundled SmolLM2-135M; ratios measured in one run.
+
+    python bench/bench_scale.py [--max-tokens 2048] [--part both|layers|ray]
+
+1. Layer by layer: one setting (RTN W4 g32) in memory, then with ``max_memory`` at half the
+   model's size: time ratio, the same figures, and the peak memory above the start of each run
+   against the cap plus one block (and the planner's estimate, which adds the working memory).
+2. Ray: 8 settings (W8/W4/W3/W2 x magnitude 0%/50%) in this process, then on a local Ray cluster
+   with 2 workers x 1 thread: speed-up, and overhead = Ray's wall time minus the settings' own
+   compute time shared by the workers.
+
+Benchmarks measure the machine they run on: on a shared machine, run it when it is quiet.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from memopt_core.compression.memory import measure_peak  # noqa: E402
+from memopt_core.config import ClusterConfig, EvalConfig, ModelSpec, OffloadConfig, QuantConfig, RunConfig  # noqa: E402
+from memopt_core.offload.layer_by_layer import run_layer_by_layer  # noqa: E402
+from memopt_core.runs.ray_executor import RayExecutor, connect  # noqa: E402
+from memopt_core.runs.store import ResultStore  # noqa: E402
+from memopt_core.runs.sweep import SweepGrid, run_sweep  # noqa: E402
+from memopt_core.runs.workbench import Workbench  # noqa: E402
+
+MiB = 2**20
+SPEC = ModelSpec("smollm2-135m")
+
+
+def layer_by_layer(evaluation: EvalConfig) -> None:
+    config = RunConfig(SPEC, quant=QuantConfig(bits=4, granularity="group", group_size=32), eval=evaluation)
+    cpu = torch.device("cpu")
+    with measure_peak(cpu) as whole_peak:
+        start = time.perf_counter()
+        bench = Workbench.load(SPEC)
+        whole = bench.run(config)
+        whole_s = time.perf_counter() - start
+    size = whole.memory.dense_bytes
+    del bench
+    gc.collect()
+    cap = OffloadConfig(max_memory=size // 2)
+    start = time.perf_counter()
+    layered = run_layer_by_layer(config, cap)
+    layered_s = time.perf_counter() - start
+    plan = layered.execution["planned_peak"]
+    block = plan["block_bytes"]
+    streamed = layered.execution["original"]["streamed_modules"]
+    print(f"SmolLM2-135M {size / MiB:.0f} MiB float32, {config.quant.label}, {evaluation.max_tokens} tokens")
+    print(f"in memory: {whole_s:.1f}s, peak {whole_peak.bytes / MiB:.0f} MiB above the start; "
+          f"perplexity {whole.compressed['perplexity']:.4f}")
+    print(f"layer by layer, cap {cap.max_memory / MiB:.0f} MiB ({streamed} modules streamed from disk): "
+          f"{layered_s:.1f}s = {layered_s / whole_s:.2f}x the in-memory time; perplexity "
+          f"{layered.compressed['perplexity']:.4f} (equal: {layered.compressed['perplexity'] == whole.compressed['perplexity']})")
+    phases = layered.execution["measured_phases"]
+    compress_peak = phases["compress"]
+    print(f"peak above the start, by phase (MiB): " + ", ".join(f"{k} {v / MiB:.0f}" for k, v in phases.items())
+          + f"; in memory {whole_peak.bytes / MiB:.0f}")
+    print(f"compression phase: {compress_peak / MiB:.0f} MiB = {compress_peak / (cap.max_memory + block):.2f}x "
+          f"(cap + one block = {(cap.max_memory + block) / MiB:.0f} MiB); whole run {layered.memory.measured_bytes / MiB:.0f}"
+          f" MiB = {layered.memory.measured_bytes / plan['total_bytes']:.2f}x the planner's estimate "
+          f"{plan['total_bytes'] / MiB:.0f} MiB (cap + block read and compressed + one window's working memory "
+          f"{plan['working_bytes'] / MiB:.0f} MiB)")
+
+
+def on_ray(evaluation: EvalConfig) -> None:
+    grid = SweepGrid(prune_ratios=(0.0, 0.5), bits=(8, 4, 3, 2))
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        local = run_sweep(SPEC, grid, evaluation, store=ResultStore(Path(folder) / "local.db"))
+        local_s = time.perf_counter() - start
+        start = time.perf_counter()
+        connect(ClusterConfig())
+        connect_s = time.perf_counter() - start
+        executor = RayExecutor(ClusterConfig(workers=2, cpus_per_worker=1))
+        start = time.perf_counter()
+        remote = run_sweep(SPEC, grid, evaluation, store=ResultStore(Path(folder) / "ray.db"), executor=executor)
+        ray_s = time.perf_counter() - start
+    work_s = float((remote.table["compress_s"] + remote.table["evaluate_s"]).sum())
+    same = (remote.table["perplexity"] - local.table["perplexity"]).abs().max()
+    print(f"{len(local.table)} settings, {evaluation.max_tokens} tokens: this process ({torch.get_num_threads()} "
+          f"threads) {local_s:.1f}s; Ray 2 workers x 1 thread {ray_s:.1f}s (+{connect_s:.1f}s to start the cluster)")
+    print(f"speed-up {local_s / ray_s:.2f}x ({local_s / (ray_s + connect_s):.2f}x counting the start); overhead "
+          f"{ray_s - work_s / 2:.1f}s = wall time - settings' compute {work_s:.1f}s / 2 workers (model load, "
+          f"baseline and imports per worker); largest perplexity gap to local {same:.2e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max-tokens", type=int, default=2048)
+    parser.add_argument("--part", choices=("both", "layers", "ray"), default="both")
+    args = parser.parse_args()
+    evaluation = EvalConfig(max_tokens=args.max_tokens, gen_tokens=0, zero_shot=False)
+    if args.part in ("both", "layers"):
+        layer_by_layer(evaluation)
+    if args.part in ("both", "ray"):
+        on_ray(evaluation)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The peak memory of compressing and evaluating a model layer by layer under a cap, from its config.
+
+The layer-by-layer route (``memopt_core.offload``) keeps at most ``max_memory`` bytes of weights
+resident and streams the rest one block at a time, so its peak is about:
+
+- resident weights: ``min(cap, all weights)``;
+- one streamed block twice: its dense weights read from disk and the compressed copy built from
+  them (an upper bound: packed codes are smaller); and the embedding (or head) matrix once when
+  the cap is below it, since it is then read from disk for every forward;
+- working memory: one evaluation window's activations, with its float32 logits held
+  ``LOGIT_COPIES`` times (the logits, their finiteness mask, the log-probabilities, the exponentials
+  of the KL's rest bucket, and what the allocator keeps between them: 5 copies measured on SmolLM2,
+  512 tokens x 49,152), and for calibrated methods the
+  calibration batch through one block (hidden states in and out, the block's intermediates, the
+  float32 copy of the widest layer input and its ``[in, in]`` Hessian).
+
+From the planner's exact parameter counts; theoretical like every planner figure (the
+interpreter, libraries and tokenizer come on top: the guard's margin is for them).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from memopt_core.planning.counting import count_parameters
+from memopt_core.planning.presets import ModelDims, check_sizes, load_config
+
+LOGIT_COPIES = 5
+FLOAT32 = 4
+
+
+@dataclass(frozen=True)
+class LayerByLayerPeak:
+    """Bytes of each part of the peak; ``total_bytes`` is their sum."""
+
+    max_memory: int
+    weights_bytes: int
+    resident_bytes: int
+    block_bytes: int
+    embedding_bytes: int
+    streamed_bytes: int
+    working_bytes: int
+    total_bytes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _working_bytes(dims: ModelDims, causal: bool, seq_len: int, calib_tokens: int, dtype_bytes: int) -> int:
+    """One evaluation window, or the calibration batch through one block, whichever is larger."""
+    per_token = (4 * dims.hidden + 2 * dims.intermediate) * dtype_bytes
+    evaluation = seq_len * per_token + (LOGIT_COPIES * seq_len * dims.vocab * FLOAT32 if causal else 0)
+    if not calib_tokens:
+        return evaluation
+    widest = max(dims.hidden, dims.intermediate)
+    calibration = calib_tokens * (per_token + 2 * dims.hidden * dtype_bytes + widest * FLOAT32) \
+        + widest * widest * FLOAT32
+    return max(evaluation, calibration)
+
+
+def estimate_peak(config, dtype_bytes: int, max_memory: int, seq_len: int = 512,
+                  calib_tokens: int = 0) -> LayerByLayerPeak:
+    """The layer-by-layer route's peak for ``config`` (config.json path, folder, dict or transformers
+    config) in a dtype of ``dtype_bytes``, capped at ``max_memory`` bytes of resident weights;
+    ``calib_tokens`` = samples x length of the calibration batch (0: no calibration)."""
+    config = load_config(config)
+    dims = check_sizes(config)
+    counts = count_parameters(config)
+    weights = counts.total * dtype_bytes
+    block = (counts.attention + counts.mlp) * dtype_bytes // dims.layers
+    embedding = max(counts.embeddings, counts.lm_head) * dtype_bytes
+    streamed = (2 * block if weights > max_memory else 0) + (embedding if max_memory < embedding else 0)
+    working = _working_bytes(dims, counts.is_causal, seq_len, calib_tokens, dtype_bytes)
+    resident = min(max_memory, weights)
+    return LayerByLayerPeak(max_memory=max_memory, weights_bytes=weights, resident_bytes=resident, block_bytes=block,
+                            embedding_bytes=embedding, streamed_bytes=streamed, working_bytes=working,
+                            total_bytes=resident + streamed + working)
+
+
+def suggest_cap(config, dtype_bytes: int, usable_bytes: int, seq_len: int = 512) -> LayerByLayerPeak | None:
+    """The largest cap whose estimated peak (no calibration) stays within ``usable_bytes``, and that
+    peak; None when even the embeddings, one block and one window's work would not fit (a cap below
+    the embeddings saves nothing: they are then read whole for every forward)."""
+    floor = estimate_peak(config, dtype_bytes, 1, seq_len)
+    cap = usable_bytes - 2 * floor.block_bytes - floor.working_bytes
+    return estimate_peak(config, dtype_bytes, cap, seq_len) if cap >= floor.embedding_bytes else None
