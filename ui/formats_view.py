@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from memopt_core import format_charts
+from memopt_core.charts import formats as format_charts
 from memopt_core.config import EvalConfig, ModelSpec, QuantConfig, RunConfig
 from memopt_core.runs.format_presets import NATURAL_FORMATS, ROTATION_PAIRS, by_label
 from memopt_core.runs.sweep import run_settings

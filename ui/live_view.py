@@ -63,7 +63,7 @@ def _interval_meaning(method: str) -> str:
 
 def show_convergence(state: LiveState, key: str) -> None:
     """The running estimate of the ratio and its band against tokens scored."""
-    from memopt_core.convergence_chart import convergence  # plotly figure code: loaded with the first estimate
+    from memopt_core.charts.convergence import convergence  # plotly figure code: loaded with the first estimate
 
     row = state.estimates[-1]
     show_chart(convergence(state.estimates), "Running estimate of the perplexity ratio and its band: "

@@ -9,8 +9,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from memopt_core.charts import _hover, _layer_frame, _quality_axis, _quality_yaxis, _with_hover_columns, finite, \
-    series_color
+from memopt_core.charts.common import finite, hover_data, quality_axis, quality_yaxis, series_color, with_hover_columns
+from memopt_core.charts.layers import layer_frame
 from memopt_core.runs.pareto import pareto_mask
 
 FAMILIES = {"int": "integer grid", "nf4": "NF4", "fp8-e4m3": "FP8", "fp8-e5m2": "FP8", "mxfp4": "FP4 microscaling",
@@ -29,8 +29,8 @@ def format_tradeoff(table: pd.DataFrame) -> go.Figure:
     """Quality against stored bits per weight of the targeted layers (every scale byte counted): one
     marker per setting, coloured by format family and labelled; the Pareto front (nothing has fewer
     bits and better quality) as a dashed line; the original's quality as a dotted line."""
-    metric, label = _quality_axis(table)
-    frame = _with_hover_columns(table).assign(family=table.apply(_family, axis=1))
+    metric, label = quality_axis(table)
+    frame = with_hover_columns(table).assign(family=table.apply(_family, axis=1))
     higher_is_better = label.endswith("(higher is better)")
     quality = pd.Series(finite(frame[metric]), dtype=float, index=frame.index)
     losses = (-quality if higher_is_better else quality).fillna(np.inf).tolist()
@@ -38,7 +38,7 @@ def format_tradeoff(table: pd.DataFrame) -> go.Figure:
     frame = frame.assign(front=[bool(f) and q == q for f, q in zip(on_front, quality)])  # a diverged run never is
     figure = go.Figure()
     for index, (family, part) in enumerate(frame.groupby("family", sort=False)):
-        customdata, template = _hover(part)
+        customdata, template = hover_data(part)
         figure.add_scatter(x=part["bits_per_weight"], y=finite(part[metric]), mode="markers+text", name=family,
                            text=part["setting"], textposition="top center", marker=dict(size=10,
                            color=series_color(index)), customdata=customdata, hovertemplate=template)
@@ -51,12 +51,12 @@ def format_tradeoff(table: pd.DataFrame) -> go.Figure:
                          annotation_text="original", annotation_position="bottom right")
     figure.update_layout(title=f"{metric.replace('_', ' ').capitalize()} against stored bits per weight, every format",
                          xaxis_title="stored bits per weight of the targeted layers (scales included)",
-                         yaxis=_quality_yaxis(table, metric, label), hoverlabel=dict(align="left"))
+                         yaxis=quality_yaxis(table, metric, label), hoverlabel=dict(align="left"))
     return figure
 
 
 def _sqnr_grid(layers: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    frame = _layer_frame(layers)
+    frame = layer_frame(layers)
     grid = frame.pivot_table(index="module_type", columns="block_label", values="sqnr_db", aggfunc="first", sort=False)
     order = sorted(grid.columns, key=lambda c: int(c.split()[-1]) if c.startswith("block ") else -1)
     return grid[order]

@@ -6,7 +6,8 @@ import math
 
 import pandas as pd
 
-from memopt_core import charts, format_charts
+from memopt_core import charts
+from memopt_core.charts import formats as format_charts
 from test_charts import layer_rows
 
 

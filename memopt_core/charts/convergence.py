@@ -5,7 +5,7 @@ from typing import Any, Sequence
 
 import plotly.graph_objects as go
 
-from memopt_core.charts import finite, series_color
+from memopt_core.charts.common import finite, series_color
 
 CONVERGENCE_METRICS = {"perplexity_ratio": ("ratio_ci95", "Perplexity / original's (same tokens)"),
                        "perplexity": ("perplexity_ci95", "Perplexity"),
