@@ -10,7 +10,7 @@ import streamlit as st
 
 from memopt_core.charts import formats as format_charts
 from memopt_core.config import EvalConfig, ModelSpec, QuantConfig, RunConfig
-from memopt_core.runs.format_presets import NATURAL_FORMATS, ROTATION_PAIRS, by_label
+from memopt_core.runs.format_presets import ROTATION_PAIRS, by_label
 from memopt_core.runs.sweep import run_settings
 from ui.chart_glue import show_chart
 from ui.loaders import loader, peek_stored, result_store

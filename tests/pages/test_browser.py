@@ -18,7 +18,7 @@ from page_support import app_cache  # noqa: F401
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 from screenshots import (EXCEPTION, PLOT, RUN_WAIT_MS, browser_tab, dashboard, live_off, open_page,  # noqa: E402
-                         pick, screenshot, set_slider, settle, wait_for_plots)
+                         pick, screenshot, set_slider, wait_for_plots)
 
 pytestmark = pytest.mark.browser
 

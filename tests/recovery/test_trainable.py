@@ -8,7 +8,6 @@ from memopt_core.compression.compress import compress_copy
 from memopt_core.compression.layers import CastLinear, QuantLinear, SparseLinear, module_storage_bytes
 from memopt_core.compression.walk import effective_weight
 from memopt_core.config import ModelSpec, PruneConfig, QuantConfig, RunConfig
-from memopt_core.errors import ConfigError
 from memopt_core.loading.models import weights_checksum
 from memopt_core.recovery.ste import Grid, grid_codes
 from memopt_core.recovery.trainable import TrainableLinear, open_for_training_
