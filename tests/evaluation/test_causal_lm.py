@@ -18,7 +18,7 @@ from memopt_core.evaluation.causal_lm import (SENTIMENT_PROMPT, continuation_log
 from memopt_core.evaluation.progressive import evaluate_causal_lm
 from memopt_core.evaluation.stats import kl_exact, kl_top_k, wilson_interval
 from memopt_core.loading import bundled
-from tiny_models import make_tiny_llama
+from tiny_models import greedy_windows, make_tiny_llama, perturbed_copy
 
 VOCAB = 320
 
@@ -42,23 +42,13 @@ def model():
 
 @pytest.fixture(scope="module")
 def perturbed(model):
-    other = copy.deepcopy(model)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in other.named_parameters():
-            if "layers." in name and param.dim() == 2:
-                param.add_(0.05 * torch.randn_like(param))
-    return other
+    return perturbed_copy(model)
 
 
 @pytest.fixture(scope="module")
 def windows(model):
     """5 windows of 24 tokens: 12 random, then 12 greedy ones so top-1 accuracy is far from 0."""
-    torch.manual_seed(2)
-    prefix = torch.randint(2, VOCAB, (5, 12))
-    with torch.inference_mode():
-        return model.generate(prefix, attention_mask=torch.ones_like(prefix), max_new_tokens=12, min_new_tokens=12,
-                              do_sample=False, pad_token_id=0)
+    return greedy_windows(model, 5, 12, vocab_size=VOCAB)
 
 
 def direct_log_probs(model, windows):

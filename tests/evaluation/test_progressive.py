@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from tiny_models import make_tiny_llama
+from tiny_models import greedy_windows, make_tiny_llama, perturbed_copy
 from memopt_core.errors import ConfigError
 from memopt_core.evaluation.original_scores import OriginalScores
 from memopt_core.evaluation.progressive import WindowScorer, evaluate_causal_lm
@@ -27,23 +27,13 @@ def model():
 
 @pytest.fixture(scope="module")
 def perturbed(model):
-    other = copy.deepcopy(model)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in other.named_parameters():
-            if "layers." in name and param.dim() == 2:
-                param.add_(0.05 * torch.randn_like(param))
-    return other
+    return perturbed_copy(model)
 
 
 @pytest.fixture(scope="module")
 def windows(model):
     """6 windows of 20 tokens: 8 random, then 12 greedy ones (a text the model partly predicts)."""
-    torch.manual_seed(2)
-    prefix = torch.randint(2, VOCAB, (N_WINDOWS, 8))
-    with torch.inference_mode():
-        return model.generate(prefix, attention_mask=torch.ones_like(prefix), max_new_tokens=12, min_new_tokens=12,
-                              do_sample=False, pad_token_id=0)
+    return greedy_windows(model, N_WINDOWS, 8, vocab_size=VOCAB)
 
 
 @pytest.fixture(scope="module")
