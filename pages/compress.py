@@ -3,29 +3,16 @@ import streamlit as st
 
 from memopt_core.config import RunConfig
 from ui.compress_run import drive, live_controls, show, to_show
-from ui.compress_settings import prune_settings, quant_settings
-from ui.errors import user_errors
-from ui.methods import explain_prune, explain_quant
+from ui.compress_settings import setting_columns
 from ui.model_settings import model_and_evaluation
 
 st.title("Compress")
 st.caption("Prune and quantize a copy of a model, then compare it with the original: quality, memory, "
            "layer by layer. The original is never changed.")
 
-prune = quant = config = None
+config = None
 spec, evaluation = model_and_evaluation()
-
-prune_column, quant_column = st.columns(2)
-with prune_column:
-    st.subheader("Prune")
-    with user_errors("pruning"):
-        prune = prune_settings()
-        explain_prune(prune)
-with quant_column:
-    st.subheader("Quantize")
-    with user_errors("quantization"):
-        quant = quant_settings()
-        explain_quant(quant, spec)
+prune, quant = setting_columns(spec, explain=True)
 
 if spec is not None and evaluation is not None:
     config = RunConfig(model=spec, prune=prune, quant=quant, eval=evaluation)

@@ -3,7 +3,7 @@ import streamlit as st
 
 from memopt_core.config import RunConfig
 from memopt_core.recovery.config import check_recoverable
-from ui.compress_settings import prune_settings, quant_settings
+from ui.compress_settings import setting_columns
 from ui.errors import user_errors
 from ui.model_settings import model_and_evaluation
 from ui.recovery_view import JOB, recovery_settings, show_job, show_stored, start
@@ -14,17 +14,9 @@ st.caption("Compression loses quality; a short fine-tuning with the original as 
            "their grid (straight-through rounding), pruned weights stay zero, and the recovered model is "
            "stored in the same packed bytes. Training text never includes the evaluated tokens.")
 
-prune = quant = recovery = config = None
+recovery = config = None
 spec, evaluation = model_and_evaluation()
-prune_column, quant_column = st.columns(2)
-with prune_column:
-    st.subheader("Prune")
-    with user_errors("pruning"):
-        prune = prune_settings()
-with quant_column:
-    st.subheader("Quantize")
-    with user_errors("quantization"):
-        quant = quant_settings()
+prune, quant = setting_columns(spec)
 st.subheader("Recover")
 with user_errors("recovery settings"):
     recovery = recovery_settings()

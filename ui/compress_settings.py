@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from memopt_core.config import MAX_PRUNE_RATIO, PRUNE_METHODS, QUANT_FORMATS, RANGE_METHODS, PruneConfig, QuantConfig
+from memopt_core.config import (MAX_PRUNE_RATIO, PRUNE_METHODS, QUANT_FORMATS, RANGE_METHODS, ModelSpec, PruneConfig,
+                                QuantConfig)
+from ui.errors import user_errors
+from ui.methods import explain_prune, explain_quant
 from ui.vocabulary import KEEP, RANGE_LABELS, SCALE_CHOICES, format_choice_label, group_label
 
 NONE = "none"
@@ -15,6 +18,27 @@ N_M_METHODS = ("magnitude", "wanda", "sparsegpt")
 PRUNE_HELP = {NONE: "no pruning", "magnitude": "smallest |w| in each layer",
               "magnitude-global": "smallest |w| across all targeted layers", "l2-structured": "whole rows",
               "wanda": "|w| x input norm (calibration)", "sparsegpt": "prune and update (calibration)"}
+
+
+def setting_columns(spec: ModelSpec | None = None, explain: bool = False) -> tuple[PruneConfig | None,
+                                                                                     QuantConfig | None]:
+    """The Prune and Quantize columns side by side (with their explanations when ``explain``).
+    A bad setting shows its one-line error in its column and comes back as None."""
+    prune = quant = None
+    prune_column, quant_column = st.columns(2)
+    with prune_column:
+        st.subheader("Prune")
+        with user_errors("pruning"):
+            prune = prune_settings()
+            if explain:
+                explain_prune(prune)
+    with quant_column:
+        st.subheader("Quantize")
+        with user_errors("quantization"):
+            quant = quant_settings()
+            if explain:
+                explain_quant(quant, spec)
+    return prune, quant
 
 
 def prune_settings(where=st) -> PruneConfig | None:
