@@ -4,12 +4,14 @@ A folder counts as a saved model when it holds memopt's manifest (``memopt.json`
 itself is the record, so the Runs page lists what is on disk, whoever saved it."""
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from memopt_core.config import RunConfig
 from memopt_core.loading.cache import cache_dir
@@ -72,13 +74,16 @@ def list_saved() -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: row["saved"], reverse=True)
 
 
-def zip_folder(folder: str | Path) -> IO[bytes]:
-    """A temporary file holding ``folder`` as a zip (entries under the folder's name), at offset 0."""
+def zip_folder(folder: str | Path) -> io.BufferedReader:
+    """``folder`` as a zip (entries under the folder's name) in a temporary file, open for reading
+    at offset 0. A reader, not the writable temporary file: ``st.download_button`` takes bytes,
+    ``BytesIO`` or ``BufferedReader``, and refuses a read-write ``BufferedRandom``."""
     folder = Path(folder)
-    archive = tempfile.TemporaryFile()
-    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zipped:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                zipped.write(path, Path(folder.name) / path.relative_to(folder))
-    archive.seek(0)
-    return archive
+    with tempfile.NamedTemporaryFile(suffix=".zip", delete=False) as archive:
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zipped:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    zipped.write(path, Path(folder.name) / path.relative_to(folder))
+    reader = open(archive.name, "rb")
+    os.unlink(archive.name)  # the open reader keeps the bytes until it is closed
+    return reader

@@ -2,6 +2,8 @@
 Llama at Q4_1 with its round trip and a download."""
 from __future__ import annotations
 
+import pytest
+
 from page_support import app_cache, errors, new_app, no_exception, use_tiny_model  # noqa: F401
 
 
@@ -34,3 +36,16 @@ def test_export_tiny_llama_to_gguf_q4_1_and_verify(app_cache):
     assert metrics["Perplexity (memopt)"] == metrics["Perplexity (format's loader)"]
     assert any("max |weight - memopt's| 0" in caption.value for caption in at.caption)
     assert [button.label for button in at.get("download_button")] == ["Download model.gguf"]
+
+
+@pytest.mark.slow
+def test_export_tiny_llama_to_onnx_runtime_int8_offers_the_folder_as_a_zip(app_cache):
+    at = use_tiny_model(open_deploy())
+    engine = at.selectbox(key="deploy.engine")
+    engine.set_value(next(name for name in engine.options if name.startswith("ONNX Runtime"))).run()
+    at.selectbox(key="deploy.type.onnx").set_value("int8").run()
+    at.button(key="deploy.export").click().run(timeout=600)
+    assert no_exception(at) and not errors(at)
+    metrics = {metric.label: metric.value for metric in at.metric}
+    assert float(metrics["Perplexity (format's loader)"]) > 1  # ONNX Runtime's own int8, run in onnxruntime
+    assert [button.label for button in at.get("download_button")] == ["Download the folder (zip)"]

@@ -6,6 +6,7 @@ import zipfile
 
 import pytest
 import torch
+from streamlit.runtime.download_data_util import convert_data_to_bytes_and_infer_mime
 from streamlit.testing.v1 import AppTest
 
 from memopt_core.compression.weight_view import grid_levels
@@ -115,3 +116,13 @@ def test_zip_folder_holds_every_file(tmp_path):
     with zipfile.ZipFile(io.BytesIO(zip_folder(folder).read())) as archive:
         assert sorted(archive.namelist()) == ["saved-model/memopt.json", "saved-model/sub/weights.bin"]
         assert archive.read("saved-model/sub/weights.bin") == b"\x00" * 100
+
+
+def test_zip_folder_is_data_a_download_button_accepts(tmp_path):
+    """Streamlit's own conversion of download data (it refused the read-write temporary file)."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    data, mime = convert_data_to_bytes_and_infer_mime(zip_folder(tmp_path / "model"),
+                                                      unsupported_error=TypeError("refused"))
+    assert mime == "application/octet-stream"
+    assert zipfile.ZipFile(io.BytesIO(data)).namelist() == ["model/config.json"]
