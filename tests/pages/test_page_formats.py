@@ -1,7 +1,8 @@
 """The Formats page and the Compress page's format choice, through AppTest on a tiny model."""
 from __future__ import annotations
 
-from page_support import app_cache, array, errors, figures, new_app, no_exception, use_tiny_model  # noqa: F401
+from page_support import (app_cache, array, errors, figures, new_app, no_exception, run_setting,  # noqa: F401
+                          use_tiny_model)
 from ui.formats_view import RESULT
 
 LONG_RUN = 900  # seconds: four runs on two shared cores; never a timing assertion
@@ -36,7 +37,7 @@ def test_compress_page_offers_formats_with_a_worked_block(app_cache):
     at.toggle(key="quant.rotate").set_value(True).run()
     assert no_exception(at) and not errors(at)
     assert any("NVFP4 b16 rot" in expander.label for expander in at.expander)
-    at.button(key="compress.run").click().run(timeout=LONG_RUN)
+    run_setting(at)  # live mode runs it; wait for the exact figure
     assert no_exception(at) and not errors(at)
     assert any("A worked block" in markdown.value for markdown in at.markdown)  # the model is loaded now
     worked = at.dataframe[0].value
