@@ -69,6 +69,7 @@ def test_missing_text_file(capsys, tmp_path):
     assert "nope.txt" in message
 
 
+@pytest.mark.slow
 def test_run_json_has_the_documented_fields(capsys):
     code = main(["run", "--model", "tiny-llama", "--bits", "4", "--group-size", "32", "--prune-ratio", "0.5",
                  "--json", *FAST])
@@ -100,6 +101,7 @@ def test_stream_prints_each_window_then_the_result(capsys):
     assert result["compressed"]["exact"] is True and "label" not in result["compressed"]
 
 
+@pytest.mark.slow
 def test_target_ci_stops_early_with_an_estimate(capsys):
     """8-bit barely moves the loss: +-50% on the ratio is reached long before the 16th window."""
     argv = ["run", "--model", "tiny-llama", "--bits", "8", "--target-ci", "0.5", "--json",

@@ -56,6 +56,7 @@ def test_an_architecture_gguf_cannot_describe_is_refused(capsys, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_type_alone_sets_the_setting_and_the_json_holds_the_issue_keys(capsys, tmp_path):
     assert main(["export", "--model", "tiny-llama", "--format", "gguf", "--type", "Q8_0", "--out",
                  str(tmp_path / "q8"), "--json", *FAST]) == 0
@@ -66,6 +67,7 @@ def test_type_alone_sets_the_setting_and_the_json_holds_the_issue_keys(capsys, t
     assert report["memopt"]["perplexity"] > 1
 
 
+@pytest.mark.slow
 def test_saved_run_exports_to_gguf_and_verifies(capsys, tmp_path):
     saved = tmp_path / "saved"
     assert main(["run", "--model", "tiny-llama", "--bits", "4", "--group-size", "32", "--asymmetric",

@@ -46,6 +46,7 @@ def test_run_json_names_the_format_and_counts_every_scale_byte(capsys):
     assert {l["layout"] for l in layers} == {"nf4"}
 
 
+@pytest.mark.slow
 def test_sweep_takes_formats_as_an_axis(tmp_path, capsys):
     code = main(["sweep", "--model", "tiny-llama", "--formats", "int,nf4,mxfp4,q4_k", "--bits", "4",
                  "--group-sizes", "32", "--db", str(tmp_path / "runs.db"), "--json", *FAST])

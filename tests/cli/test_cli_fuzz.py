@@ -260,6 +260,7 @@ def test_hostile_paths_give_one_error_line(places, cheap_runs, capsys, option, v
 TINY = ["--model", "tiny-llama", "--max-tokens", "64", "--seq-len", "32", "--gen-tokens", "0", "--no-zero-shot"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [
     ["run", *TINY, "--bits", "4", "--json"],
     ["run", *TINY, "--bits", "3", "--group-size", "32", "--asymmetric", "--zero-point", "float"],

@@ -32,6 +32,7 @@ def test_bad_recovery_requests(capsys, argv, fragment):
     assert fragment in _error_of(capsys, ["recover", "--model", "tiny-llama", *argv, *FAST])
 
 
+@pytest.mark.slow
 def test_no_layer_selected_and_text_too_short(capsys, tmp_path):
     assert "select none of them" in _error_of(capsys, ["recover", "--model", "tiny-llama", "--bits", "4", "--steps", "1",
                                                        "--train-only", "*.nothing", *TRAIN, *FAST])
@@ -42,6 +43,7 @@ def test_no_layer_selected_and_text_too_short(capsys, tmp_path):
     assert "short.txt" in message and "are needed" in message
 
 
+@pytest.mark.slow
 def test_json_holds_the_run_before_recovery_and_the_curve(capsys, tmp_path):
     code = main(["recover", "--model", "tiny-llama", "--prune-ratio", "0.5", "--bits", "4", "--group-size", "32",
                  "--steps", "2", "--db", str(tmp_path / "runs.db"), "--json", *TRAIN, *FAST])

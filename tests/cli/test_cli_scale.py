@@ -22,6 +22,7 @@ def test_bad_layer_by_layer_settings_are_one_line(capsys, argv, fragment):
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
 
 
+@pytest.mark.slow
 def test_run_with_a_cap_reports_the_route_and_cleans_its_offload_folder(capsys, tmp_path):
     code = main(["run", "--model", "tiny-llama", "--bits", "4", "--max-memory", "5MB", "--offload-dir", str(tmp_path),
                  "--json", *FAST])

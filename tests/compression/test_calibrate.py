@@ -204,6 +204,7 @@ def test_requests_that_cannot_calibrate_fail_clearly(tiny_llama):
         compress_calibrated_(tiny_llama, list(target_linears(tiny_llama)), None, config.quant, _tokens(length=300))
 
 
+@pytest.mark.slow
 def test_runner_records_calibration_and_cli_accepts_the_flags(capsys):
     from memopt_core.cli import main
 

@@ -19,6 +19,7 @@ def _ops(path) -> collections.Counter:
     return collections.Counter(node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
 
 
+@pytest.mark.slow
 def test_float_graph_reproduces_memopts_quantized_model(tmp_path):
     model = compressed(tiny_llama(), QuantConfig(bits=4, granularity="group", group_size=32))
     report = export(source(model, byte_tokenizer(), windows()), ExportRequest("onnx", "fp32", verify=True), tmp_path / "out")
@@ -33,6 +34,7 @@ def test_float_graph_reproduces_memopts_quantized_model(tmp_path):
     assert report.roundtrip.tokens_per_second > 0 and report.memopt["pytorch_dense_fp32_tokens_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_int8_uses_dynamic_quantization_and_stays_close(tmp_path):
     model = compressed(tiny_llama(), None)
     report = export(source(model, byte_tokenizer(), windows()), ExportRequest("onnx", "int8", verify=True), tmp_path / "out")
@@ -44,6 +46,7 @@ def test_int8_uses_dynamic_quantization_and_stays_close(tmp_path):
     assert report.roundtrip.perplexity == pytest.approx(report.memopt["perplexity"], rel=0.02)
 
 
+@pytest.mark.slow
 def test_encoder_int4_runs_matmulnbits_with_high_cosine(tmp_path, tiny_bert):
     sentences = ["a fine film", "the plot drags on and on", "an actor at his best", "dull"]
     tokenizer = _bert_tokenizer()

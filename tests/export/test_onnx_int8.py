@@ -46,6 +46,7 @@ def _with_massive_activation(model):
     return model
 
 
+@pytest.mark.slow
 def test_outlier_input_detected_and_its_matmul_kept_float(tmp_path):
     model = compressed(_with_massive_activation(tiny_llama()), None)
     tokens = windows(2, 64, seed=4)
@@ -63,6 +64,7 @@ def test_outlier_input_detected_and_its_matmul_kept_float(tmp_path):
     assert report.roundtrip.perplexity == pytest.approx(report.memopt["perplexity"], rel=0.05)
 
 
+@pytest.mark.slow
 def test_matmul_nodes_name_memopts_linears(tmp_path):
     model = compressed(tiny_llama(), None)
     report = export(source(model, byte_tokenizer()), ExportRequest("onnx", "fp32"), tmp_path / "out")

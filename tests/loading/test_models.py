@@ -207,6 +207,7 @@ def test_bundled_list_covers_every_bundled_key():
 
 # local folders -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_saved_causal_lm_folder_loads_back_identical(tmp_path):
     original = make_tiny_llama(vocab_size=49152)
     folder = _save_with_tokenizer(original, tmp_path / "llama", bundled.smollm2_tokenizer_folder())

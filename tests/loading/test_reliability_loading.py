@@ -81,6 +81,7 @@ def test_custom_code_is_not_run_without_trust_remote_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_known_architecture_with_auto_map_loads_the_builtin_class_without_running_code(tmp_path):
     folder, marker = _remote_code_folder(tmp_path, "llama")
     loaded = load_model(ModelSpec(str(folder)))
@@ -111,6 +112,7 @@ def test_trust_remote_code_runs_the_code_and_warns(tmp_path):
     assert "may run Python code written by the model's author" in done.stderr
 
 
+@pytest.mark.slow
 def test_trust_remote_code_logs_a_warning(tmp_path, caplog):
     folder = _tiny_folder(tmp_path / "plain")
     with caplog.at_level(logging.WARNING, logger="memopt_core.loading.models"):
@@ -123,6 +125,7 @@ def test_trust_remote_code_logs_a_warning(tmp_path, caplog):
 
 # damaged weights -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "huge-header"])
 def test_damaged_safetensors_is_a_one_line_load_error(tmp_path, damage):
     folder = _tiny_folder(tmp_path / damage)
@@ -180,6 +183,7 @@ def test_the_pickle_payload_works_when_unpickled_unsafely(tmp_path):
     assert zip_marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zip_format", [True, False], ids=["torch-save-zip", "bare-pickle"])
 def test_a_malicious_pickle_checkpoint_is_refused_without_running(tmp_path, zip_format):
     folder, marker = _malicious_bin_folder(tmp_path, "evil-bin", zip_format)
@@ -189,6 +193,7 @@ def test_a_malicious_pickle_checkpoint_is_refused_without_running(tmp_path, zip_
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_safetensors_are_preferred_over_a_malicious_pickle_beside_them(tmp_path):
     folder, marker = _malicious_bin_folder(tmp_path, "both", zip_format=True)
     _tiny_folder(tmp_path / "clean")

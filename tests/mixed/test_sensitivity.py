@@ -112,6 +112,7 @@ def test_pruning_sensitivity_and_bad_requests(fragile_llama, probe):
         units_of(["a.0.b"], "row")
 
 
+@pytest.mark.slow
 def test_encoders_rank_by_cosine_drop():
     loaded = load_model(ModelSpec("tiny-bert"))
     fragile = "encoder.layer.0.output.dense"

@@ -46,6 +46,7 @@ def _same_run(in_memory, layered) -> None:
         assert b["sqnr_db"] == pytest.approx(a["sqnr_db"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_rtn_under_a_cap_equals_in_memory_and_saves_a_loadable_model(bench, tmp_path):
     config = RunConfig(TINY, prune=PruneConfig(ratio=0.5), quant=QuantConfig(bits=4, granularity="group", group_size=32),
                        eval=SMALL_EVAL)
@@ -71,6 +72,7 @@ def test_rtn_under_a_cap_equals_in_memory_and_saves_a_loadable_model(bench, tmp_
     assert manifest["run"]["compressed"]["perplexity"] == pytest.approx(in_memory.compressed["perplexity"])
 
 
+@pytest.mark.slow
 def test_gptq_with_every_module_on_disk_equals_in_memory(bench):
     config = RunConfig(TINY, quant=QuantConfig(method="gptq", bits=4), eval=SMALL_EVAL,
                        calib=CalibConfig(samples=4, seq_len=64))
@@ -81,6 +83,7 @@ def test_gptq_with_every_module_on_disk_equals_in_memory(bench):
     assert layered.protocol["calibration"] == in_memory.protocol["calibration"]
 
 
+@pytest.mark.slow
 def test_sparsegpt_alone_layer_by_layer_equals_in_memory(bench):
     """Calibrated pruning without quantization: the walk, then bitmask storage, one block at a time."""
     config = RunConfig(TINY, prune=PruneConfig(method="sparsegpt", pattern="2:4"), eval=SMALL_EVAL,
@@ -91,6 +94,7 @@ def test_sparsegpt_alone_layer_by_layer_equals_in_memory(bench):
     assert layered.sparsity == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_wanda_then_rtn_layer_by_layer_equals_in_memory(bench):
     """Wanda scores weights by the block's input norms: the inputs captured block by block from the
     previous compressed block must be the in-memory walk's, or the masks (and zeros) would differ."""
@@ -102,6 +106,7 @@ def test_wanda_then_rtn_layer_by_layer_equals_in_memory(bench):
     assert layered.sparsity == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.slow
 def test_a_save_streams_back_with_the_same_outputs(bench, tmp_path):
     config = RunConfig(TINY, quant=QuantConfig(bits=3), eval=SMALL_EVAL)
     bench.run(config, save_dir=str(tmp_path / "saved"))  # the in-memory route's single-file save

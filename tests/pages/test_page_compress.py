@@ -30,6 +30,7 @@ def test_first_render_shows_the_settings_and_loads_no_model(app_cache):
     assert at.button(key="compress.run").label == "Run"
 
 
+@pytest.mark.slow
 def test_run_on_a_causal_lm_shows_quality_memory_charts_and_generations(app_cache):
     at = use_tiny_model(new_app())
     at.selectbox(key="prune.method").set_value("magnitude").run()
@@ -60,6 +61,7 @@ def test_run_on_a_causal_lm_shows_quality_memory_charts_and_generations(app_cach
     assert how == ["How it works: magnitude pruning", "How it works: W4A16 g128 sym"] and at.latex
 
 
+@pytest.mark.slow
 def test_run_on_an_encoder_shows_similarity_and_accuracy_with_intervals(app_cache):
     at = use_tiny_model(new_app(), "tiny-bert")
     at.select_slider(key="quant.bits").set_value(3)
@@ -75,6 +77,7 @@ def test_run_on_an_encoder_shows_similarity_and_accuracy_with_intervals(app_cach
     assert "Sparsity per layer (zeros counted from the weights)" in titles(at)
 
 
+@pytest.mark.slow
 def test_a_new_session_answers_stored_settings_without_loading(app_cache, monkeypatch):
     first = run_setting(use_tiny_model(new_app(), "tiny-bert"))
     assert no_exception(first) and first.metric
@@ -104,6 +107,7 @@ def test_unknown_hub_model_offline_is_an_error_not_a_traceback(app_cache, monkey
     assert no_exception(at) and any("neither a bundled model" in message for message in errors(at))
 
 
+@pytest.mark.slow
 def test_uploaded_text_is_validated(app_cache):
     at = use_tiny_model(new_app(), live=False)
     at.radio(key="eval.text").set_value("upload").run()
@@ -124,6 +128,7 @@ def test_uploaded_text_is_validated(app_cache):
     assert no_exception(at) and not errors(at) and at.metric
 
 
+@pytest.mark.slow
 def test_settings_survive_a_page_switch(app_cache):
     at = use_tiny_model(new_app())
     at.selectbox(key="prune.method").set_value("magnitude").run()
@@ -137,6 +142,7 @@ def test_settings_survive_a_page_switch(app_cache):
     assert at.select_slider(key="quant.bits").value == 8
 
 
+@pytest.mark.slow
 def test_save_compressed_model_writes_a_folder_the_runs_page_offers(app_cache):
     at = run_setting(use_tiny_model(new_app(), "tiny-bert"))
     at.button(key="compress.save").click().run()
@@ -158,6 +164,7 @@ def test_wrong_settings_show_an_error_and_keep_the_page(app_cache):
     assert Path(app_cache).is_dir()
 
 
+@pytest.mark.slow
 def test_two_sessions_keep_their_own_results(app_cache):
     alice = use_tiny_model(new_app(), "tiny-bert", live=False)
     alice.select_slider(key="quant.bits").set_value(8).run()

@@ -22,6 +22,7 @@ def test_table_of_engines_and_k_quants_are_explained(app_cache):
     assert at.button(key="deploy.export").disabled
 
 
+@pytest.mark.slow
 def test_export_tiny_llama_to_gguf_q4_1_and_verify(app_cache):
     at = use_tiny_model(open_deploy())
     at.selectbox(key="deploy.type.gguf").set_value("Q4_1").run()

@@ -1,6 +1,8 @@
 """The Formats page and the Compress page's format choice, through AppTest on a tiny model."""
 from __future__ import annotations
 
+import pytest
+
 from page_support import (app_cache, array, errors, figures, new_app, no_exception, run_setting,  # noqa: F401
                           use_tiny_model)
 from ui.formats_view import RESULT
@@ -14,6 +16,7 @@ def open_formats():
     return use_tiny_model(at)
 
 
+@pytest.mark.slow
 def test_formats_compare_on_the_pareto_front_and_side_by_side(app_cache):
     at = open_formats()
     assert no_exception(at)
@@ -31,6 +34,7 @@ def test_formats_compare_on_the_pareto_front_and_side_by_side(app_cache):
     assert any("Q5_0" in caption.value for caption in at.caption)  # tiny rows of 64: Q4_K fell back
 
 
+@pytest.mark.slow
 def test_compress_page_offers_formats_with_a_worked_block(app_cache):
     at = use_tiny_model(new_app())
     at.selectbox(key="quant.format").set_value("nvfp4").run()

@@ -40,6 +40,7 @@ def test_stored_run_shows_block_by_module_heatmaps(app_cache):
     assert len(at.dataframe[0].value) == 12  # 2 blocks x 6 Linears
 
 
+@pytest.mark.slow
 def test_last_compress_result_comes_first(app_cache):
     at = use_tiny_model(new_app(), "tiny-llama", live=False)
     at.selectbox(key="prune.method").set_value("magnitude").run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from memopt_core.config import EvalConfig, ModelSpec, QuantConfig, RunConfig
@@ -17,6 +18,7 @@ SETTING = RunConfig(ModelSpec("tiny-llama"), quant=QuantConfig(bits=3),
                     eval=EvalConfig(seq_len=32, max_tokens=256, gen_tokens=0, zero_shot=False))
 
 
+@pytest.mark.slow
 def test_a_changed_setting_runs_without_run_and_goes_to_the_store(app_cache):
     at = use_tiny_model(new_app())
     assert "compress.run" not in [button.key for button in at.button]  # live mode: no Run button
@@ -34,6 +36,7 @@ def test_a_changed_setting_runs_without_run_and_goes_to_the_store(app_cache):
     assert any(markdown.value.startswith("**Exact: all 2 windows") for markdown in at.markdown)
 
 
+@pytest.mark.slow
 def test_a_newer_setting_cancels_the_one_in_flight(app_cache):
     at = use_tiny_model(new_app())
     at.select_slider(key="eval.max_tokens").set_value(16384)  # many windows: still running when replaced
@@ -50,6 +53,7 @@ def test_a_newer_setting_cancels_the_one_in_flight(app_cache):
     assert [row["setting"] for row in ResultStore().rows()] == ["W8A16 g128 sym"]  # only finished ones
 
 
+@pytest.mark.slow
 def test_early_stop_labels_an_estimate_and_keeps_it_out_of_the_store(app_cache):
     at = use_tiny_model(new_app())
     at.select_slider(key="eval.max_tokens").set_value(2048)
@@ -68,6 +72,7 @@ def test_early_stop_labels_an_estimate_and_keeps_it_out_of_the_store(app_cache):
     assert ResultStore().count() == 0
 
 
+@pytest.mark.slow
 def test_compression_charts_are_drawn_before_any_estimate(app_cache):
     bench = loaders.workbench(SETTING.model)
     partial = next(bench.run_steps(SETTING)).partial  # the copy is built, nothing evaluated yet

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from page_support import app_cache, errors, figures, new_app, no_exception  # noqa: F401
 
 TINY_CONFIG = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -56,6 +58,7 @@ def test_uploaded_config_is_validated(app_cache):
     assert figures(at) and float(total(at)) > 0
 
 
+@pytest.mark.slow
 def test_compress_page_model_uses_its_config_without_loading(app_cache):
     at = new_app()
     at.selectbox(key="model.choice").set_value("minilm-l6").run()

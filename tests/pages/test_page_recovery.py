@@ -3,6 +3,8 @@ result shows before / after with the same bytes, the store answers it again, and
 Runs show it beside the unrecovered point."""
 from __future__ import annotations
 
+import pytest
+
 from page_support import app_cache, errors, figures, new_app, no_exception, titles, use_tiny_model  # noqa: F401
 from ui.recovery_view import JOB, SHOWN
 from ui.sweep_view import SWEEP
@@ -19,6 +21,7 @@ def _recovery_page(at):
     return at.run()
 
 
+@pytest.mark.slow
 def test_recover_live_then_from_the_store_and_beside_the_sweep(app_cache):
     at = _recovery_page(new_app())
     assert no_exception(at) and not errors(at)

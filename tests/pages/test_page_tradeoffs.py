@@ -76,6 +76,7 @@ def test_rerunning_a_sweep_answers_from_the_store(app_cache):
     assert metric.startswith("cosine similarity")  # encoders are ranked by similarity
 
 
+@pytest.mark.slow
 def test_a_sweep_sent_to_a_ray_cluster_shows_the_same_progress_and_results(app_cache):
     from memopt_core.config import ClusterConfig
     from memopt_core.runs.ray_executor import connect

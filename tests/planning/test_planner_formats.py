@@ -10,6 +10,7 @@ CASES = {"minilm-l6": [QuantConfig(format="q4_k"), QuantConfig(format="q6_k"), Q
                           QuantConfig(format="fp8-e4m3"), QuantConfig(format="q3_k")]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", list(CASES))
 def test_planned_bits_per_weight_equal_a_real_runs(model):
     bench = Workbench.load(ModelSpec(model))

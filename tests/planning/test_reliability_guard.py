@@ -68,6 +68,7 @@ def test_a_bundled_tiny_model_is_refused_when_memory_is_short(monkeypatch):
         load_model(ModelSpec("tiny-llama"))
 
 
+@pytest.mark.slow
 def test_real_models_load_with_the_real_free_memory(tmp_path):
     """The guard must not refuse what fits: a bundled and a local tiny model load on this machine."""
     from transformers import AutoTokenizer

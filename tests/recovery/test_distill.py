@@ -71,6 +71,7 @@ def _validation_perplexity(loop) -> float:
     return metrics.perplexity
 
 
+@pytest.mark.slow
 def test_distillation_lowers_the_kl_to_the_original(llama):
     loop = _loop(llama)
     windows = llama.baseline(SMALL_EVAL).data.windows
@@ -86,6 +87,7 @@ def test_distillation_lowers_the_kl_to_the_original(llama):
     assert loop.best_step == best.step and _validation_perplexity(loop) == best.validation
 
 
+@pytest.mark.slow
 def test_a_stopped_run_keeps_its_best_checkpoint(llama):
     loop, cancel = _loop(llama), threading.Event()
 
@@ -101,6 +103,7 @@ def test_a_stopped_run_keeps_its_best_checkpoint(llama):
     assert loop.summary()["best_step"] == best.step
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_the_run_and_is_never_applied(llama, monkeypatch):
     calls = {"n": 0}
     real = distill.kl_to_teacher
@@ -120,6 +123,7 @@ def test_a_nan_loss_stops_the_run_and_is_never_applied(llama, monkeypatch):
     assert _validation_perplexity(loop) == best.validation
 
 
+@pytest.mark.slow
 def test_encoder_distillation_raises_the_cosine(bert):
     loop = _loop(bert, prune=PruneConfig(ratio=0.5), quant=None)
     _drive(loop)

@@ -30,6 +30,7 @@ def _config(prune=PruneConfig(ratio=0.5), quant=QuantConfig(bits=4, granularity=
     return RunConfig(ModelSpec("tiny-llama"), prune=prune, quant=quant, eval=SMALL_EVAL)
 
 
+@pytest.mark.slow
 def test_recovered_run_reports_before_after_and_keeps_bytes_and_zeros(bench):
     checksum = weights_checksum(bench.loaded.model)
     run = recover(bench, _config(), SMALL)
@@ -49,6 +50,7 @@ def test_recovered_run_reports_before_after_and_keeps_bytes_and_zeros(bench):
     assert result["timings"]["recovery_s"] == recovery["seconds"]
 
 
+@pytest.mark.slow
 def test_training_tokens_come_after_the_evaluated_ones(bench):
     run = recover(bench, _config(), SMALL)
     data = run.recovery["data"]
@@ -57,6 +59,7 @@ def test_training_tokens_come_after_the_evaluated_ones(bench):
     assert data["validation_windows"] == 4 and data["train_windows"] >= 4 * 2
 
 
+@pytest.mark.slow
 def test_bad_requests_fail_with_one_line_before_training(bench, tmp_path):
     with pytest.raises(ConfigError, match="nothing to recover: the setting neither prunes nor quantizes"):
         recover(bench, _config(prune=None, quant=None), SMALL)
@@ -71,6 +74,7 @@ def test_bad_requests_fail_with_one_line_before_training(bench, tmp_path):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_the_store_keeps_recovered_runs_beside_unrecovered_ones(bench, tmp_path):
     store, config = ResultStore(tmp_path / "runs.db"), _config()
     loads = []
@@ -91,6 +95,7 @@ def test_the_store_keeps_recovered_runs_beside_unrecovered_ones(bench, tmp_path)
                                                           "magnitude 50% + W4A16 g32 sym + recovery 4 steps")]
 
 
+@pytest.mark.slow
 def test_a_stopped_recovery_is_stored_under_the_steps_it_ran(bench, tmp_path):
     store, config, cancel = ResultStore(tmp_path / "runs.db"), _config(), threading.Event()
 
@@ -105,6 +110,7 @@ def test_a_stopped_recovery_is_stored_under_the_steps_it_ran(bench, tmp_path):
     assert recovered_label(config, SMALL, 1) == "magnitude 50% + W4A16 g32 sym + recovery 1 of 4 steps (stopped)"
 
 
+@pytest.mark.slow
 def test_recovered_weights_stay_finite_and_the_model_is_frozen_again(bench):
     run = recover(bench, _config(quant=QuantConfig(bits=3)), SMALL)
     assert not any(p.requires_grad for p in run.compressed.model.parameters())

@@ -26,6 +26,7 @@ def setting(bits: int, evaluation: EvalConfig = EVAL) -> RunConfig:
     return RunConfig(ModelSpec("tiny-llama"), quant=QuantConfig(bits=bits), eval=evaluation)
 
 
+@pytest.mark.slow
 def test_a_new_workbench_takes_the_original_from_disk(tmp_path):
     store = ReferenceStore(tmp_path / "references")
     first, first_calls = counted(store)
@@ -43,6 +44,7 @@ def test_a_new_workbench_takes_the_original_from_disk(tmp_path):
     assert again.compressed["zero_shot"] == before.compressed["zero_shot"]
 
 
+@pytest.mark.slow
 def test_a_stored_longer_run_serves_a_shorter_protocol(tmp_path):
     store = ReferenceStore(tmp_path)
     counted(store)[0].run(setting(4, EvalConfig(seq_len=64, max_tokens=512, gen_tokens=0, zero_shot=False)))
@@ -55,6 +57,7 @@ def test_a_stored_longer_run_serves_a_shorter_protocol(tmp_path):
     assert longer.original(EvalConfig(seq_len=64, max_tokens=1024, gen_tokens=0, zero_shot=False)).lm.resumed_windows == 8
 
 
+@pytest.mark.slow
 def test_an_unreadable_reference_is_scored_again_and_rewritten(tmp_path):
     store = ReferenceStore(tmp_path)
     evaluation = EvalConfig(seq_len=64, max_tokens=128, gen_tokens=0, zero_shot=False)
@@ -80,6 +83,7 @@ def test_reference_store_round_trip_checks_its_key(tmp_path):
     assert store.load(other) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compute", [None, "bfloat16"])
 def test_compute_dtype_keys_the_reference(tmp_path, compute):
     store = ReferenceStore(tmp_path)

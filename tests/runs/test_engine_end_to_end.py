@@ -91,6 +91,7 @@ def test_save_and_reload_give_the_same_figures(llama_bench, tmp_path):
     assert reloaded.loaded.label.endswith("(random weights)")
 
 
+@pytest.mark.slow
 def test_notes_say_random_weights_and_simulated_memory(llama_bench):
     result = llama_bench.run(_config(quant=QuantConfig(bits=4, storage="fake")))
     assert any("random weights" in n for n in result.notes)

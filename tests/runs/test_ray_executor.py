@@ -40,6 +40,7 @@ def _same_rows(ray_table, local_table):
         assert ray_table[column].tolist() == pytest.approx(local_table[column].tolist(), rel=1e-5, abs=1e-7), column
 
 
+@pytest.mark.slow
 def test_ray_sweep_equals_the_local_one_and_stores_every_result(cluster, local_table, tmp_path):
     store = ResultStore(tmp_path / "runs.db")
     seen = []
@@ -55,6 +56,7 @@ def test_ray_sweep_equals_the_local_one_and_stores_every_result(cluster, local_t
     assert again.from_store == 4 and again.computed == 0  # answered by the store, no worker started
 
 
+@pytest.mark.slow
 def test_a_killed_workers_setting_is_run_again(cluster, local_table, tmp_path):
     store = ResultStore(tmp_path / "runs.db")
     executor = RayExecutor(TWO_WORKERS)
