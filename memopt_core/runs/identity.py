@@ -103,6 +103,8 @@ def eval_identity(spec: ModelSpec, config: EvalConfig, targets: TargetConfig) ->
 def reference_identity(spec: ModelSpec, kind: str, **protocol: Any) -> dict[str, Any]:
     """The key of a stored reference of the original (``kind``: lm-windows, zero-shot, generation):
     the model's fingerprint, how it is held and run, and the protocol fields that change its figures."""
+    # loading.devices imports torch: store keys of other kinds are computed without it (a stored
+    # result answers before any model library loads).
     from memopt_core.loading.devices import resolve_device
 
     return {"kind": kind, "version": IDENTITY_VERSION, "model": model_identity(spec), "dtype": spec.dtype,

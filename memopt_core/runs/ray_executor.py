@@ -15,6 +15,9 @@ Without an address, Ray starts a local cluster that can only be reached from thi
 bound to 127.0.0.1, no dashboard, no usage statistics. With one, it joins that cluster; its
 workers then need memopt's dependencies, the model at the same path (or the bundled packages)
 and the results database on a disk they all share (see the README).
+
+Ray is imported inside the functions that use it: importing it takes seconds, and a sweep run in
+this process (the default executor) never needs it.
 """
 from __future__ import annotations
 
