@@ -13,10 +13,12 @@ import time
 
 import torch
 from torch import Tensor, nn
+from transformers import StoppingCriteria, StoppingCriteriaList
 
+from memopt_core.compression.dequantize_once import dequantized_once
 from memopt_core.errors import DataError
 from memopt_core.evaluation.compute import model_device, synchronize
-from memopt_core.evaluation.progressive import check_windows
+from memopt_core.evaluation.progressive import CancelToken, check_windows
 from memopt_core.evaluation.stats import AccuracyResult
 
 SENTIMENT_PROMPT = "Review: {text}\nSentiment (positive or negative):"
@@ -130,16 +132,29 @@ def zero_shot_sentiment(model: nn.Module, tokenizer, sentences: list[tuple[str, 
     return sentiment_accuracy(zero_shot_scores(model, tokenizer, sentences, batch_size), sentences)
 
 
-def greedy_generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    """Greedy (deterministic) continuation of ``prompt``; returns only the new text."""
+class _Cancelled(StoppingCriteria):
+    """Stops generation between tokens once ``cancel`` is set."""
+
+    def __init__(self, cancel: CancelToken):
+        self.cancel = cancel
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def greedy_generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int,
+                    cancel: CancelToken | None = None) -> str:
+    """Greedy (deterministic) continuation of ``prompt``; returns only the new text (cut short
+    when ``cancel`` is set). Compressed layers dequantize once for all the new tokens."""
     if max_new_tokens <= 0:
         return ""
     encoded = tokenizer(prompt, return_tensors="pt")
     device = model_device(model)
     ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
-    with torch.inference_mode():
+    stopping = StoppingCriteriaList([_Cancelled(cancel)] if cancel is not None else [])
+    with torch.inference_mode(), dequantized_once(model):
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=_pad_id(tokenizer))
+                             do_sample=False, pad_token_id=_pad_id(tokenizer), stopping_criteria=stopping)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 

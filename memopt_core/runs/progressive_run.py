@@ -6,7 +6,7 @@ estimate after each scored window, then the exact result (``Workbench.run`` is t
 1. :class:`Compressed` once the copy is built: memory, per-layer sparsity, bytes and SQNR, notes;
 2. an :class:`memopt_core.evaluation.lm_records.Estimate` after each window (causal LMs);
 3. the :class:`RunResult`, exact, or labelled "estimate from N tokens" when ``target_ci`` stopped
-   it early. A set ``cancel`` token ends the steps between windows without a result.
+   it early. A set ``cancel`` token ends the steps between windows (or generated tokens) without a result.
 """
 from __future__ import annotations
 
@@ -40,6 +40,10 @@ def estimate_label(tokens: int) -> str:
     return f"estimate from {tokens:,} tokens"
 
 
+def _is_set(cancel: CancelToken | None) -> bool:
+    return cancel is not None and cancel.is_set()
+
+
 def _copy_lm_metrics(bench, config: RunConfig, original: OriginalEvaluation, model, cancel: CancelToken | None,
                      target_ci: float | None, timings: dict[str, float]) -> Iterator[Estimate | dict]:
     """Score the copy window by window (yielding estimates), then zero-shot and generation; the
@@ -48,7 +52,7 @@ def _copy_lm_metrics(bench, config: RunConfig, original: OriginalEvaluation, mod
     scorer = WindowScorer(model, original.data.windows, original.lm, evaluation.kl_top_k,
                           compute=evaluation.compute_dtype)
     yield from scorer.steps(cancel, target_ci)
-    if scorer.scored_windows == 0 or (cancel is not None and cancel.is_set()):
+    if scorer.scored_windows == 0 or _is_set(cancel):
         return
     metrics, _ = scorer.result()
     timings["evaluate_s"] = scorer.seconds
@@ -60,11 +64,12 @@ def _copy_lm_metrics(bench, config: RunConfig, original: OriginalEvaluation, mod
         if evaluation.zero_shot:
             scores = zero_shot_scores(model, bench.loaded.tokenizer, original.data.sentences)
             out["zero_shot"] = asdict(sentiment_accuracy(scores, original.data.sentences))
-        if evaluation.gen_tokens:
+        if evaluation.gen_tokens and not _is_set(cancel):
             out["generation"] = {"prompt": evaluation.prompt, "text": greedy_generate(
-                model, bench.loaded.tokenizer, evaluation.prompt, evaluation.gen_tokens)}
+                model, bench.loaded.tokenizer, evaluation.prompt, evaluation.gen_tokens, cancel)}
     timings["zero_shot_and_generation_s"] = time.perf_counter() - began
-    yield out
+    if not _is_set(cancel):  # a cancelled run ends without a result, even after its last window
+        yield out
 
 
 def _record_kernels(model, rows: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
@@ -103,7 +108,7 @@ def run_steps(bench, config: RunConfig, cancel: CancelToken | None = None, targe
                "protocol": run_protocol(original, compressed.calibration), "notes": run_notes(bench.loaded, config, memory) + format_notes(config.quant, rows)}
     timings["layers_s"] = time.perf_counter() - began - timings["compress_s"]
     yield Compressed(partial)
-    if cancel is not None and cancel.is_set():
+    if _is_set(cancel):
         return
     if original.lm is None:
         metrics, _ = evaluate(compressed.model, bench.loaded, original.data, config.eval, original.other())
