@@ -18,7 +18,6 @@ from memopt_core.errors import ConfigError
 from memopt_core.runs.store import ResultStore, default_db_path
 from memopt_core.runs.stored import StoredRun, config_key, store_result
 from memopt_core.runs.stored import stored_run as engine_stored_run
-from ui.engine_threads import use_engine_threads
 
 MAX_MODELS_ENV = "MEMOPT_MAX_MODELS"
 DEFAULT_MAX_MODELS = 2
@@ -57,7 +56,6 @@ def _cached_workbench(spec: ModelSpec):
     # torch + transformers load here, on the first model load: opening the app or a stored result needs neither.
     from memopt_core.runs.workbench import Workbench
 
-    use_engine_threads()
     bench = Workbench.load(spec)
     with _loaded_lock:
         _loaded.add(spec)
