@@ -138,10 +138,32 @@ def onload_(model: nn.Module, prefix: str, index: Index, device: torch.device) -
         set_module_tensor_to_device(model, name, device, value=tensor)
 
 
+def _forget_tied_(model: nn.Module, pointers: set[int]) -> None:
+    """Drop the tensors at ``pointers`` from accelerate's ``tied_params_map`` (data pointer ->
+    device -> tensor, one dict shared by the dispatch hooks still attached). A resident tied
+    tensor (SmolLM2's embedding and head: 108 MiB) is recorded there at dispatch and would stay
+    alive after its module is released."""
+    maps = {}
+    for module in model.modules():
+        hook = getattr(module, "_hf_hook", None)
+        for each in getattr(hook, "hooks", None) or [hook]:  # a SequentialHook holds several
+            tied = getattr(each, "tied_params_map", None)
+            if tied is not None:
+                maps[id(tied)] = tied
+    for tied in maps.values():
+        for pointer, by_device in tied.items():
+            if pointer in pointers or any(t.data_ptr() in pointers for t in by_device.values()):
+                by_device.clear()  # the key stays: accelerate looks it up in later forwards
+
+
 def release_(model: nn.Module, prefix: str) -> None:
-    """Drop every tensor of the module ``prefix`` (in place: they move to the meta device)."""
-    for name in _tensor_names(model, prefix):
+    """Drop every tensor of the module ``prefix`` (in place: they move to the meta device), and
+    accelerate's record of the tied ones."""
+    names = _tensor_names(model, prefix)
+    pointers = {_tensor(model, n).data_ptr() for n in names if _tensor(model, n).device.type != "meta"}
+    for name in names:
         set_module_tensor_to_device(model, name, "meta")
+    _forget_tied_(model, pointers)
 
 
 def plan_device_map(model: nn.Module, device: torch.device, cap: int) -> dict[str, Any]:
