@@ -14,7 +14,6 @@ save, sharded or not. Pickled ``.bin`` checkpoints would have to be read whole, 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,18 +101,15 @@ def weights_index(folder: Path, model: nn.Module) -> Index:
 
 
 def read_tensors(index: Index, names: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-    """The tensors ``names`` read from their files (one opening per file) in their index dtype,
-    each a copy that owns its memory. safetensors hands out views into a mapping of the whole
-    file, which stays mapped (with every page read through it resident) while any view lives: one
-    tensor kept from each streamed block would keep the whole checkpoint resident."""
-    by_file: dict[str, list[str]] = defaultdict(list)
-    for name in names:
-        by_file[index[name]["safetensors_file"]].append(name)
+    """The tensors ``names`` read from their files in their index dtype, each a copy that owns
+    its memory. safetensors hands out views into a mapping of the whole file, and every page read
+    through a mapping counts as resident until it is closed: the file is opened once per tensor
+    (about 0.6 ms), so reading the resident modules holds them plus one tensor, not twice over."""
     out = {}
-    for file, file_names in by_file.items():
-        with safe_open(file, framework="pt", device=str(device)) as handle:
-            for name in file_names:
-                out[name] = handle.get_tensor(index[name]["weight_name"]).to(getattr(torch, index[name]["dtype"]), copy=True)
+    for name in names:
+        where = index[name]
+        with safe_open(where["safetensors_file"], framework="pt", device=str(device)) as handle:
+            out[name] = handle.get_tensor(where["weight_name"]).to(getattr(torch, where["dtype"]), copy=True)
     return out
 
 
