@@ -121,6 +121,26 @@ def nbits_weight(grid: QuantizedWeight, slot_bits: int, name: str = "layer") -> 
     return NBitsWeight(pack_blocks(values, slot_bits, block), scales, zero_points, k, n, slot_bits, block)
 
 
+def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: ``[rows, bytes]`` -> uint8 ``[rows, count]``."""
+    shifts = (np.arange(8 // bits) * bits).astype(np.uint8)
+    values = (packed[..., None] >> shifts) & ((1 << bits) - 1)  # [rows, bytes, 8 / bits]
+    return values.reshape(packed.shape[0], -1)[:, :count].astype(np.uint8)
+
+
+def decode(weight: NBitsWeight) -> np.ndarray:
+    """The operator's formula in numpy: ``W [N, K]`` float32 = ``(q - zero_point) * scale`` per block."""
+    n, k_blocks, _ = weight.packed.shape
+    q = unpack_bits(weight.packed.reshape(n, -1), weight.bits, k_blocks * weight.block_size)
+    if weight.zero_points is None:
+        zero = np.full((n, k_blocks), 1 << (weight.bits - 1), dtype=np.float32)
+    else:
+        zero = unpack_bits(weight.zero_points, weight.bits, k_blocks).astype(np.float32)
+    blocks = q.reshape(n, k_blocks, weight.block_size).astype(np.float32)
+    w = (blocks - zero[..., None]) * weight.scales[..., None]  # [N, k_blocks, block]
+    return w.reshape(n, -1)[:, :weight.K]
+
+
 def node(weight: NBitsWeight, a: str, names: tuple[str, str, str | None], output: str, node_name: str):
     """The MatMulNBits NodeProto computing ``output = a @ W^T``; ``names`` = (B, scales, zero_points)."""
     inputs = [a, names[0], names[1]] + ([names[2]] if weight.zero_points is not None else [])
