@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 from torch import nn
 
-from memopt_core.compression.walk import linear_layers
+from memopt_core.compression.walk import effective_weight, linear_layers
 from memopt_core.errors import ConfigError, MemoptError
 from memopt_core.export import matmul_nbits, onnx_int8
 from memopt_core.export.layer_plan import grid_of
@@ -98,3 +98,23 @@ def _drop_unused(graph: onnx.GraphProto) -> None:
     used = {name for n in graph.node for name in n.input}
     for tensor in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(tensor)
+
+
+def weight_errors(path: Path, model: nn.Module) -> dict[str, float]:
+    """Linear name -> max |weight ONNX Runtime decodes from the file at ``path`` - memopt's weight|,
+    each MatMulNBits node decoded by ORT's own kernel (:func:`matmul_nbits.ort_dequantized`)."""
+    graph = onnx.load(str(path)).graph
+    constants = {t.name: t for t in graph.initializer}
+    linears, errors = linear_layers(model), {}
+    for node in graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        linear = node.input[1].removesuffix(".qweight")
+        attrs = {a.name: a.i for a in node.attribute}
+        zeros = numpy_helper.to_array(constants[node.input[3]]) if len(node.input) > 3 else None
+        weight = matmul_nbits.NBitsWeight(numpy_helper.to_array(constants[node.input[1]]),
+                                          numpy_helper.to_array(constants[node.input[2]]), zeros,
+                                          attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"])
+        memopt = effective_weight(linears[linear]).detach().float().numpy()  # [N, K]
+        errors[linear] = float(np.abs(matmul_nbits.ort_dequantized(weight).T - memopt).max())
+    return errors
