@@ -28,10 +28,14 @@ from memopt_core.evaluation.intervals import DEFAULT_INTERVAL, check_method, mea
 from memopt_core.evaluation.lm_records import Estimate, LMMetrics, LMReference
 from memopt_core.evaluation.stats import rest_log_mass
 
-# Float32 logits per batch (64 MiB). Log-softmax and the reference hold a few copies of them;
-# on CPU one 512-token window with a 49k vocabulary already fills the budget, and measured
-# throughput there drops with larger batches, so only small-vocabulary models get batched.
+# Float32 logits per batch (64 MiB). On CPU one 512-token window with a 49k vocabulary already
+# fills the budget, and measured throughput there drops with larger batches, so only
+# small-vocabulary models get batched.
 _LOGITS_BUDGET = 1 << 24
+# Float32 elements of one slice of positions scored at a time (8 MiB). Log-softmax, the KL's
+# exponentials and the reference's top-k each make a copy of what they are given: done on slices,
+# those copies stay small while the model's own logits [B, S, V] are the only whole ones.
+SLICE_ELEMENTS = 1 << 21
 
 
 class CancelToken(Protocol):
@@ -73,9 +77,24 @@ def _check_options(kl_top_k: int | None, batch_size: int | None, target_ci: floa
 
 def auto_batch_size(model: nn.Module, windows: Tensor) -> int:
     """Windows per forward so that the float32 logits stay within about 64 MiB."""
+    return max(1, min(windows.shape[0], _LOGITS_BUDGET // (windows.shape[1] * _vocab(model))))
+
+
+def _vocab(model: nn.Module) -> int:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    vocab = getattr(head, "out_features", None) or getattr(model.config, "vocab_size", 1)
-    return max(1, min(windows.shape[0], _LOGITS_BUDGET // (windows.shape[1] * vocab)))
+    return getattr(head, "out_features", None) or getattr(model.config, "vocab_size", 1)
+
+
+def slice_rows(model: nn.Module, elements: int = SLICE_ELEMENTS) -> int:
+    """Positions scored at a time so that a float32 slice [rows, V] holds about ``elements``."""
+    return max(1, elements // _vocab(model))
+
+
+def position_slices(logits: Tensor, rows: int) -> Iterator[Tensor]:
+    """Views [<= rows, V] of ``logits`` [B, S, V], in the order of ``logits.flatten(0, 1)``."""
+    for window in logits:
+        for start in range(0, window.shape[0], rows):
+            yield window[start:start + rows]
 
 
 def _reference_part(log_probs: Tensor, top1: Tensor, nll: Tensor, kl_top_k: int | None) -> dict[str, Tensor]:
@@ -100,7 +119,7 @@ class WindowScorer:
 
     def __init__(self, model: nn.Module, windows: Tensor, reference: ReferenceSource | None = None,
                  kl_top_k: int | None = 64, batch_size: int | None = None, interval: str = DEFAULT_INTERVAL,
-                 compute: str | None = None):
+                 compute: str | None = None, slice_elements: int = SLICE_ELEMENTS):
         _check_options(kl_top_k, batch_size, None)
         self.model, self.windows = model, check_windows(windows)
         self.targets = self.windows[:, 1:].reshape(-1)  # [N]
@@ -109,6 +128,7 @@ class WindowScorer:
         if isinstance(reference, LMReference):
             _check_reference(reference, self.targets)
         self.batch_size = batch_size or auto_batch_size(model, self.windows)
+        self.slice_rows = slice_rows(model, slice_elements)
         self.per_window = self.windows.shape[1] - 1
         self.reason, self.seconds, self.scored_windows = "", 0.0, 0
         # Per-token figures, one float64 CPU tensor per batch: nll, correct (0/1) and, against a
@@ -129,9 +149,9 @@ class WindowScorer:
             raise DataError("the reference was scored on other windows than these; evaluate both models on the same windows")
         return reference
 
-    def _score_batch(self, log_probs: Tensor, targets: Tensor) -> None:
-        """Keep one batch's per-token figures: log-probs [T, V], targets [T] (T = rows of the batch)."""
-        start, count = self.scored_windows * self.per_window, len(targets)
+    def _score_rows(self, log_probs: Tensor, targets: Tensor, start: int) -> None:
+        """Keep the per-token figures of rows ``start:start+T``: log-probs [T, V], targets [T]."""
+        count = len(targets)
         top1 = log_probs.argmax(-1)  # [T]
         nll = -log_probs.gather(-1, targets[:, None]).squeeze(1).double()  # [T]
         rows = {"nll": nll.cpu(), "correct": (top1 == targets).double().cpu()}
@@ -144,15 +164,26 @@ class WindowScorer:
             self._rows[name].append(values)
         self._parts.append(_reference_part(log_probs, top1, nll, self.kl_top_k))
 
+    def _score_batch(self, logits: Tensor, targets: Tensor) -> None:
+        """Keep one batch's per-token figures: logits [B, S-1, V] as the model computes them,
+        targets [B*(S-1)]. Scored a slice of positions at a time (see ``SLICE_ELEMENTS``): each
+        row's log-softmax and figures depend on that row alone, so the figures are the same."""
+        start = self.scored_windows * self.per_window
+        for piece in position_slices(logits, self.slice_rows):
+            count = piece.shape[0]
+            self._score_rows(piece.float().log_softmax(-1), targets[:count], start)
+            targets, start = targets[count:], start + count
+
     def _forward(self, batch: Tensor) -> Tensor | None:
-        """Log-probs [B*(S-1), V] float32 of one batch [B, S]; None (and a reason) on NaN/Inf logits."""
+        """Logits [B, S-1, V] of one batch [B, S] (a view into the model's); None (and a reason)
+        when some are NaN or Inf."""
         logits = self.model(input_ids=batch, use_cache=False).logits[:, :-1]  # [B, S-1, V]
-        if not torch.isfinite(logits).all():
+        if not all(torch.isfinite(piece).all() for piece in position_slices(logits, self.slice_rows)):
             first = self.scored_windows
             self.reason = (f"logits contain NaN or Inf in windows {first}-{first + len(batch) - 1}: "
                            "the weights or the dtype's range broke the model")
             return None
-        return logits.float().log_softmax(-1).flatten(0, 1)
+        return logits
 
     def _score_next_batch(self) -> bool:
         """Score the next batch of windows; False when its logits are not finite (``reason`` says why).
@@ -167,12 +198,14 @@ class WindowScorer:
         began = time.perf_counter()
         with torch.inference_mode(), compute_in(self.model, self.compute):
             batch = batch.to(device)
-            log_probs = self._forward(batch)
-            if log_probs is not None:
-                self._score_batch(log_probs, batch[:, 1:].reshape(-1))
+            logits = self._forward(batch)
+            finite = logits is not None
+            if finite:
+                self._score_batch(logits, batch[:, 1:].reshape(-1))
+            del logits  # [B, S-1, V]: freed before the next batch's forward, not after it
         synchronize(device)
         self.seconds += time.perf_counter() - began
-        return log_probs is not None
+        return finite
 
     def _advance_batch(self) -> tuple[int, int] | None:
         """Score the next batch; (first, last) window numbers scored, or None when it diverged."""

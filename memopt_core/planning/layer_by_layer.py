@@ -7,11 +7,11 @@ resident and streams the rest one block at a time, so its peak is about:
 - one streamed block twice: its dense weights read from disk and the compressed copy built from
   them (an upper bound: packed codes are smaller); and the embedding (or head) matrix once when
   the cap is below it, since it is then read from disk for every forward;
-- working memory: one evaluation window's activations, with its float32 logits held
-  ``LOGIT_COPIES`` times (the logits, their finiteness mask, the log-probabilities, the exponentials
-  of the KL's rest bucket, and what the allocator keeps between them: 5 copies measured on SmolLM2,
-  512 tokens x 49,152), and for calibrated methods the
-  calibration batch through one block (hidden states in and out, the block's intermediates, the
+- working memory: one evaluation window's activations and its logits ``[seq_len, vocab]`` in
+  float32 once, as the model's head returns them (SmolLM2, 512 x 49,152: 96 MiB), plus
+  ``SLICE_COPIES`` slices of positions being scored (log-probabilities, the KL's exponentials,
+  their top-k; ``SLICE_ELEMENTS`` each, 8 MiB: the scorer never copies the whole logits), and
+  for calibrated methods the calibration batch through one block (hidden states in and out, the block's intermediates, the
   float32 copy of the widest layer input and its ``[in, in]`` Hessian).
 
 From the planner's exact parameter counts; theoretical like every planner figure (the
@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from memopt_core.evaluation.progressive import SLICE_ELEMENTS
 from memopt_core.planning.counting import count_parameters
 from memopt_core.planning.presets import ModelDims, check_sizes, load_config
 
-LOGIT_COPIES = 5
+SLICE_COPIES = 3
 FLOAT32 = 4
 
 
@@ -48,7 +49,8 @@ class LayerByLayerPeak:
 def _working_bytes(dims: ModelDims, causal: bool, seq_len: int, calib_tokens: int, dtype_bytes: int) -> int:
     """One evaluation window, or the calibration batch through one block, whichever is larger."""
     per_token = (4 * dims.hidden + 2 * dims.intermediate) * dtype_bytes
-    evaluation = seq_len * per_token + (LOGIT_COPIES * seq_len * dims.vocab * FLOAT32 if causal else 0)
+    logits = seq_len * dims.vocab  # [S, V] of one window
+    evaluation = seq_len * per_token + ((logits + SLICE_COPIES * min(SLICE_ELEMENTS, logits)) * FLOAT32 if causal else 0)
     if not calib_tokens:
         return evaluation
     widest = max(dims.hidden, dims.intermediate)

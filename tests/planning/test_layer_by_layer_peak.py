@@ -18,8 +18,9 @@ def test_peak_by_hand_for_a_tiny_llama():
     # norms 2 x 64 per block + 64; tied embeddings 1000 x 64.
     block = (12_288 + 24_576) * 4
     weights = (64_000 + 2 * (12_288 + 24_576) + 5 * 64) * 4
-    # one 512-token window: (4 x 64 + 2 x 128) x 4 bytes per token, plus 5 copies of the fp32 logits
-    working = 512 * (4 * 64 + 2 * 128) * 4 + 5 * 512 * 1000 * 4
+    # one 512-token window: (4 x 64 + 2 x 128) x 4 bytes per token, its fp32 logits once (512 x 1000),
+    # and 3 slices of positions being scored: 2**21 elements each, capped at the whole logits here
+    working = 512 * (4 * 64 + 2 * 128) * 4 + 512 * 1000 * 4 + 3 * 512 * 1000 * 4
     peak = estimate_peak(TINY, 4, max_memory=100_000)
     assert (peak.weights_bytes, peak.block_bytes, peak.embedding_bytes) == (weights, block, 64_000 * 4)
     # the cap is below the embeddings too: they are read from disk at each forward
@@ -31,6 +32,15 @@ def test_peak_by_hand_for_a_tiny_llama():
     assert (roomy.resident_bytes, roomy.streamed_bytes) == (weights, 0)  # it all fits: nothing streamed
 
 
+def test_logits_counted_once_plus_three_slices_for_a_large_vocabulary():
+    # SmolLM2's shape of head: 512 x 49,152 float32 logits = 96 MiB once, and 3 slices of 2**21
+    # float32 elements (8 MiB each) while they are scored
+    config = {**TINY, "vocab_size": 49_152}
+    working = 512 * (4 * 64 + 2 * 128) * 4 + 512 * 49_152 * 4 + 3 * 2**21 * 4
+    assert estimate_peak(config, 4, max_memory=100_000).working_bytes == working
+    assert working // 2**20 == 121
+
+
 def test_calibration_batch_through_one_block_counts_when_larger():
     tokens = 64 * 512
     peak = estimate_peak(TINY, 4, max_memory=100_000, calib_tokens=tokens)
@@ -39,11 +49,11 @@ def test_calibration_batch_through_one_block_counts_when_larger():
 
 
 def test_suggested_cap_is_the_largest_whose_peak_fits():
-    usable = 12_000_000  # leaves a cap between the embeddings (256 KB) and the whole model (552 KB)
+    usable = 10_000_000  # leaves a cap between the embeddings (256 KB) and the whole model (552 KB)
     peak = suggest_cap(TINY, 4, usable)
     assert peak.total_bytes == usable and peak.max_memory >= peak.embedding_bytes  # the embeddings stay resident
     assert estimate_peak(TINY, 4, peak.max_memory + 1).total_bytes > usable
-    assert suggest_cap(TINY, 4, 11_500_000) is None  # one window's work and one block leave no room for them
+    assert suggest_cap(TINY, 4, 9_700_000) is None  # one window's work and one block leave no room for them
 
 
 def test_the_guard_offers_the_layer_by_layer_route_with_its_peak():
