@@ -3,7 +3,8 @@
     python bench/bench_export.py [--max-tokens 4096]
 
 Targets (issue 10): for GGUF Q8_0, Q4_1 g32, Q4_0 g32, compressed-tensors W4 g64 and W8 per-channel,
-and ONNX Runtime int8 and int4: weight bytes in the file vs memopt's stored bytes (within 2%, the
+ONNX Runtime int8 and int4, and memopt's own codes in ONNX Runtime's MatMulNBits (int4-codes W4 g32,
+int8-codes W8 per-channel; rows 8-9): weight bytes in the file vs memopt's stored bytes (within 2%, the
 file's metadata and tokenizer apart); perplexity from the format's loader vs memopt's on the same
 windows (within 0.5%; the ORT rows are ORT's own re-quantization, so they are rows of their own);
 ONNX Runtime's tokens per second vs PyTorch dense fp32 on the same windows. Also: re-exporting at
@@ -40,6 +41,10 @@ ROWS = (  # label, format, type, group size, memopt setting (None: the dense mod
     ("compressed-tensors W8 per-channel", "compressed-tensors", "W8A16", None, QuantConfig(bits=8)),
     ("ONNX Runtime int8", "onnx", "int8", None, None),
     ("ONNX Runtime int4", "onnx", "int4", None, None),
+    ("ONNX Runtime int4-codes (memopt's W4 g32 sym codes in MatMulNBits)", "onnx", "int4-codes", None,
+     QuantConfig(bits=4, granularity="group", group_size=32)),
+    ("ONNX Runtime int8-codes (memopt's W8 per-channel codes in MatMulNBits)", "onnx", "int8-codes", None,
+     QuantConfig(bits=8)),
 )
 
 
@@ -93,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--part", choices=("all", "smollm2", "minilm"), default="all")
-    parser.add_argument("--rows", default=None, help="comma-separated row numbers (1-7) of the SmolLM2 table")
+    parser.add_argument("--rows", default=None, help=f"comma-separated row numbers (1-{len(ROWS)}) of the SmolLM2 table")
     args = parser.parse_args()
     if args.part != "smollm2":
         minilm()

@@ -46,9 +46,9 @@ def target_widgets() -> tuple[str, str | None, bool]:
 
 
 def typed_setting(fmt: str, type_name: str | None, config: RunConfig | None) -> RunConfig | None:
-    """The setting to ship: a type that fixes a memopt setting (GGUF, compressed-tensors) replaces the
-    quantization of ``config``, and the page says so."""
-    if config is None or type_name is None or fmt == "onnx":
+    """The setting to ship: a type that fixes a memopt setting (GGUF, compressed-tensors, ONNX ``-codes``)
+    replaces the quantization of ``config``, and the page says so."""
+    if config is None or type_name is None or (fmt == "onnx" and not format_type(fmt, type_name).memopt_codes):
         return config
     quant = setting_for_type(format_type(fmt, type_name), config.quant, {})
     if quant != config.quant:

@@ -36,10 +36,12 @@ _CELLS = {
                            "W4A16 / W8A16, exact (groups must divide the rows)", "W4A16-asym, exact",
                            "held in int4 slots: exact", "held in int8 slots: exact", "held in int8 slots: exact",
                            "zeros stored dense (the bitmask format is gone upstream)", "not a quantized format"),
-    "onnx": ("float graph of memopt's weights, or ORT int8", "float graph, or ORT MatMulNBits int4",
-             "float graph, or ORT int4 (re-quantized)", "float graph, or ORT int8 / int4 (re-quantized)",
-             "float graph, or ORT int4 (re-quantized)", "float graph (ORT has no 3/2-bit weights)",
-             "float graph", "float graph", "zeros stored dense", "float graph"),
+    "onnx": ("int8-codes (memopt's codes in MatMulNBits), exact; or ORT int8", "int4-codes, exact; or ORT int4",
+             "float graph, or ORT int4 (re-quantized): MatMulNBits has no float minimum",
+             "int4-codes / int8-codes, exact (blocks of a power of two >= 16 inside each group, scales repeated)",
+             "int4-codes / int8-codes with integer zero points, exact",
+             "int4-codes holding the codes: exact (3-bit groups a multiple of 16)", "int8-codes holding the codes: exact",
+             "int8-codes holding the codes: exact", "zeros stored dense (codes of 0)", "float graph"),
 }
 
 

@@ -4,8 +4,10 @@ A GGUF ``Q4_1`` block is 32 weights ``w = d * q + m`` with an fp16 scale ``d``, 
 ``m`` and 4-bit codes ``q``: exactly memopt's 4-bit asymmetric group-32 grid with a float minimum,
 so ``--type Q4_1`` alone means that setting, and the codes memopt evaluated are the codes written.
 compressed-tensors ``pack-quantized`` holds signed int4/int8 codes with a scale per channel or per
-group (and an integer zero point when asymmetric). ONNX types are ONNX Runtime's own quantizers
-applied to the exported float graph, so they set no memopt setting.
+group (and an integer zero point when asymmetric). ONNX ``int8``/``int4`` are ONNX Runtime's own
+quantizers applied to the exported float graph, so they set no memopt setting; ``int4-codes`` and
+``int8-codes`` ship memopt's own codes and scales in ONNX Runtime's MatMulNBits operator, so they
+mean a memopt setting of at most that many bits (4-bit / 8-bit symmetric g32 when none is given).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class FormatType:
     zero_kind: str | None = None  # 'symmetric', 'float' (a float minimum) or 'int' (integer zero point)
     group_size: int | None = None
     dense_dtype: str | None = None
+    memopt_codes: bool = False  # an ONNX type holding memopt's own codes (MatMulNBits), not ORT's re-quantization
 
     @property
     def is_quantized(self) -> bool:
@@ -39,7 +42,7 @@ class FormatType:
 
     def quant_config(self, group_size: int | None = None) -> QuantConfig | None:
         """The memopt setting this type means (None: the float weights as they are)."""
-        if self.format == "onnx":
+        if self.format == "onnx" and not self.memopt_codes:
             return None
         if not self.is_quantized:
             return {"float16": QuantConfig(method="fp16"), "bfloat16": QuantConfig(method="bf16")}.get(self.dense_dtype)
@@ -76,6 +79,12 @@ ONNX_TYPES = {t.name: t for t in (
     FormatType("onnx", "int8", "ONNX Runtime dynamic quantization: int8 weights per channel, "
                                "activations quantized at run time (MatMulInteger)", 8, "symmetric"),
     FormatType("onnx", "int4", "ONNX Runtime MatMulNBits: 4-bit symmetric weights in blocks of 32", 4, "symmetric", 32),
+    FormatType("onnx", "int4-codes", "memopt's own codes (up to 4 bits) and scales in ONNX Runtime MatMulNBits: "
+                                     "exactly what memopt evaluated (symmetric or integer zero point; groups a "
+                                     "multiple of 16; fp32 scales)", 4, "symmetric", 32, memopt_codes=True),
+    FormatType("onnx", "int8-codes", "memopt's own codes (up to 8 bits) and scales in ONNX Runtime MatMulNBits "
+                                     "(bits=8): exactly what memopt evaluated (symmetric or integer zero point; groups "
+                                     "a multiple of 16; fp32 scales)", 8, "symmetric", 32, memopt_codes=True),
 )}
 
 TYPES = {"gguf": GGUF_TYPES, "compressed-tensors": CT_TYPES, "onnx": ONNX_TYPES}
@@ -116,7 +125,10 @@ def setting_for_type(ftype: FormatType, given: QuantConfig | None, explicit: dic
     ``given`` is the setting the flags describe; ``explicit`` holds only the flags the user typed
     (``bits``, ``group_size``, ``asymmetric``, ``zero_point``, ``per_tensor``). A type that fixes a
     setting (GGUF, compressed-tensors) replaces ``given``, and a typed flag that says otherwise is a
-    ConfigError naming both. ONNX types keep ``given``: ONNX Runtime quantizes the exported graph."""
+    ConfigError naming both. ONNX Runtime's own types keep ``given`` (it quantizes the exported graph);
+    the ``-codes`` types keep a ``given`` integer setting that fits their bits."""
+    if ftype.memopt_codes:
+        return _codes_setting(ftype, given, explicit)
     if ftype.format == "onnx":
         return given
     group = explicit.get("group_size") if ftype.format == "compressed-tensors" else None
@@ -130,3 +142,26 @@ def setting_for_type(ftype: FormatType, given: QuantConfig | None, explicit: dic
             raise ConfigError(f"--type {ftype.name} means {meaning}; --{flag.replace('_', '-')} {value} contradicts it "
                               "(drop the flag, or drop --type to let the setting choose the type)")
     return wanted
+
+
+def _codes_setting(ftype: FormatType, given: QuantConfig | None, explicit: dict[str, object]) -> QuantConfig:
+    """The setting an ONNX ``-codes`` type ships: ``given`` when it is an integer grid MatMulNBits can
+    hold in ``ftype.bits``-bit codes, the type's default (symmetric g32) when nothing was given."""
+    if given is None or given.is_cast:
+        if explicit.get("bits") not in (None, ftype.bits):
+            raise ConfigError(f"--type {ftype.name} ships memopt's integer codes of at most {ftype.bits} bits; "
+                              f"--bits {explicit['bits']} has none")
+        given = ftype.quant_config()
+    if given.format != "int" or given.rotate != "none" or given.storage != "packed":
+        raise ConfigError(f"--type {ftype.name} ships memopt's stored integer codes; {given.label} has none that "
+                          "MatMulNBits decodes (choose the integer grid, unrotated and packed, or the fp32 type)")
+    if given.bits > ftype.bits:
+        raise ConfigError(f"--type {ftype.name} holds codes of at most {ftype.bits} bits; {given.label} has "
+                          f"{given.bits} (choose int8-codes, or fewer bits)")
+    if not given.symmetric and given.zero_point == "float":
+        raise ConfigError(f"--type {ftype.name}: MatMulNBits decodes (code - integer zero point) * scale and cannot "
+                          "hold a float minimum; use --zero-point int, or export to gguf Q4_1")
+    if given.granularity == "group" and (given.group_size & -given.group_size) < 16:
+        raise ConfigError(f"--type {ftype.name}: groups of {given.group_size} hold no MatMulNBits block (a power "
+                          "of two >= 16 dividing the group); choose a group size such as 32, 64 or 128")
+    return given

@@ -18,6 +18,7 @@ from memopt_core.compression.layers import QuantLinear
 from memopt_core.compression.walk import effective_weight
 from memopt_core.errors import ConfigError
 from memopt_core.export.formats import CT_TYPES, GGUF_BLOCK, GGUF_TYPES, FormatType
+from memopt_core.export import matmul_nbits
 from memopt_core.export.gguf_blocks import BLOCK, BLOCK_BYTES
 from memopt_core.primitives.quant import QuantizedWeight, quantize_weight
 
@@ -205,6 +206,8 @@ def onnx_layer_plan(name: str, module: nn.Module, ftype: FormatType) -> LayerPla
     source = source_label(module)
     if not ftype.is_quantized:
         return LayerPlan(name, source, ftype.name, DENSE, True, "memopt's weights as float32 (de-quantized)", 32.0)
+    if ftype.memopt_codes:
+        return _codes_plan(name, module, ftype)
     if ftype.name == "int8":
         return LayerPlan(name, source, ftype.name, REQUANTIZED, False,
                          "ONNX Runtime dynamic quantization: uint8 per output channel (fp32 scale, uint8 zero "
@@ -212,6 +215,21 @@ def onnx_layer_plan(name: str, module: nn.Module, ftype: FormatType) -> LayerPla
     return LayerPlan(name, source, ftype.name, REQUANTIZED, False,
                      f"ONNX Runtime MatMulNBits: 4-bit symmetric blocks of {ftype.group_size} with fp32 scales",
                      ftype.bits + 32 / ftype.group_size)
+
+
+def _codes_plan(name: str, module: nn.Module, ftype: FormatType) -> LayerPlan:
+    """memopt's codes in MatMulNBits (ConfigError when they do not fit); float Linears stay float32."""
+    grid = grid_of(module)
+    if grid is None:
+        return LayerPlan(name, source_label(module), "fp32", DENSE, True, "left float by memopt: float32 MatMul", 32.0)
+    matmul_nbits.check_grid(grid, ftype.bits, name)
+    block = matmul_nbits.block_size_for(grid, name)
+    zeros = grid.zero_kind == "int"
+    bpw = ftype.bits + (32 + (ftype.bits if zeros else 0)) / block
+    how = WIDENED if grid.bits < ftype.bits else COPIED
+    note = (f"memopt's codes{' and integer zero points' if zeros else ''} in MatMulNBits blocks of {block}, "
+            "fp16 scales as fp32" + (f"; {grid.bits}-bit codes in {ftype.bits}-bit slots" if how == WIDENED else ""))
+    return LayerPlan(name, source_label(module), ftype.name, how, module.mask is None, note, bpw)
 
 
 def kept_float_plan(plan: LayerPlan, zeroed: float | None) -> LayerPlan:

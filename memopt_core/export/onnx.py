@@ -5,7 +5,8 @@ so ``fp32`` reproduces the compressed model. ``int8`` is ONNX Runtime's dynamic 
 (uint8 weights per channel, activations quantized at run time, MatMuls whose inputs carry outliers
 kept float: see ``onnx_int8``) and ``int4`` its MatMulNBits quantizer (4-bit symmetric blocks of
 32): both re-quantize the float graph with ORT's rules, so they are their own rows, measured on the
-same windows. Causal LMs take ``input_ids`` and return
+same windows. ``int4-codes`` / ``int8-codes`` instead put memopt's own codes and scales into
+MatMulNBits nodes (see ``onnx_codes``): what ONNX Runtime runs is what memopt evaluated. Causal LMs take ``input_ids`` and return
 ``logits`` (no cache); encoders take ``input_ids`` and ``attention_mask`` and return
 ``last_hidden_state``.
 """
@@ -28,7 +29,8 @@ from torch import nn
 from memopt_core.compression.compress import structural_copy
 from memopt_core.compression.layers import dense_linear
 from memopt_core.compression.walk import effective_weight, linear_layers, set_module
-from memopt_core.export import onnx_int8
+from memopt_core.export import onnx_codes, onnx_int8
+from memopt_core.export.formats import ONNX_TYPES
 
 MODEL_FILE = "model.onnx"
 OPSET = 18
@@ -130,18 +132,24 @@ def write_onnx(model: nn.Module, tokenizer, kind: str, folder: Path,
                type_name: str) -> tuple[list[str], dict[str, float | None]]:
     """Write ``folder``: ``model.onnx`` (+ its external data), config.json and the tokenizer.
 
-    ``type_name``: ``fp32``, ``int8`` or ``int4``. ``model`` is not changed. Returns notes, and for
+    ``type_name``: ``fp32``, ``int8``, ``int4``, ``int4-codes`` or ``int8-codes``. ``model`` is not changed. Returns notes, and for
     int8 the Linears left float (name -> share of their input a uint8 step would zero, None when
     ONNX Runtime itself left the MatMul float)."""
     target, dense = folder / MODEL_FILE, dense_copy(model)
     notes, kept_float = [], {}
+    ftype = ONNX_TYPES[type_name]
+    codes = onnx_codes.layer_weights(model, ftype.bits) if ftype.memopt_codes else None  # refuse before writing
     if type_name == "fp32":
         export_float(dense, kind, target)
     else:
         scratch = folder / ".float"
         scratch.mkdir()
         export_float(dense, kind, scratch / MODEL_FILE)
-        if type_name == "int8":
+        if codes is not None:
+            onnx_codes.replace_matmuls(scratch / MODEL_FILE, target, codes)
+            notes = [f"memopt's own codes and scales in {len(codes)} MatMulNBits nodes ({ftype.bits}-bit slots, "
+                     "fp16 scales widened to fp32): ONNX Runtime decodes exactly the weights memopt evaluated"]
+        elif type_name == "int8":
             notes, kept_float = _int8(dense, tokenizer, kind, scratch / MODEL_FILE, target)
         else:
             logging.disable(logging.WARNING)  # ONNX Runtime's quantizers log every tensor on the root logger

@@ -19,6 +19,7 @@ from memopt_core.errors import ConfigError, UnsupportedModelError
 from memopt_core.export import compressed_tensors as ct
 from memopt_core.export import gguf as gguf_writer
 from memopt_core.export import onnx as onnx_writer
+from memopt_core.export import onnx_codes
 from memopt_core.export import verify
 from memopt_core.export.files import check_destination, listing, staged_folder, tensor_bytes
 from memopt_core.export.formats import ONNX_TYPES, FormatType, check_format, format_type
@@ -166,6 +167,10 @@ def roundtrip(source: ExportSource, request: ExportRequest, folder: Path) -> ver
         runner = onnx_writer.OrtCausalLM if source.kind == "causal-lm" else onnx_writer.OrtEncoder
         loaded = runner(folder / onnx_writer.MODEL_FILE, source.model.config)
         result = verify.RoundTrip("onnxruntime InferenceSession (CPUExecutionProvider)")
+        if request.format_type is not None and request.format_type.memopt_codes:
+            errors = onnx_codes.weight_errors(folder / onnx_writer.MODEL_FILE, source.model)
+            result.loader = f"MatMulNBits decoded by ONNX Runtime's own kernel; {result.loader}"
+            result.max_abs_weight_error, result.layer_errors = verify.max_error(errors), errors
     _measure(result, loaded, source, request)
     return result
 

@@ -31,6 +31,18 @@ def test_contradicting_or_unknown_types_are_refused(capsys, tmp_path, extra, fra
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("extra, fragment", [
+    (["--bits", "4", "--asymmetric", "--zero-point", "float", "--group-size", "32"], "cannot hold a float minimum"),
+    (["--bits", "4", "--group-size", "24"], "groups of 24 hold no MatMulNBits block"),
+    (["--bits", "8"], "holds codes of at most 4 bits"),
+])
+def test_onnx_codes_refuse_settings_matmulnbits_cannot_hold(capsys, tmp_path, extra, fragment):
+    error = _one_line_error(capsys, ["export", "--model", "tiny-llama", "--format", "onnx", "--type", "int4-codes",
+                                     "--out", str(tmp_path / "out"), *extra, *FAST])
+    assert fragment in error
+    assert not (tmp_path / "out").exists()
+
+
 def test_existing_destination_and_flags_with_from_are_refused(capsys, tmp_path):
     (tmp_path / "taken").mkdir()
     assert "already exists" in _one_line_error(capsys, ["export", "--model", "tiny-llama", "--format", "onnx",

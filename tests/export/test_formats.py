@@ -44,7 +44,7 @@ def test_contradictions_are_one_line(fmt, type_name, flags, fragment):
 
 
 @pytest.mark.parametrize("fmt, type_name, fragment", [
-    ("gguf", "Q6_K", "k-quant"), ("gguf", "W4A16", "choose 'Q8_0'"), ("onnx", "int3", "choose 'fp32', 'int8' or 'int4'"),
+    ("gguf", "Q6_K", "k-quant"), ("gguf", "W4A16", "choose 'Q8_0'"), ("onnx", "int3", "choose 'fp32', 'int8', 'int4', 'int4-codes' or 'int8-codes'"),
     ("safetensors", "Q4_0", "export format 'safetensors' is not supported"),
 ])
 def test_unknown_types_name_the_choices(fmt, type_name, fragment):

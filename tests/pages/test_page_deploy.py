@@ -50,3 +50,19 @@ def test_export_tiny_llama_to_onnx_runtime_int8_offers_the_folder_as_a_zip(app_c
     metrics = {metric.label: metric.value for metric in at.metric}
     assert float(metrics["Perplexity (format's loader)"]) > 1  # ONNX Runtime's own int8, run in onnxruntime
     assert [button.label for button in at.get("download_button")] == ["Download the folder (zip)"]
+
+
+@pytest.mark.slow
+def test_onnx_int4_codes_keeps_a_fitting_setting_and_plans_matmulnbits(app_cache):
+    at = use_tiny_model(open_deploy())
+    engine = at.selectbox(key="deploy.engine")
+    engine.set_value(next(name for name in engine.options if name.startswith("ONNX Runtime"))).run()
+    at.selectbox(key="deploy.type.onnx").set_value("int4-codes").run()
+    # the page's default W4 per-channel setting fits MatMulNBits, so it is shipped as it is (no swap)
+    assert not any("means" in info.value for info in at.info)
+    at.button(key="deploy.plan_button").click().run()
+    assert no_exception(at) and not errors(at)
+    plan = at.dataframe[0].value
+    assert set(plan["becomes"]) == {"int4-codes", "fp32"} and plan["exact"].all()  # lm_head stays float
+    # per-channel rows of 64 / 128 inputs: one block a row, 4 bits + an fp32 scale per 64 / 128 weights
+    assert set(plan.loc[plan["becomes"] == "int4-codes", "bpw in format"]) == {4 + 32 / 64, 4 + 32 / 128}

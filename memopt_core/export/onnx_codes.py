@@ -1,0 +1,120 @@
+"""Put memopt's own codes into the exported ONNX graph: each quantized Linear's MatMul becomes a
+``com.microsoft.MatMulNBits`` node holding memopt's codes and scales (:mod:`matmul_nbits`).
+
+torch.onnx (dynamo) folds each block Linear's weight into a constant stored transposed, ``[in, out]``,
+fed straight to a MatMul; a weight computed in the graph (a tied ``lm_head``: Transpose of the
+embedding) comes through a Transpose of an ``[out, in]`` constant. Both are recognised; the float
+constant must equal memopt's de-quantized weight, so a wrong node mapping cannot go unnoticed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from torch import nn
+
+from memopt_core.compression.walk import effective_weight, linear_layers
+from memopt_core.errors import ConfigError, MemoptError
+from memopt_core.export import matmul_nbits, onnx_int8
+from memopt_core.export.layer_plan import grid_of
+
+
+def layer_weights(model: nn.Module, slot_bits: int) -> dict[str, matmul_nbits.NBitsWeight]:
+    """Linear name -> MatMulNBits tensors of every quantized Linear of ``model`` (not changed);
+    a ConfigError names the first layer MatMulNBits cannot hold exactly."""
+    weights = {}
+    for name, module in linear_layers(model).items():
+        grid = grid_of(module)
+        if grid is None and type(module) is not nn.Linear:
+            raise ConfigError(f"{name} is a {type(module).__name__}, not memopt's integer codes: MatMulNBits cannot "
+                              "hold it (choose the fp32 type)")
+        if grid is None:
+            continue  # left float by memopt (embeddings, lm_head by default): stays float in the graph
+        if module.mask is not None:
+            raise ConfigError(f"{name}: pruned weights need memopt's mask on this grid, and MatMulNBits has none")
+        weights[name] = matmul_nbits.nbits_weight(grid, slot_bits, name)
+    if not weights:
+        raise ConfigError("this setting quantizes no Linear, so there are no memopt codes to ship; give --bits 4 or 8 "
+                          "(or choose the fp32, int8 or int4 type)")
+    return weights
+
+
+def _float_weight(graph: onnx.GraphProto, node: onnx.NodeProto) -> tuple[onnx.TensorProto, bool]:
+    """The constant a MatMul multiplies by, and whether it is stored ``[out, in]`` behind a Transpose."""
+    constants = {t.name: t for t in graph.initializer}
+    if node.input[1] in constants:
+        return constants[node.input[1]], False
+    producer = next((n for n in graph.node if node.input[1] in n.output), None)
+    if producer is not None and producer.op_type == "Transpose" and producer.input[0] in constants:
+        return constants[producer.input[0]], True
+    raise ConfigError(f"ONNX node {node.name} multiplies by a weight computed in the graph; MatMulNBits needs a "
+                      "constant weight")
+
+
+def _check_same(tensor: onnx.TensorProto, transposed: bool, expected: np.ndarray, name: str) -> None:
+    """The traced float weight must be memopt's de-quantized weight ``expected [K, N]``."""
+    values = numpy_helper.to_array(tensor)
+    values = values.T if transposed else values
+    if values.shape != expected.shape or not np.allclose(values, expected, rtol=0, atol=1e-6):
+        raise MemoptError(f"{name}: the traced ONNX weight is not memopt's de-quantized weight (node mapping broken)")
+
+
+def replace_matmuls(source: Path, target: Path, weights: dict[str, matmul_nbits.NBitsWeight]) -> None:
+    """Read the float graph ``source``, swap the MatMul of every Linear in ``weights`` for MatMulNBits,
+    write ``target`` (weights in ``target.name + '.data'``). Unused float weights are dropped."""
+    nodes = onnx_int8.matmul_nodes(source)
+    model = onnx.load(str(source))
+    graph = model.graph
+    by_name = {n.name: i for i, n in enumerate(graph.node)}
+    for linear, weight in weights.items():
+        if linear not in nodes or graph.node[by_name[nodes[linear]]].op_type != "MatMul":
+            raise ConfigError(f"{linear}: no MatMul traced from it in the ONNX graph (a Gemm or fused form); "
+                              "MatMulNBits replaces MatMuls")
+        old = graph.node[by_name[nodes[linear]]]
+        tensor, transposed = _float_weight(graph, old)
+        _check_same(tensor, transposed, matmul_nbits.decode(weight).T, linear)
+        names = (f"{linear}.qweight", f"{linear}.scales", f"{linear}.qzeros")
+        graph.initializer.extend(numpy_helper.from_array(array, name) for array, name in
+                                 zip((weight.packed, weight.scales, weight.zero_points), names) if array is not None)
+        old.CopyFrom(matmul_nbits.node(weight, old.input[0], names, old.output[0], old.name))
+    _drop_unused(graph)
+    if not any(o.domain == matmul_nbits.DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(matmul_nbits.DOMAIN, 1))
+    onnx.save(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=f"{target.name}.data", size_threshold=1024)
+
+
+def _drop_unused(graph: onnx.GraphProto) -> None:
+    """Remove Transposes and constants nothing reads any more (the float weights replaced)."""
+    while True:
+        used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type == "Transpose" and not set(n.output) & used]
+        for n in dead:
+            graph.node.remove(n)
+        if not dead:
+            break
+    used = {name for n in graph.node for name in n.input}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+
+
+def weight_errors(path: Path, model: nn.Module) -> dict[str, float]:
+    """Linear name -> max |weight ONNX Runtime decodes from the file at ``path`` - memopt's weight|,
+    each MatMulNBits node decoded by ORT's own kernel (:func:`matmul_nbits.ort_dequantized`)."""
+    graph = onnx.load(str(path)).graph
+    constants = {t.name: t for t in graph.initializer}
+    linears, errors = linear_layers(model), {}
+    for node in graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        linear = node.input[1].removesuffix(".qweight")
+        attrs = {a.name: a.i for a in node.attribute}
+        zeros = numpy_helper.to_array(constants[node.input[3]]) if len(node.input) > 3 else None
+        weight = matmul_nbits.NBitsWeight(numpy_helper.to_array(constants[node.input[1]]),
+                                          numpy_helper.to_array(constants[node.input[2]]), zeros,
+                                          attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"])
+        memopt = effective_weight(linears[linear]).detach().float().numpy()  # [N, K]
+        errors[linear] = float(np.abs(matmul_nbits.ort_dequantized(weight).T - memopt).max())
+    return errors

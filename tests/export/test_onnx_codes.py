@@ -1,0 +1,121 @@
+"""memopt's own codes in ONNX Runtime MatMulNBits: bytes against hand-worked blocks, ORT's own kernel
+decodes memopt's weights bit for bit, the exported model's logits are memopt's, refusals write nothing."""
+import collections
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from memopt_core.config import QuantConfig
+from memopt_core.errors import ConfigError
+from memopt_core.export.formats import ONNX_TYPES, setting_for_type
+from memopt_core.export.matmul_nbits import decode, nbits_weight, ort_dequantized
+from memopt_core.export.onnx import OrtCausalLM
+from memopt_core.export.service import ExportRequest, export
+from memopt_core.primitives.quant import QuantizedWeight, dequantize, quantize_weight
+from support import byte_tokenizer, compressed, source, tiny_llama, windows
+
+
+def _grid(codes, scale, zero=None, bits=4, group=32, kind="symmetric") -> QuantizedWeight:
+    codes = torch.tensor(codes, dtype=torch.uint8)
+    return QuantizedWeight(codes, torch.tensor(scale, dtype=torch.float16),
+                           None if zero is None else torch.tensor(zero, dtype=torch.float16), bits, group, kind,
+                           tuple(codes.shape))
+
+
+def test_symmetric_4bit_block_bytes_by_hand():
+    codes = [list(range(16)) * 2, [15 - c for c in range(16)] * 2]  # [N=2, K=32]: one block of 32 a row
+    weight = nbits_weight(_grid(codes, [[0.5], [0.25]]), 4)
+    assert (weight.K, weight.N, weight.bits, weight.block_size) == (32, 2, 4, 32)
+    # byte j of a block = code[2j] | code[2j+1] << 4: (0,1) -> 0x10, (2,3) -> 0x32 ...; row 1: (15,14) -> 0xEF
+    assert weight.packed.shape == (2, 1, 16)
+    assert list(weight.packed[0, 0, :8]) == [0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE]
+    assert list(weight.packed[1, 0, :2]) == [0xEF, 0xCD]
+    assert weight.scales.dtype == np.float32 and weight.scales.tolist() == [[0.5], [0.25]]
+    assert weight.zero_points is None  # the operator's default 8 is memopt's symmetric offset
+
+
+def test_integer_zero_points_packed_low_nibble_first_and_scales_repeated():
+    # K=64 in groups of 32 -> 2 blocks a row; zeros 3, 12 (row 0) and 7, 0 (row 1)
+    codes = [[5] * 64, [9] * 64]
+    weight = nbits_weight(_grid(codes, [[1.0, 2.0], [3.0, 4.0]], [[3, 12], [7, 0]], kind="int"), 4)
+    assert weight.zero_points.tolist() == [[3 | 12 << 4], [7]]
+    assert weight.scales.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert decode(weight)[0, :32].tolist() == [2.0] * 32 and decode(weight)[0, 32:].tolist() == [-14.0] * 32
+    # per-channel 8-bit on K=96: blocks of 32 (the largest power of two dividing 96), the scale repeated 3 times
+    wide = nbits_weight(_grid([[130] * 96], [[0.125]], bits=8, group=96), 8)
+    assert wide.block_size == 32 and wide.scales.tolist() == [[0.125] * 3] and wide.packed.shape == (1, 3, 32)
+    assert set(wide.packed.ravel().tolist()) == {130}
+
+
+def test_narrower_symmetric_codes_sit_in_wider_slots():
+    # 2-bit symmetric code c decodes (c - 2) * s; in a 4-bit slot with default zero point 8 it is c + 6
+    weight = nbits_weight(_grid([[0, 1, 2, 3] * 8], [[1.0]], bits=2), 4)
+    assert list(weight.packed[0, 0, :2]) == [6 | 7 << 4, 8 | 9 << 4]
+    assert decode(weight)[0, :4].tolist() == [-2.0, -1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("in_features, cfg, slot", [
+    (64, QuantConfig(bits=4, granularity="group", group_size=32), 4),
+    (100, QuantConfig(bits=4, granularity="group", group_size=32), 4),  # a shorter last group: a padded block
+    (96, QuantConfig(bits=4, granularity="group", group_size=32, symmetric=False), 4),
+    (576, QuantConfig(bits=8), 8),  # per channel on SmolLM2's width: blocks of 64, the row's scale repeated
+    (576, QuantConfig(bits=8, granularity="group", group_size=64, symmetric=False), 8),
+    (64, QuantConfig(bits=3, granularity="group", group_size=16), 4),
+    (64, QuantConfig(bits=4, granularity="per-tensor"), 8),
+])
+def test_ort_kernel_decodes_memopts_weight_exactly(in_features, cfg, slot):
+    torch.manual_seed(0)
+    grid = quantize_weight(torch.randn(24, in_features), cfg)
+    weight = nbits_weight(grid, slot)
+    memopt = dequantize(grid).numpy()  # [N, K]
+    assert np.array_equal(ort_dequantized(weight).T, memopt)  # ONNX Runtime's own MatMulNBits kernel
+    assert np.array_equal(decode(weight), memopt)
+
+
+@pytest.mark.parametrize("cfg, words", [
+    (QuantConfig(bits=4, granularity="group", group_size=32, symmetric=False, zero_point="float"), "float minimum"),
+    (QuantConfig(bits=4, granularity="group", group_size=24), "groups of 24"),
+    (QuantConfig(bits=8, granularity="group", group_size=32), "at most 4 bits"),
+])
+def test_settings_matmulnbits_cannot_hold_are_refused_in_one_line(cfg, words):
+    with pytest.raises(ConfigError, match=words) as error:
+        setting_for_type(ONNX_TYPES["int4-codes"], cfg, {})
+    assert "\n" not in str(error.value)
+
+
+def test_type_alone_means_symmetric_g32_and_keeps_a_given_setting():
+    assert setting_for_type(ONNX_TYPES["int4-codes"], None, {}).label == "W4A16 g32 sym"
+    given = QuantConfig(bits=8, symmetric=False)
+    assert setting_for_type(ONNX_TYPES["int8-codes"], given, {"bits": 8, "asymmetric": True}) is given
+
+
+def test_refused_export_writes_nothing(tmp_path):
+    model = compressed(tiny_llama(hidden=32), QuantConfig(bits=4, granularity="group", group_size=32,
+                                                          symmetric=False, zero_point="float"))
+    with pytest.raises(ConfigError, match="float minimum") as error:
+        export(source(model, byte_tokenizer()), ExportRequest("onnx", "int4-codes"), tmp_path / "out")
+    assert "\n" not in str(error.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("type_name, cfg", [
+    ("int4-codes", QuantConfig(bits=4, granularity="group", group_size=32)),
+    ("int8-codes", QuantConfig(bits=8, symmetric=False)),  # per channel, integer zero points
+])
+def test_onnx_runtime_runs_memopts_codes(tmp_path, type_name, cfg):
+    model = compressed(tiny_llama(), cfg)
+    report = export(source(model, byte_tokenizer(), windows()), ExportRequest("onnx", type_name, verify=True),
+                    tmp_path / "out")
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx"),
+                                                            load_external_data=False).graph.node)
+    assert ops["MatMulNBits"] == 14 and ops["MatMul"] >= 1  # 14 block Linears; lm_head (left float) stays MatMul
+    assert report.roundtrip.max_abs_weight_error == 0.0 and len(report.roundtrip.layer_errors) == 14
+    assert all(p.exact for p in report.layers) and report.layers[-1].target == "fp32"
+    runner = OrtCausalLM(tmp_path / "out" / "model.onnx", model.config)
+    ids = windows(3, 48, seed=5)
+    with torch.no_grad():
+        assert torch.allclose(runner(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
+    assert report.roundtrip.perplexity == pytest.approx(report.memopt["perplexity"], rel=1e-5)
