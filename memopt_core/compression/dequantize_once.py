@@ -18,8 +18,6 @@ from contextlib import contextmanager
 from torch import nn
 
 from memopt_core.compression.layers import COMPRESSED_LINEARS
-from memopt_core.evaluation.compute import model_device
-from memopt_core.planning import guard
 
 # Kept weights may take at most this share of free memory: generation itself and the page need the rest.
 SHARE_OF_FREE_MEMORY = 0.5
@@ -31,16 +29,16 @@ def _dense_bytes(layers: list[nn.Module]) -> int:
 
 
 @contextmanager
-def dequantized_once(model: nn.Module) -> Iterator[bool]:
+def dequantized_once(model: nn.Module, free_bytes: int) -> Iterator[bool]:
     """Within the block, each compressed layer of ``model`` dequantizes once per dtype.
 
-    Yields whether the weights are kept (False: not enough free memory, nothing changes). The
-    layers' results are bit-identical either way: the kept tensor is the one a forward would build.
+    ``free_bytes``: free memory where the model lives (the caller asks the memory guard). Yields
+    whether the weights are kept (False: not enough free memory, nothing changes). The layers'
+    results are bit-identical either way: the kept tensor is the one a forward would build.
     """
     layers = [m for m in model.modules()
               if type(m).__name__ in COMPRESSED_LINEARS and "dequantized_weight" not in vars(m)]
-    free = guard.device_available_bytes(model_device(model))
-    keep = bool(layers) and _dense_bytes(layers) <= SHARE_OF_FREE_MEMORY * free
+    keep = bool(layers) and _dense_bytes(layers) <= SHARE_OF_FREE_MEMORY * free_bytes
     if keep:
         for layer in layers:  # an instance attribute shadows the class's method until deleted
             layer.dequantized_weight = functools.cache(layer.dequantized_weight)

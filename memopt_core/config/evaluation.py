@@ -6,6 +6,12 @@ from dataclasses import dataclass
 from memopt_core.config.checks import one_of, require, require_number
 from memopt_core.config.choices import BUNDLED_TEXTS, COMPUTE_DTYPES
 
+# Float32 elements of one slice of positions scored at a time (8 MiB). Log-softmax, the KL's
+# exponentials and the reference's top-k each make a copy of what they are given: done on slices,
+# those copies stay small while the model's own logits [B, S, V] are the only whole ones. Kept
+# here, not in the scorer, because the layer-by-layer planner counts the same slices.
+SLICE_ELEMENTS = 1 << 21
+
 
 @dataclass(frozen=True)
 class EvalConfig:

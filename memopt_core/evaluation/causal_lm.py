@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from memopt_core.compression.dequantize_once import dequantized_once
 from memopt_core.errors import DataError
 from memopt_core.evaluation.compute import model_device, synchronize
 from memopt_core.evaluation.progressive import CancelToken, check_windows
@@ -145,14 +144,16 @@ class _Cancelled(StoppingCriteria):
 def greedy_generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int,
                     cancel: CancelToken | None = None) -> str:
     """Greedy (deterministic) continuation of ``prompt``; returns only the new text (cut short
-    when ``cancel`` is set). Compressed layers dequantize once for all the new tokens."""
+    when ``cancel`` is set). For a compressed model, call it inside
+    ``compression.dequantize_once.dequantized_once(model)``: one forward per token otherwise
+    rebuilds every weight from its codes each time."""
     if max_new_tokens <= 0:
         return ""
     encoded = tokenizer(prompt, return_tensors="pt")
     device = model_device(model)
     ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
     stopping = StoppingCriteriaList([_Cancelled(cancel)] if cancel is not None else [])
-    with torch.inference_mode(), dequantized_once(model):
+    with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=_pad_id(tokenizer), stopping_criteria=stopping)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)

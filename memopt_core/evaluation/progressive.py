@@ -22,6 +22,7 @@ from typing import Iterator, Protocol
 import torch
 from torch import Tensor, nn
 
+from memopt_core.config.evaluation import SLICE_ELEMENTS
 from memopt_core.errors import ConfigError, DataError
 from memopt_core.evaluation.compute import compute_in, model_device, synchronize
 from memopt_core.evaluation.intervals import DEFAULT_INTERVAL, check_method, mean_interval
@@ -32,10 +33,6 @@ from memopt_core.evaluation.stats import rest_log_mass
 # fills the budget, and measured throughput there drops with larger batches, so only
 # small-vocabulary models get batched.
 _LOGITS_BUDGET = 1 << 24
-# Float32 elements of one slice of positions scored at a time (8 MiB). Log-softmax, the KL's
-# exponentials and the reference's top-k each make a copy of what they are given: done on slices,
-# those copies stay small while the model's own logits [B, S, V] are the only whole ones.
-SLICE_ELEMENTS = 1 << 21
 
 
 class CancelToken(Protocol):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from memopt_core.evaluation.progressive import SLICE_ELEMENTS
+from memopt_core.config.evaluation import SLICE_ELEMENTS
 from memopt_core.planning.counting import count_parameters
 from memopt_core.planning.presets import ModelDims, check_sizes, load_config
 

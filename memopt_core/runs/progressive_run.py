@@ -14,15 +14,17 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
+from memopt_core.compression.dequantize_once import dequantized_once
 from memopt_core.compression.sparsity import overall_sparsity
 from memopt_core.config import RunConfig
 from memopt_core.evaluation.causal_lm import greedy_generate, sentiment_accuracy, zero_shot_scores
-from memopt_core.evaluation.compute import compute_in
+from memopt_core.evaluation.compute import compute_in, model_device
 from memopt_core.evaluation.intervals import INTERVAL_MEANING
 from memopt_core.evaluation.lm_records import Estimate
 from memopt_core.evaluation.progressive import CancelToken, WindowScorer
 from memopt_core.evaluation.quality import evaluate
 from memopt_core.loading.saved import save_compressed
+from memopt_core.planning import guard
 from memopt_core.runs.baselines import OriginalEvaluation
 from memopt_core.runs.format_notes import format_notes
 from memopt_core.runs.result import RunResult, model_summary, run_notes
@@ -65,8 +67,10 @@ def _copy_lm_metrics(bench, config: RunConfig, original: OriginalEvaluation, mod
             scores = zero_shot_scores(model, bench.loaded.tokenizer, original.data.sentences)
             out["zero_shot"] = asdict(sentiment_accuracy(scores, original.data.sentences))
         if evaluation.gen_tokens and not _is_set(cancel):
-            out["generation"] = {"prompt": evaluation.prompt, "text": greedy_generate(
-                model, bench.loaded.tokenizer, evaluation.prompt, evaluation.gen_tokens, cancel)}
+            # One forward per token: rebuild each weight once, not once per token.
+            with dequantized_once(model, guard.device_available_bytes(model_device(model))):
+                out["generation"] = {"prompt": evaluation.prompt, "text": greedy_generate(
+                    model, bench.loaded.tokenizer, evaluation.prompt, evaluation.gen_tokens, cancel)}
     timings["zero_shot_and_generation_s"] = time.perf_counter() - began
     if not _is_set(cancel):  # a cancelled run ends without a result, even after its last window
         yield out
