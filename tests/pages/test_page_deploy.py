@@ -39,12 +39,17 @@ def test_export_tiny_llama_to_gguf_q4_1_and_verify(app_cache):
     assert [button.label for button in at.get("download_button")] == ["Download model.gguf"]
 
 
+def pick_onnx_type(at, type_name: str) -> None:
+    """Target engine ONNX Runtime, then its type ``type_name``."""
+    engine = at.selectbox(key="deploy.engine")
+    engine.set_value(next(name for name in engine.options if name.startswith("ONNX Runtime"))).run()
+    at.selectbox(key="deploy.type.onnx").set_value(type_name).run()
+
+
 @pytest.mark.slow
 def test_export_tiny_llama_to_onnx_runtime_int8_offers_the_folder_as_a_zip(app_cache):
     at = use_tiny_model(open_deploy())
-    engine = at.selectbox(key="deploy.engine")
-    engine.set_value(next(name for name in engine.options if name.startswith("ONNX Runtime"))).run()
-    at.selectbox(key="deploy.type.onnx").set_value("int8").run()
+    pick_onnx_type(at, "int8")
     at.button(key="deploy.export").click().run(timeout=600)
     assert no_exception(at) and not errors(at)
     metrics = {metric.label: metric.value for metric in at.metric}
@@ -55,9 +60,7 @@ def test_export_tiny_llama_to_onnx_runtime_int8_offers_the_folder_as_a_zip(app_c
 @pytest.mark.slow
 def test_onnx_int4_codes_keeps_a_fitting_setting_and_plans_matmulnbits(app_cache):
     at = use_tiny_model(open_deploy())
-    engine = at.selectbox(key="deploy.engine")
-    engine.set_value(next(name for name in engine.options if name.startswith("ONNX Runtime"))).run()
-    at.selectbox(key="deploy.type.onnx").set_value("int4-codes").run()
+    pick_onnx_type(at, "int4-codes")
     # the page's default W4 per-channel setting fits MatMulNBits, so it is shipped as it is (no swap)
     assert not any("means" in info.value for info in at.info)
     at.button(key="deploy.plan_button").click().run()
