@@ -22,9 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
+import torch
 from onnx import TensorProto, helper
 
 from memopt_core.errors import ConfigError
+from memopt_core.primitives.packing import pack_codes, unpack_codes
 from memopt_core.primitives.quant import QuantizedWeight
 
 SLOT_BITS = (4, 8)
@@ -101,13 +103,13 @@ def pack_blocks(values: np.ndarray, bits: int, block: int) -> np.ndarray:
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
-    """uint8 ``[rows, cols]`` -> ``[rows, ceil(cols * bits / 8)]``, low bits first, zero padded."""
+    """uint8 ``[rows, cols]`` -> ``[rows, ceil(cols * bits / 8)]``, low bits first, each row zero padded
+    to whole bytes (memopt's own packing, ``primitives.packing``, one row after another)."""
     per_byte = 8 // bits
     rows, cols = values.shape
-    padded = np.zeros((rows, math.ceil(cols / per_byte) * per_byte), dtype=np.uint16)
+    padded = np.zeros((rows, math.ceil(cols / per_byte) * per_byte), dtype=np.uint8)
     padded[:, :cols] = values
-    shifts = (np.arange(per_byte) * bits).astype(np.uint16)  # [per_byte]
-    return (padded.reshape(rows, -1, per_byte) << shifts).sum(axis=-1).astype(np.uint8)
+    return pack_codes(torch.from_numpy(padded), bits).numpy().reshape(rows, -1)
 
 
 def nbits_weight(grid: QuantizedWeight, slot_bits: int, name: str = "layer") -> NBitsWeight:
@@ -123,9 +125,9 @@ def nbits_weight(grid: QuantizedWeight, slot_bits: int, name: str = "layer") -> 
 
 def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`pack_bits`: ``[rows, bytes]`` -> uint8 ``[rows, count]``."""
-    shifts = (np.arange(8 // bits) * bits).astype(np.uint8)
-    values = (packed[..., None] >> shifts) & ((1 << bits) - 1)  # [rows, bytes, 8 / bits]
-    return values.reshape(packed.shape[0], -1)[:, :count].astype(np.uint8)
+    rows, width = packed.shape
+    flat = unpack_codes(torch.from_numpy(np.ascontiguousarray(packed).reshape(-1)), bits, rows * width * 8 // bits)
+    return flat.numpy().reshape(rows, -1)[:, :count]
 
 
 def decode(weight: NBitsWeight) -> np.ndarray:

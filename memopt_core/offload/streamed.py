@@ -156,7 +156,8 @@ def release_(model: nn.Module, prefix: str) -> None:
     """Drop every tensor of the module ``prefix`` (in place: they move to the meta device), and
     accelerate's record of the tied ones."""
     names = _tensor_names(model, prefix)
-    pointers = {_tensor(model, n).data_ptr() for n in names if _tensor(model, n).device.type != "meta"}
+    held = [_tensor(model, name) for name in names]
+    pointers = {tensor.data_ptr() for tensor in held if tensor.device.type != "meta"}
     for name in names:
         set_module_tensor_to_device(model, name, "meta")
     _forget_tied_(model, pointers)
