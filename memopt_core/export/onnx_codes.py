@@ -41,12 +41,13 @@ def layer_weights(model: nn.Module, slot_bits: int) -> dict[str, matmul_nbits.NB
     return weights
 
 
-def _float_weight(graph: onnx.GraphProto, node: onnx.NodeProto) -> tuple[onnx.TensorProto, bool]:
-    """The constant a MatMul multiplies by, and whether it is stored ``[out, in]`` behind a Transpose."""
-    constants = {t.name: t for t in graph.initializer}
+def _float_weight(constants: dict[str, onnx.TensorProto], producers: dict[str, onnx.NodeProto],
+                  node: onnx.NodeProto) -> tuple[onnx.TensorProto, bool]:
+    """The constant a MatMul multiplies by, and whether it is stored ``[out, in]`` behind a Transpose
+    (``constants``: initializers by name; ``producers``: node by each output name)."""
     if node.input[1] in constants:
         return constants[node.input[1]], False
-    producer = next((n for n in graph.node if node.input[1] in n.output), None)
+    producer = producers.get(node.input[1])
     if producer is not None and producer.op_type == "Transpose" and producer.input[0] in constants:
         return constants[producer.input[0]], True
     raise ConfigError(f"ONNX node {node.name} multiplies by a weight computed in the graph; MatMulNBits needs a "
@@ -68,12 +69,15 @@ def replace_matmuls(source: Path, target: Path, weights: dict[str, matmul_nbits.
     model = onnx.load(str(source))
     graph = model.graph
     by_name = {n.name: i for i, n in enumerate(graph.node)}
+    # Built once, before any node is swapped: the float weights and Transposes they name are still there.
+    constants = {t.name: t for t in graph.initializer}
+    producers = {output: n for n in graph.node for output in n.output}
     for linear, weight in weights.items():
         if linear not in nodes or graph.node[by_name[nodes[linear]]].op_type != "MatMul":
             raise ConfigError(f"{linear}: no MatMul traced from it in the ONNX graph (a Gemm or fused form); "
                               "MatMulNBits replaces MatMuls")
         old = graph.node[by_name[nodes[linear]]]
-        tensor, transposed = _float_weight(graph, old)
+        tensor, transposed = _float_weight(constants, producers, old)
         _check_same(tensor, transposed, matmul_nbits.decode(weight).T, linear)
         names = (f"{linear}.qweight", f"{linear}.scales", f"{linear}.qzeros")
         graph.initializer.extend(numpy_helper.from_array(array, name) for array, name in
