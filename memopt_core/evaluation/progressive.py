@@ -27,6 +27,7 @@ from memopt_core.errors import ConfigError, DataError
 from memopt_core.evaluation.compute import compute_in, model_device, synchronize
 from memopt_core.evaluation.intervals import DEFAULT_INTERVAL, check_method, mean_interval
 from memopt_core.evaluation.lm_records import Estimate, LMMetrics, LMReference
+from memopt_core.evaluation.logit_slices import logit_slices, slice_rows, vocab_size
 from memopt_core.evaluation.stats import rest_log_mass
 
 # Float32 logits per batch (64 MiB). On CPU one 512-token window with a 49k vocabulary already
@@ -74,24 +75,7 @@ def _check_options(kl_top_k: int | None, batch_size: int | None, target_ci: floa
 
 def auto_batch_size(model: nn.Module, windows: Tensor) -> int:
     """Windows per forward so that the float32 logits stay within about 64 MiB."""
-    return max(1, min(windows.shape[0], _LOGITS_BUDGET // (windows.shape[1] * _vocab(model))))
-
-
-def _vocab(model: nn.Module) -> int:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return getattr(head, "out_features", None) or getattr(model.config, "vocab_size", 1)
-
-
-def slice_rows(model: nn.Module, elements: int = SLICE_ELEMENTS) -> int:
-    """Positions scored at a time so that a float32 slice [rows, V] holds about ``elements``."""
-    return max(1, elements // _vocab(model))
-
-
-def position_slices(logits: Tensor, rows: int) -> Iterator[Tensor]:
-    """Views [<= rows, V] of ``logits`` [B, S, V], in the order of ``logits.flatten(0, 1)``."""
-    for window in logits:
-        for start in range(0, window.shape[0], rows):
-            yield window[start:start + rows]
+    return max(1, min(windows.shape[0], _LOGITS_BUDGET // (windows.shape[1] * vocab_size(model))))
 
 
 def _reference_part(log_probs: Tensor, top1: Tensor, nll: Tensor, kl_top_k: int | None) -> dict[str, Tensor]:
@@ -146,8 +130,9 @@ class WindowScorer:
             raise DataError("the reference was scored on other windows than these; evaluate both models on the same windows")
         return reference
 
-    def _score_rows(self, log_probs: Tensor, targets: Tensor, start: int) -> None:
-        """Keep the per-token figures of rows ``start:start+T``: log-probs [T, V], targets [T]."""
+    def _score_rows(self, log_probs: Tensor, targets: Tensor, start: int) -> tuple[dict[str, Tensor], dict]:
+        """The per-token figures of rows ``start:start+T`` and this model's own reference rows for
+        them: log-probs [T, V], targets [T]."""
         count = len(targets)
         top1 = log_probs.argmax(-1)  # [T]
         nll = -log_probs.gather(-1, targets[:, None]).squeeze(1).double()  # [T]
@@ -157,30 +142,30 @@ class WindowScorer:
             rows.update(kl=reference.kl(start, log_probs).double().cpu(),
                         agree=(top1.cpu() == reference.top1[start:start + count]).double(),
                         diff=rows["nll"] - reference.nll[start:start + count])
-        for name, values in rows.items():
-            self._rows[name].append(values)
-        self._parts.append(_reference_part(log_probs, top1, nll, self.kl_top_k))
+        return rows, _reference_part(log_probs, top1, nll, self.kl_top_k)
 
-    def _score_batch(self, logits: Tensor, targets: Tensor) -> None:
-        """Keep one batch's per-token figures: logits [B, S-1, V] as the model computes them,
-        targets [B*(S-1)]. Scored a slice of positions at a time (see ``SLICE_ELEMENTS``): each
-        row's log-softmax and figures depend on that row alone, so the figures are the same."""
+    def _score_batch(self, batch: Tensor) -> bool:
+        """Keep the per-token figures of one batch [B, S] (on the model's device), made and scored a
+        slice of positions at a time (``logit_slices``: no window's whole logits exist where the
+        head can be applied apart); each row's log-softmax and figures depend on that row alone.
+        False, keeping nothing of the batch, when some logits are NaN or Inf (``reason`` says why)."""
+        targets = batch[:, 1:].reshape(-1)  # [B*(S-1)]
         start = self.scored_windows * self.per_window
-        for piece in position_slices(logits, self.slice_rows):
+        kept: list[tuple[dict[str, Tensor], dict]] = []
+        for piece in logit_slices(self.model, batch, self.slice_rows):  # [<= slice_rows, V]
+            if not torch.isfinite(piece).all():
+                first = self.scored_windows
+                self.reason = (f"logits contain NaN or Inf in windows {first}-{first + len(batch) - 1}: "
+                               "the weights or the dtype's range broke the model")
+                return False
             count = piece.shape[0]
-            self._score_rows(piece.float().log_softmax(-1), targets[:count], start)
+            kept.append(self._score_rows(piece.float().log_softmax(-1), targets[:count], start))
             targets, start = targets[count:], start + count
-
-    def _forward(self, batch: Tensor) -> Tensor | None:
-        """Logits [B, S-1, V] of one batch [B, S] (a view into the model's); None (and a reason)
-        when some are NaN or Inf."""
-        logits = self.model(input_ids=batch, use_cache=False).logits[:, :-1]  # [B, S-1, V]
-        if not all(torch.isfinite(piece).all() for piece in position_slices(logits, self.slice_rows)):
-            first = self.scored_windows
-            self.reason = (f"logits contain NaN or Inf in windows {first}-{first + len(batch) - 1}: "
-                           "the weights or the dtype's range broke the model")
-            return None
-        return logits
+        for rows, part in kept:
+            for name, values in rows.items():
+                self._rows[name].append(values)
+            self._parts.append(part)
+        return True
 
     def _score_next_batch(self) -> bool:
         """Score the next batch of windows; False when its logits are not finite (``reason`` says why).
@@ -194,12 +179,7 @@ class WindowScorer:
         device = model_device(self.model)
         began = time.perf_counter()
         with torch.inference_mode(), compute_in(self.model, self.compute):
-            batch = batch.to(device)
-            logits = self._forward(batch)
-            finite = logits is not None
-            if finite:
-                self._score_batch(logits, batch[:, 1:].reshape(-1))
-            del logits  # [B, S-1, V]: freed before the next batch's forward, not after it
+            finite = self._score_batch(batch.to(device))
         synchronize(device)
         self.seconds += time.perf_counter() - began
         return finite
