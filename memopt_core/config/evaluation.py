@@ -8,9 +8,14 @@ from memopt_core.config.choices import BUNDLED_TEXTS, COMPUTE_DTYPES
 
 # Float32 elements of one slice of positions scored at a time (8 MiB). Log-softmax, the KL's
 # exponentials and the reference's top-k each make a copy of what they are given: done on slices,
-# those copies stay small while the model's own logits [B, S, V] are the only whole ones. Kept
-# here, not in the scorer, because the layer-by-layer planner counts the same slices.
+# those copies stay small. Kept here, not in the scorer, because the layer-by-layer planner counts
+# the same slices.
 SLICE_ELEMENTS = 1 << 21
+# model_type of the causal LMs whose forward, read in transformers 5.24, is exactly
+# ``logits = lm_head(base_model(...).last_hidden_state[:, kept])``: the scorer runs their head on one
+# slice of positions at a time, so not even the model's own logits exist whole (others rescale or
+# cap what the head returns, so they run their whole forward). Here for the planner too.
+PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2", "gpt_neox", "opt"})
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,15 @@
 """A batch's next-token logits made a slice of positions at a time, so no window's whole logits exist.
 
-A causal LM's head turns hidden states ``[B, S, d]`` (small: SmolLM2 512 x 576) into logits
+A causal LM's head turns hidden states ``[B, S, d]`` (small: SmolLM2 512 x 576 floats) into logits
 ``[B, S, V]`` (large: 512 x 49,152 x 4 B = 96 MiB). Where the model's own forward is exactly
-``lm_head(base_model(...).last_hidden_state)`` (:data:`PLAIN_HEAD_TYPES`: the final norm is the
-base model's last step and nothing follows the head), :func:`logit_slices` runs the base model once
-and applies the head to ``rows`` positions at a time: the logits of each position are what the
-whole forward gives (a row of a matrix product depends on that row alone), and the largest logits
-tensor ever made is ``[rows, V]`` (``SLICE_ELEMENTS``, 8 MiB). Other architectures rescale or cap
-what the head returns (Gemma's soft-capping, Cohere's logit scale, Granite's divisor), so they run
-their whole forward and are sliced afterwards: same figures, the whole logits held once.
+``lm_head(base_model(...).last_hidden_state)`` (``PLAIN_HEAD_TYPES`` in ``config/evaluation.py``:
+the final norm is the base model's last step and nothing follows the head), :func:`logit_slices`
+runs the base model once and the head on ``rows`` positions at a time, so the largest logits
+tensor ever made is ``[rows, V]`` (``SLICE_ELEMENTS``, 8 MiB). Each position's logits are the whole
+forward's to float32 rounding (a product over fewer rows may sum in another order); every route
+(in memory, layer by layer) scores through this function, so their figures stay identical.
+Other architectures rescale or cap what the head returns (Gemma's soft-capping, Cohere's logit
+scale, Granite's divisor): they run their whole forward, sliced afterwards, the logits held once.
 """
 from __future__ import annotations
 
@@ -16,11 +17,8 @@ from typing import Iterator
 
 from torch import Tensor, nn
 
+from memopt_core.config import evaluation as settings
 from memopt_core.config.evaluation import SLICE_ELEMENTS
-
-# model_type of the causal LMs whose forward, read in transformers 5.24, computes
-# ``logits = lm_head(base_model(...).last_hidden_state[:, kept])`` and nothing more.
-PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2", "gpt_neox", "opt"})
 
 
 def vocab_size(model: nn.Module) -> int:
@@ -44,7 +42,7 @@ def head_apart(model: nn.Module) -> nn.Module | None:
     """The head of ``model`` when it can be applied apart from the base model (see the module
     docstring), else None."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in PLAIN_HEAD_TYPES or getattr(model, "base_model", model) is model:
+    if model_type not in settings.PLAIN_HEAD_TYPES or getattr(model, "base_model", model) is model:
         return None
     return model.get_output_embeddings()
 

@@ -7,12 +7,13 @@ resident and streams the rest one block at a time, so its peak is about:
 - one streamed block twice: its dense weights read from disk and the compressed copy built from
   them (an upper bound: packed codes are smaller); and the embedding (or head) matrix once when
   the cap is below it, since it is then read from disk for every forward;
-- working memory: one evaluation window's activations and its logits ``[seq_len, vocab]`` in
-  float32 once, as the model's head returns them (SmolLM2, 512 x 49,152: 96 MiB), plus
-  ``SLICE_COPIES`` slices of positions being scored (log-probabilities, the KL's exponentials,
-  their top-k; ``SLICE_ELEMENTS`` each, 8 MiB: the scorer never copies the whole logits), and
-  for calibrated methods the calibration batch through one block (hidden states in and out, the block's intermediates, the
-  float32 copy of the widest layer input and its ``[in, in]`` Hessian).
+- working memory: one evaluation window's activations, the head's output for one slice of
+  positions (``SLICE_ELEMENTS`` float32, 8 MiB) and ``SLICE_COPIES`` more slices being scored
+  (log-probabilities, the KL's exponentials, their top-k). Architectures whose head the scorer
+  cannot apply apart (not in ``PLAIN_HEAD_TYPES``) hold the window's whole float32 logits
+  ``[seq_len, vocab]`` instead of that one slice, as their forward returns them. For calibrated
+  methods, the calibration batch through one block (hidden states in and out, the block's
+  intermediates, the float32 copy of the widest layer input and its ``[in, in]`` Hessian) when larger.
 
 From the planner's exact parameter counts; theoretical like every planner figure (the
 interpreter, libraries and tokenizer come on top: the guard's margin is for them).
@@ -21,11 +22,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from memopt_core.config.evaluation import SLICE_ELEMENTS
+from memopt_core.config.evaluation import PLAIN_HEAD_TYPES, SLICE_ELEMENTS
 from memopt_core.planning.counting import count_parameters
 from memopt_core.planning.presets import ModelDims, check_sizes, load_config
 
-SLICE_COPIES = 3
+SLICE_COPIES = 3  # log-probabilities, the KL's exponentials, the top-k: one slice each
 FLOAT32 = 4
 
 
@@ -46,11 +47,15 @@ class LayerByLayerPeak:
         return asdict(self)
 
 
-def _working_bytes(dims: ModelDims, causal: bool, seq_len: int, calib_tokens: int, dtype_bytes: int) -> int:
-    """One evaluation window, or the calibration batch through one block, whichever is larger."""
+def _working_bytes(dims: ModelDims, logits_whole: bool | None, seq_len: int, calib_tokens: int,
+                   dtype_bytes: int) -> int:
+    """One evaluation window, or the calibration batch through one block, whichever is larger.
+    ``logits_whole``: None for models without logits, True when the window's logits exist whole."""
     per_token = (4 * dims.hidden + 2 * dims.intermediate) * dtype_bytes
     logits = seq_len * dims.vocab  # [S, V] of one window
-    evaluation = seq_len * per_token + ((logits + SLICE_COPIES * min(SLICE_ELEMENTS, logits)) * FLOAT32 if causal else 0)
+    piece = min(SLICE_ELEMENTS, logits)  # one slice of positions [rows, V]
+    scoring = 0 if logits_whole is None else (SLICE_COPIES * piece + (logits if logits_whole else piece)) * FLOAT32
+    evaluation = seq_len * per_token + scoring
     if not calib_tokens:
         return evaluation
     widest = max(dims.hidden, dims.intermediate)
@@ -71,7 +76,8 @@ def estimate_peak(config, dtype_bytes: int, max_memory: int, seq_len: int = 512,
     block = (counts.attention + counts.mlp) * dtype_bytes // dims.layers
     embedding = max(counts.embeddings, counts.lm_head) * dtype_bytes
     streamed = (2 * block if weights > max_memory else 0) + (embedding if max_memory < embedding else 0)
-    working = _working_bytes(dims, counts.is_causal, seq_len, calib_tokens, dtype_bytes)
+    logits_whole = None if not counts.is_causal else config.model_type not in PLAIN_HEAD_TYPES
+    working = _working_bytes(dims, logits_whole, seq_len, calib_tokens, dtype_bytes)
     resident = min(max_memory, weights)
     return LayerByLayerPeak(max_memory=max_memory, weights_bytes=weights, resident_bytes=resident, block_bytes=block,
                             embedding_bytes=embedding, streamed_bytes=streamed, working_bytes=working,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tiny_models import greedy_windows, make_tiny_llama, perturbed_copy
-from memopt_core.evaluation import logit_slices as module
+from memopt_core.config import evaluation as settings
 from memopt_core.evaluation.logit_slices import head_apart, logit_slices, slice_rows
 from memopt_core.evaluation.progressive import WindowScorer, evaluate_causal_lm
 
@@ -52,7 +52,7 @@ def test_heads_that_cannot_be_applied_apart_run_the_whole_forward(model, windows
     """An architecture outside the list (a head followed by soft-capping or a scale) is sliced after
     its own forward: the head then returns whole windows, with the same figures."""
     sliced = evaluate_causal_lm(perturbed_copy(model), windows, kl_top_k=None)[0]
-    monkeypatch.setattr(module, "PLAIN_HEAD_TYPES", frozenset())
+    monkeypatch.setattr(settings, "PLAIN_HEAD_TYPES", frozenset())
     assert head_apart(model) is None
     with torch.inference_mode(), HeadRows(model) as head:
         list(logit_slices(model, windows, ROWS))

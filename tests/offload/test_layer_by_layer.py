@@ -8,6 +8,8 @@ import torch
 from memopt_core.compression.layers import QuantLinear
 from memopt_core.config import CalibConfig, EvalConfig, ModelSpec, OffloadConfig, PruneConfig, QuantConfig, RunConfig
 from memopt_core.errors import ConfigError, ModelLoadError
+from memopt_core.evaluation.logit_slices import slice_rows
+from memopt_core.evaluation.progressive import evaluate_causal_lm
 from memopt_core.loading import bundled
 from memopt_core.loading.models import load_model
 from memopt_core.offload.layer_by_layer import run_layer_by_layer
@@ -117,6 +119,19 @@ def test_a_save_streams_back_with_the_same_outputs(bench, tmp_path):
     ids = torch.randint(0, 49152, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(whole.model(input_ids=ids).logits, streamed.loaded.model(input_ids=ids).logits)
+
+
+def test_streamed_evaluation_never_makes_a_windows_whole_logits():
+    """The streamed model's figures are the in-memory model's, bit for bit, and its head (read from
+    disk) only ever returns one slice of positions: 42 of a window's 63 here (49,152-word vocabulary)."""
+    ids = torch.randint(0, 49152, (3, 64), generator=torch.Generator().manual_seed(0))
+    whole, streamed = load_model(TINY).model, load_streamed(TINY, NOTHING).loaded.model
+    assert streamed.hf_device_map["lm_head"] == "disk"
+    rows: list[int] = []
+    streamed.lm_head.register_forward_hook(lambda module, args, out: rows.append(out.shape[-2]))
+    expected, got = evaluate_causal_lm(whole, ids, kl_top_k=None), evaluate_causal_lm(streamed, ids, kl_top_k=None)
+    assert got[0].perplexity == expected[0].perplexity and torch.equal(got[1].log_probs, expected[1].log_probs)
+    assert max(rows) == slice_rows(streamed) == 42 and sum(rows) == 3 * 63
 
 
 def test_settings_that_need_every_layer_at_once_are_refused_before_loading():

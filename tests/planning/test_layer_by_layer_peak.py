@@ -18,9 +18,10 @@ def test_peak_by_hand_for_a_tiny_llama():
     # norms 2 x 64 per block + 64; tied embeddings 1000 x 64.
     block = (12_288 + 24_576) * 4
     weights = (64_000 + 2 * (12_288 + 24_576) + 5 * 64) * 4
-    # one 512-token window: (4 x 64 + 2 x 128) x 4 bytes per token, its fp32 logits once (512 x 1000),
-    # and 3 slices of positions being scored: 2**21 elements each, capped at the whole logits here
-    working = 512 * (4 * 64 + 2 * 128) * 4 + 512 * 1000 * 4 + 3 * 512 * 1000 * 4
+    # one 512-token window: (4 x 64 + 2 x 128) x 4 bytes per token, the head's fp32 output for one
+    # slice of positions and 3 more slices being scored: 2**21 elements each, capped at the whole
+    # window's logits (512 x 1000) here
+    working = 512 * (4 * 64 + 2 * 128) * 4 + 4 * 512 * 1000 * 4
     peak = estimate_peak(TINY, 4, max_memory=100_000)
     assert (peak.weights_bytes, peak.block_bytes, peak.embedding_bytes) == (weights, block, 64_000 * 4)
     # the cap is below the embeddings too: they are read from disk at each forward
@@ -32,12 +33,18 @@ def test_peak_by_hand_for_a_tiny_llama():
     assert (roomy.resident_bytes, roomy.streamed_bytes) == (weights, 0)  # it all fits: nothing streamed
 
 
-def test_logits_counted_once_plus_three_slices_for_a_large_vocabulary():
-    # SmolLM2's shape of head: 512 x 49,152 float32 logits = 96 MiB once, and 3 slices of 2**21
-    # float32 elements (8 MiB each) while they are scored
+def test_a_large_vocabulary_counts_slices_of_positions_not_the_windows_logits():
+    # SmolLM2's shape of head: the scorer applies a Llama's head to 2**21 float32 elements (8 MiB)
+    # of positions at a time, plus 3 copies of that slice while it is scored: never the window's
+    # 512 x 49,152 logits (96 MiB)
     config = {**TINY, "vocab_size": 49_152}
-    working = 512 * (4 * 64 + 2 * 128) * 4 + 512 * 49_152 * 4 + 3 * 2**21 * 4
-    assert estimate_peak(config, 4, max_memory=100_000).working_bytes == working
+    activations = 512 * (4 * 64 + 2 * 128) * 4
+    assert estimate_peak(config, 4, max_memory=100_000).working_bytes == activations + 4 * 2**21 * 4
+    # a head followed by soft-capping (Gemma 2) runs whole: its window's logits once, plus 3 slices
+    gemma = {"model_type": "gemma2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 49_152}
+    working = estimate_peak(gemma, 4, max_memory=100_000).working_bytes
+    assert working == activations + 512 * 49_152 * 4 + 3 * 2**21 * 4
     assert working // 2**20 == 121
 
 
