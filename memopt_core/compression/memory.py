@@ -100,6 +100,39 @@ def release_freed_heap() -> None:
             pass
 
 
+# mallopt parameters (glibc's malloc.h) and their defaults.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+
+
+def _mallopt(parameter: int, value: int) -> bool:
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(parameter, value))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+@contextmanager
+def large_allocations_unmapped(threshold: int = 1 << 20) -> Iterator[bool]:
+    """Within the block, glibc serves every allocation of at least ``threshold`` bytes (tensors of
+    a layer or more) with a mapping of its own, returned to the OS as soon as it is freed, and
+    trims the heap's free top above ``threshold``; yields whether that is in force (glibc only).
+
+    Why: glibc raises its mmap threshold to the largest block freed so far (up to 32 MiB) and only
+    trims a free heap top above twice that, so after the first large tensor is freed, every
+    layer-sized temporary is carved from the heap and its pages stay resident once freed: measured
+    on SmolLM2 layer by layer, 45-90 MiB per block compressed and 200 MiB over one evaluation
+    window, all of it free memory. On exit both thresholds return to glibc's default 128 KiB, fixed
+    (glibc's adjustment stays off for the process, as after any mallopt call)."""
+    active = _mallopt(_M_MMAP_THRESHOLD, threshold) and _mallopt(_M_TRIM_THRESHOLD, threshold)
+    try:
+        yield active
+    finally:
+        if active:
+            _mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+            _mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+
+
 @dataclass
 class Measurement:
     bytes: int | None = None

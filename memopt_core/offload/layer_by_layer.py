@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from memopt_core.compression.memory import MemoryReport, PeakMemory
+from memopt_core.compression.memory import MemoryReport, PeakMemory, large_allocations_unmapped
 from memopt_core.compression.sparsity import overall_sparsity
 from memopt_core.config import ModelSpec, OffloadConfig, RunConfig
 from memopt_core.errors import ModelLoadError
@@ -141,7 +141,7 @@ def run_layer_by_layer(config: RunConfig, offload: OffloadConfig, save_dir: str 
     if save_dir is not None:
         check_save_target(save_dir)
     peaks = PeakMemory(resolve_device(config.model.device))
-    with staging_folder(save_dir, offload) as folder:
+    with staging_folder(save_dir, offload) as folder, large_allocations_unmapped():
         result, original, layers = _run(config, offload, folder, peaks)
         if save_dir is not None:
             _publish(folder, save_dir, result, original, layers)

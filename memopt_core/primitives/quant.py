@@ -22,6 +22,8 @@ import torch
 from memopt_core.config import QuantConfig
 from memopt_core.primitives.formats.ranges import entropy_ratio, percentile_ratio, pooled_magnitudes
 
+_SQNR_CHUNK = 1 << 16  # elements summed at a time in float64 (512 KiB)
+
 ZERO_KINDS = ("symmetric", "int", "float")
 CLIP_RATIOS = tuple(torch.linspace(1.0, 0.5, 20).tolist())
 
@@ -199,10 +201,16 @@ def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in dB: ``10 log10(sum(ref^2) / sum((ref - approx)^2))``.
 
-    ``inf`` when ``approx`` equals ``reference`` exactly."""
-    ref = reference.detach().double()
-    noise = (ref - approx.detach().double()).pow(2).sum().item()
-    signal = ref.pow(2).sum().item()
+    ``inf`` when ``approx`` equals ``reference`` exactly. Summed in float64 over ``_SQNR_CHUNK``
+    elements at a time: float64 copies of a whole layer would take 8x its float32 size at once,
+    the largest temporaries of compressing a model layer by layer."""
+    ref_parts = reference.detach().reshape(-1).split(_SQNR_CHUNK)
+    approx_parts = approx.detach().reshape(-1).split(_SQNR_CHUNK)
+    signal = noise = 0.0
+    for ref, other in zip(ref_parts, approx_parts, strict=True):
+        ref = ref.double()
+        noise += (ref - other.double()).pow_(2).sum().item()
+        signal += ref.pow_(2).sum().item()
     if noise == 0:
         return math.inf
     if signal == 0:
