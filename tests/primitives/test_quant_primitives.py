@@ -176,3 +176,14 @@ def test_sqnr_db_reference_values():
 def test_non_matrix_is_rejected():
     with pytest.raises(ValueError, match="2-D"):
         quantize_weight(torch.zeros(4), QuantConfig())
+
+
+def test_sqnr_summed_in_chunks_equals_the_whole_float64_formula():
+    """More elements than one float64 chunk (65,536): the same figure as the whole-tensor formula."""
+    generator = torch.Generator().manual_seed(3)
+    w = torch.randn(300, 500, generator=generator)  # 150,000 elements: three chunks
+    approx = w + 0.01 * torch.randn(300, 500, generator=generator)
+    ref = w.double()
+    expected = 10 * math.log10(ref.pow(2).sum().item() / (ref - approx.double()).pow(2).sum().item())
+    assert sqnr_db(w, approx) == pytest.approx(expected, rel=1e-12)
+    assert sqnr_db(w, w.clone()) == math.inf and sqnr_db(torch.zeros(4), torch.ones(4)) == -math.inf
