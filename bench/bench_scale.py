@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import tempfile
 import time
@@ -103,6 +104,8 @@ def main() -> None:
         layer_by_layer(evaluation)
     if args.part in ("both", "ray"):
         on_ray(evaluation)
+    print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+          + f" on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def _run(config: RunConfig, offload: OffloadConfig, folder: Path, peaks: PeakMem
         gc.collect()  # the original's husk: its tensors are released already
     with peaks.phase("evaluate"):
         compressed = load_streamed(ModelSpec(str(folder), device=config.model.device, dtype=config.model.dtype),
-                                   offload)
+                                   offload, tokenizer=original.loaded.tokenizer)  # the same files
         start = time.perf_counter()
         metrics, _ = evaluate(compressed.loaded.model, original.loaded, baseline.data, config.eval,
                               baseline.reference)
