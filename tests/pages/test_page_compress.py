@@ -86,7 +86,9 @@ def test_a_new_session_answers_stored_settings_without_loading(app_cache, monkey
         raise AssertionError("the model must not be loaded for a stored result")
 
     monkeypatch.setattr(loaders, "_cached_workbench", refuse)
+    monkeypatch.setattr(loaders, "_cached_engine", refuse)
     monkeypatch.setattr(loaders, "is_loaded", lambda spec: False)
+    monkeypatch.setattr(loaders, "weights_at_hand", lambda spec: False)
     second = use_tiny_model(new_app(), "tiny-bert")  # a reload: a new session, same settings
     assert no_exception(second) and not errors(second)
     assert any("from the results store" in header.value for header in second.header)
