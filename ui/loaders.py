@@ -127,14 +127,14 @@ def run_steps(config: RunConfig, cancel: Any = None, target_ci: float | None = N
         yield step_message(step)
 
 
-def layer_weights(config: RunConfig, layer: str):
-    """The weight-histogram data of ``layer`` (``compression.weight_view.LayerWeights``), read
-    where the runs compute, so showing it never loads a second copy of the model."""
+def with_model(spec: ModelSpec, function: str, *args: Any) -> Any:
+    """``function(workbench, *args)`` (``"package.module:name"``) computed where the runs compute,
+    so a view that reads the original's weights never loads a second copy of the model."""
     if engine_kind() == "process":
-        return engine(config.model).layer_weights(config, layer)
-    from memopt_core.compression.weight_view import layer_weights as read  # loads torch: on request only
+        return engine(spec).call(function, *args)
+    from memopt_core.runs.engine_serve import resolve  # imports the engine (torch): on request only
 
-    return read(workbench(config.model), config, layer)
+    return resolve(function)(workbench(spec), *args)
 
 
 def is_loaded(spec: ModelSpec) -> bool:
@@ -143,8 +143,8 @@ def is_loaded(spec: ModelSpec) -> bool:
         return spec in _loaded
 
 
-def weights_at_hand(spec: ModelSpec) -> bool:
-    """Whether :func:`layer_weights` for ``spec`` can answer without loading the model."""
+def model_at_hand(spec: ModelSpec) -> bool:
+    """Whether :func:`with_model` for ``spec`` can answer without loading the model."""
     if engine_kind() == "thread":
         return is_loaded(spec)
     with _loaded_lock:

@@ -13,7 +13,8 @@ first request) and then serves requests in order:
   then :func:`progressive_run.step_message` tuples (``("compressed", partial)``,
   ``("estimate", dict)``, ``("result", dict)``); a set ``cancel``
   is forwarded to the child, which stops between windows as ``run_steps`` does in-process;
-- ``layer_weights(config, layer)``: the weight-histogram data, answered beside a run in flight.
+- ``call("module:function", *args)``: ``function(workbench, *args)`` in the child, answered beside
+  a run in flight (the weight histogram, a worked block: views that read the original's weights).
 
 An exception in the child is raised again in the caller (memopt's one-line errors keep their
 class); a child that dies (out of memory, killed) fails what was waiting with a one-line
@@ -109,9 +110,10 @@ class EngineProcess:
                 raise payload
             yield kind, payload
 
-    def layer_weights(self, config: RunConfig, layer: str):
-        """The child's :func:`memopt_core.compression.weight_view.layer_weights` for ``layer``."""
-        request_id, replies = self._send("weights", config, layer)
+    def call(self, function: str, *args: Any) -> Any:
+        """``function(workbench, *args)`` computed in the child; ``function`` is ``"package.module:name"``
+        and its arguments and value must pickle."""
+        request_id, replies = self._send("call", function, *args)
         kind, payload = replies.get()
         while kind == "loaded":
             kind, payload = replies.get()

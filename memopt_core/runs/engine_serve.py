@@ -1,23 +1,29 @@
 """The child's side of :mod:`memopt_core.runs.engine_process`: load the Workbench once, run
-settings one at a time in the main thread, answer cancels and weight views from a reader thread.
+settings one at a time in the main thread, answer cancels and calls (weight views) from a reader thread.
 
 Every reply is ``(request_id, kind, payload)``: ``kind`` is ``"loaded"`` (the model is in memory,
-the request's work begins), a step message kind, ``"weights"``, ``"error"`` (payload: the
+the request's work begins), a step message kind, ``"value"`` (of a call), ``"error"`` (payload: the
 exception, picklable) or ``"end"`` (the request is over).
 """
 from __future__ import annotations
 
+import importlib
 import queue
 import sys
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from memopt_core.compression.weight_view import layer_weights
 from memopt_core.config import ModelSpec, RunConfig
 from memopt_core.runs.engine_process import portable_error
 from memopt_core.runs.progressive_run import step_message
 from memopt_core.runs.workbench import Workbench
+
+
+def resolve(function: str):
+    """``"package.module:name"`` -> that module-level function."""
+    module, _, name = function.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class Server:
@@ -46,8 +52,8 @@ class Server:
                 self._runs.put((request_id, *args))
             elif kind == "cancel" and request_id in self._cancels:
                 self._cancels[request_id].set()
-            elif kind == "weights":  # beside a run in flight: a histogram must not wait for a whole evaluation
-                threading.Thread(target=self._weights, args=(request_id, *args), daemon=True).start()
+            elif kind == "call":  # beside a run in flight: a histogram must not wait for a whole evaluation
+                threading.Thread(target=self._call, args=(request_id, *args), daemon=True).start()
             elif kind == "stop":
                 for cancel in list(self._cancels.values()):
                     cancel.set()
@@ -81,11 +87,11 @@ class Server:
             self._cancels.pop(request_id, None)
             self._reply(request_id, "end", None)
 
-    def _weights(self, request_id: int, config: RunConfig, layer: str) -> None:
+    def _call(self, request_id: int, function: str, *args: Any) -> None:
         try:
             bench = self._workbench()
             self._reply(request_id, "loaded", {})
-            self._reply(request_id, "weights", layer_weights(bench, config, layer))
+            self._reply(request_id, "value", resolve(function)(bench, *args))
         except Exception as error:  # noqa: BLE001 - as in _run
             self._reply(request_id, "error", portable_error(error))
 

@@ -58,8 +58,8 @@ def test_a_cancelled_run_stops_between_windows_without_a_result(engine):
     assert [kind for kind, _ in engine.steps(CONFIG)][-1] == "result"  # the engine serves the next one
 
 
-def test_weights_of_a_layer_come_back_as_data(engine):
-    data = engine.layer_weights(CONFIG, "model.layers.0.self_attn.q_proj")
+def test_a_call_reads_the_weights_of_a_layer_in_the_child(engine):
+    data = engine.call("memopt_core.compression.weight_view:layer_weights", CONFIG, "model.layers.0.self_attn.q_proj")
     assert data.layer == "model.layers.0.self_attn.q_proj" and len(data.before) == len(data.after) > 0
     assert len(data.grid) == 16  # 4 bits: every level of the first group's grid
 
