@@ -42,7 +42,8 @@ def head_apart(model: nn.Module) -> nn.Module | None:
     """The head of ``model`` when it can be applied apart from the base model (see the module
     docstring), else None."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in settings.PLAIN_HEAD_TYPES or getattr(model, "base_model", model) is model:
+    causal_lm = type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))  # not a wrapper around one
+    if model_type not in settings.PLAIN_HEAD_TYPES or not causal_lm or getattr(model, "base_model", model) is model:
         return None
     return model.get_output_embeddings()
 

@@ -15,9 +15,11 @@ EVAL = EvalConfig(seq_len=64, max_tokens=256, gen_tokens=3, zero_shot=True)
 def counted(store: ReferenceStore) -> tuple[Workbench, list[int]]:
     """A freshly loaded tiny-llama workbench, and a list that grows by one per forward of its original."""
     bench = Workbench(load_model(ModelSpec("tiny-llama")), references=store)
-    original = bench.loaded.model
+    # Its base model: scoring runs it apart from the head (evaluation/logit_slices.py), every other
+    # forward goes through it too. Copies are deep copies that keep this hook: count the calls of
+    # the original object only.
+    original = bench.loaded.model.base_model
     calls: list[int] = []
-    # Copies are deep copies that keep this hook: count the calls of the original object only.
     original.register_forward_pre_hook(lambda module, args: calls.append(1) if module is original else None)
     return bench, calls
 
