@@ -32,21 +32,25 @@ def test_symmetric_4bit_block_bytes_by_hand():
     assert weight.packed.shape == (2, 1, 16)
     assert list(weight.packed[0, 0, :8]) == [0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE]
     assert list(weight.packed[1, 0, :2]) == [0xEF, 0xCD]
-    assert weight.scales.dtype == np.float32 and weight.scales.tolist() == [[0.5], [0.25]]
+    assert weight.scales.dtype == np.float16 and weight.scales.tolist() == [[0.5], [0.25]]  # memopt's own
+    assert not weight.widened  # one scale a block: the graph only casts it to float32
     assert weight.zero_points is None  # the operator's default 8 is memopt's symmetric offset
 
 
-def test_integer_zero_points_packed_low_nibble_first_and_scales_repeated():
+def test_integer_zero_points_packed_low_nibble_first_and_scales_kept_per_group():
     # K=64 in groups of 32 -> 2 blocks a row; zeros 3, 12 (row 0) and 7, 0 (row 1)
     codes = [[5] * 64, [9] * 64]
     weight = nbits_weight(_grid(codes, [[1.0, 2.0], [3.0, 4.0]], [[3, 12], [7, 0]], kind="int"), 4)
     assert weight.zero_points.tolist() == [[3 | 12 << 4], [7]]
-    assert weight.scales.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert weight.scales.dtype == np.float16 and weight.scales.tolist() == [[1.0, 2.0], [3.0, 4.0]]
     assert decode(weight)[0, :32].tolist() == [2.0] * 32 and decode(weight)[0, 32:].tolist() == [-14.0] * 32
-    # per-channel 8-bit on K=96: blocks of 32 (the largest power of two dividing 96), the scale repeated 3 times
-    wide = nbits_weight(_grid([[130] * 96], [[0.125]], bits=8, group=96), 8)
-    assert wide.block_size == 32 and wide.scales.tolist() == [[0.125] * 3] and wide.packed.shape == (1, 3, 32)
-    assert set(wide.packed.ravel().tolist()) == {130}
+    # per-channel 8-bit on K=96: blocks of 32 (the largest power of two dividing 96); the file keeps the
+    # row's one fp16 scale and one uint8 zero point, the graph repeats them over the 3 blocks
+    wide = nbits_weight(_grid([[130] * 96], [[0.125]], [[128]], bits=8, group=96, kind="int"), 8)
+    assert wide.block_size == 32 and wide.packed.shape == (1, 3, 32) and set(wide.packed.ravel().tolist()) == {130}
+    assert wide.scales.dtype == np.float16 and wide.scales.shape == (1, 1) and wide.zero_points.tolist() == [[128]]
+    assert wide.widened and wide.group_of_block.tolist() == [0, 0, 0]
+    assert decode(wide).tolist() == [[0.25] * 96]
 
 
 def test_narrower_symmetric_codes_sit_in_wider_slots():
@@ -64,6 +68,9 @@ def test_narrower_symmetric_codes_sit_in_wider_slots():
     (576, QuantConfig(bits=8, granularity="group", group_size=64, symmetric=False), 8),
     (64, QuantConfig(bits=3, granularity="group", group_size=16), 4),
     (64, QuantConfig(bits=4, granularity="per-tensor"), 8),
+    (576, QuantConfig(bits=4, symmetric=False), 4),  # per channel, 4-bit zero points widened as floats
+    (100, QuantConfig(bits=4, granularity="group", group_size=96, symmetric=False), 4),  # blocks 0-2 | 3
+    (64, QuantConfig(bits=8, granularity="per-tensor", symmetric=False), 8),
 ])
 def test_ort_kernel_decodes_memopts_weight_exactly(in_features, cfg, slot):
     torch.manual_seed(0)
