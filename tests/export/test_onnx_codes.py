@@ -4,13 +4,16 @@ import collections
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
 from memopt_core.config import QuantConfig
 from memopt_core.errors import ConfigError
 from memopt_core.export.formats import ONNX_TYPES, setting_for_type
-from memopt_core.export.matmul_nbits import decode, nbits_weight, ort_dequantized
+from memopt_core.compression.layers import QuantLinear
+from memopt_core.compression.walk import linear_layers
+from memopt_core.export.matmul_nbits import decode, graph_parts, nbits_weight, ort_dequantized
 from memopt_core.export.onnx import OrtCausalLM
 from memopt_core.export.service import ExportRequest, export
 from memopt_core.primitives.quant import QuantizedWeight, dequantize, quantize_weight
@@ -98,6 +101,55 @@ def test_type_alone_means_symmetric_g32_and_keeps_a_given_setting():
     assert setting_for_type(ONNX_TYPES["int8-codes"], given, {"bits": 8, "asymmetric": True}) is given
 
 
+def test_onnx_runtime_folds_the_scale_nodes_into_the_float32_inputs(tmp_path):
+    """The file holds fp16 scales and uint8 zero points per row; ONNX Runtime's basic optimizations fold
+    Cast/Gather/Expand into float32 [N, k_blocks] initializers, so the kernel gets what it would from
+    written-out float32 scales (and pre-packs them with B)."""
+    torch.manual_seed(0)
+    weight = nbits_weight(quantize_weight(torch.randn(24, 96), QuantConfig(bits=8, symmetric=False)), 8)
+    inits, nodes = graph_parts(weight, "A", "layer", "Y")
+    assert [n.op_type for n in nodes] == ["Cast", "Gather", "Gather", "MatMulNBits"]
+    graph = onnx.helper.make_graph(nodes, "g", [onnx.helper.make_tensor_value_info("A", onnx.TensorProto.FLOAT, [2, 96])],
+                                   [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [2, 24])], inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18),
+                                                         onnx.helper.make_opsetid("com.microsoft", 1)])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    assert [n.op_type for n in optimized.node] == ["MatMulNBits"]
+    folded = {t.name: onnx.numpy_helper.to_array(t) for t in optimized.initializer}
+    scales, zeros = (folded[name] for name in optimized.node[0].input[2:])
+    assert scales.dtype == np.float32 and scales.shape == (24, 3) and zeros.dtype == np.uint8 and zeros.shape == (24, 3)
+    assert np.array_equal(scales, np.repeat(weight.scales.astype(np.float32), 3, axis=1))
+    assert np.array_equal(zeros, np.repeat(weight.zero_points, 3, axis=1))
+
+
+@pytest.mark.slow
+def test_file_holds_memopts_fp16_scales_and_codes_plus_a_small_graph(tmp_path):
+    model = compressed(tiny_llama(), QuantConfig(bits=4, granularity="group", group_size=32))
+    export(source(model, byte_tokenizer()), ExportRequest("onnx", "int4-codes"), tmp_path / "out")
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
+    stored = {t.name: t for t in graph.initializer}
+    quantized = {name: m for name, m in linear_layers(model).items() if isinstance(m, QuantLinear)}
+    for name, module in quantized.items():  # the scales as memopt holds them: fp16 [out, groups], same bits
+        scale = stored[f"{name}.scales"]
+        assert scale.data_type == onnx.TensorProto.FLOAT16 and tuple(scale.dims) == tuple(module.scale.shape)
+        assert np.array_equal(onnx.numpy_helper.to_array(scale).view(np.uint16), module.scale.numpy().view(np.uint16))
+    nbits = {n.name: n for n in graph.node if n.op_type == "MatMulNBits"}
+    assert set(nbits) == set(quantized) and not any(n.metadata_props for n in graph.node)
+    # every input of a MatMulNBits path (rows of 64 / 128 in groups of 32: no padding, nothing widened)
+    # is memopt's packed codes or its fp16 scales, byte for byte in number
+    path_bytes = sum(len(stored[i].raw_data) for name in nbits for i in (f"{name}.qweight", f"{name}.scales"))
+    assert path_bytes == sum(m.packed.numel() + m.scale.numel() * 2 for m in quantized.values())
+    # The rest is the float tensors the graph keeps (the tied embedding, norms, rotary frequencies) and
+    # the graph itself: names, nodes, shapes, under 200 bytes a node once torch.onnx's stack traces are gone.
+    initializer_bytes = sum(onnx.numpy_helper.to_array(t).nbytes for t in graph.initializer)
+    files = sum(p.stat().st_size for p in (tmp_path / "out").glob("model.onnx*"))
+    assert 0 < files - initializer_bytes < 200 * len(graph.node)
+
+
 def test_refused_export_writes_nothing(tmp_path):
     model = compressed(tiny_llama(hidden=32), QuantConfig(bits=4, granularity="group", group_size=32,
                                                           symmetric=False, zero_point="float"))
@@ -108,12 +160,14 @@ def test_refused_export_writes_nothing(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("type_name, cfg", [
-    ("int4-codes", QuantConfig(bits=4, granularity="group", group_size=32)),
-    ("int8-codes", QuantConfig(bits=8, symmetric=False)),  # per channel, integer zero points
+@pytest.mark.parametrize("type_name, cfg, hidden", [
+    ("int4-codes", QuantConfig(bits=4, granularity="group", group_size=32), 64),
+    # per channel with integer zero points on rows of 96 / 192: blocks of 32 / 64, three a row, so the
+    # graph widens each row's fp16 scale and uint8 zero point (Gather)
+    ("int8-codes", QuantConfig(bits=8, symmetric=False), 96),
 ])
-def test_onnx_runtime_runs_memopts_codes(tmp_path, type_name, cfg):
-    model = compressed(tiny_llama(), cfg)
+def test_onnx_runtime_runs_memopts_codes(tmp_path, type_name, cfg, hidden):
+    model = compressed(tiny_llama(hidden=hidden), cfg)
     report = export(source(model, byte_tokenizer(), windows()), ExportRequest("onnx", type_name, verify=True),
                     tmp_path / "out")
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx"),
