@@ -13,7 +13,7 @@ from memopt_core.errors import ConfigError
 from memopt_core.export.formats import ONNX_TYPES, setting_for_type
 from memopt_core.compression.layers import QuantLinear
 from memopt_core.compression.walk import linear_layers
-from memopt_core.export.matmul_nbits import decode, graph_parts, nbits_weight, ort_dequantized
+from memopt_core.export.matmul_nbits import decode, file_bits_per_weight, graph_parts, nbits_weight, ort_dequantized
 from memopt_core.export.onnx import OrtCausalLM
 from memopt_core.export.service import ExportRequest, export
 from memopt_core.primitives.quant import QuantizedWeight, dequantize, quantize_weight
@@ -82,6 +82,7 @@ def test_ort_kernel_decodes_memopts_weight_exactly(in_features, cfg, slot):
     memopt = dequantize(grid).numpy()  # [N, K]
     assert np.array_equal(ort_dequantized(weight).T, memopt)  # ONNX Runtime's own MatMulNBits kernel
     assert np.array_equal(decode(weight), memopt)
+    assert file_bits_per_weight(grid, slot) == 8 * weight.nbytes / grid.codes.numel()  # the plan's bpw: the bytes written
 
 
 @pytest.mark.parametrize("cfg, words", [
