@@ -191,10 +191,7 @@ def graph_parts(weight: NBitsWeight, a: str, prefix: str, output: str) -> tuple[
              numpy_helper.from_array(weight.scales, f"{prefix}.scales")]
     nodes = [helper.make_node("Cast", [f"{prefix}.scales"], [f"{prefix}.scales_f32"], name=f"{prefix}.scales_cast",
                               to=TensorProto.FLOAT)]
-    if weight.widened:  # indices and shape shared by the scale and zero point paths
-        inits += [numpy_helper.from_array(weight.group_of_block, f"{prefix}.block_groups"),
-                  numpy_helper.from_array(np.array([weight.N, weight.k_blocks], dtype=np.int64), f"{prefix}.block_shape")]
-    inputs = [a, f"{prefix}.qweight", _widen(weight, prefix, f"{prefix}.scales_f32", nodes)]
+    inputs = [a, f"{prefix}.qweight", _widen(weight, prefix, f"{prefix}.scales_f32", inits, nodes)]
     if weight.zero_points is not None:
         inits.append(numpy_helper.from_array(weight.zero_points, f"{prefix}.qzeros"))
         zeros = f"{prefix}.qzeros"
@@ -203,20 +200,27 @@ def graph_parts(weight: NBitsWeight, a: str, prefix: str, output: str) -> tuple[
             # (A's type) hold the same integers exactly.
             nodes.append(helper.make_node("Cast", [zeros], [f"{zeros}_f32"], name=f"{zeros}_cast", to=TensorProto.FLOAT))
             zeros = f"{zeros}_f32"
-        inputs.append(_widen(weight, prefix, zeros, nodes) if weight.widened else zeros)
+        inputs.append(_widen(weight, prefix, zeros, inits, nodes))
     # accuracy_level 0: A stays float32 (1 would allow the same; 4 would quantize A to int8 blocks).
     nodes.append(helper.make_node("MatMulNBits", inputs, [output], name=prefix, domain=DOMAIN, K=weight.K, N=weight.N,
                                   bits=weight.bits, block_size=weight.block_size, accuracy_level=0))
     return inits, nodes
 
 
-def _widen(weight: NBitsWeight, prefix: str, name: str, nodes: list) -> str:
-    """Append the nodes turning ``name [rows, groups]`` into ``[N, k_blocks]`` (a value per block); its name."""
+def _widen(weight: NBitsWeight, prefix: str, name: str, inits: list, nodes: list) -> str:
+    """Append the nodes (and their index or shape initializer, once a layer) turning ``name [rows, groups]``
+    into ``[N, k_blocks]``, a value per block; the name of the result (``name`` when nothing is needed)."""
+    present = {t.name for t in inits}
     if weight.scales.shape[1] != weight.k_blocks:
+        if f"{prefix}.block_groups" not in present:
+            inits.append(numpy_helper.from_array(weight.group_of_block, f"{prefix}.block_groups"))
         nodes.append(helper.make_node("Gather", [name, f"{prefix}.block_groups"], [f"{name}_blocks"],
                                       name=f"{name}_gather", axis=1))
         name = f"{name}_blocks"
     if weight.scales.shape[0] != weight.N:
+        if f"{prefix}.block_shape" not in present:
+            shape = np.array([weight.N, weight.k_blocks], dtype=np.int64)
+            inits.append(numpy_helper.from_array(shape, f"{prefix}.block_shape"))
         nodes.append(helper.make_node("Expand", [name, f"{prefix}.block_shape"], [f"{name}_rows"], name=f"{name}_expand"))
         name = f"{name}_rows"
     return name

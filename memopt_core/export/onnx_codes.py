@@ -1,5 +1,6 @@
 """Put memopt's own codes into the exported ONNX graph: each quantized Linear's MatMul becomes a
-``com.microsoft.MatMulNBits`` node holding memopt's codes and scales (:mod:`matmul_nbits`).
+``com.microsoft.MatMulNBits`` node holding memopt's codes, fed memopt's fp16 scales through the few
+constant nodes that widen them to the operator's float32 ``[N, k_blocks]`` (:mod:`matmul_nbits`).
 
 torch.onnx (dynamo) folds each block Linear's weight into a constant stored transposed, ``[in, out]``,
 fed straight to a MatMul; a weight computed in the graph (a tied ``lm_head``: Transpose of the
