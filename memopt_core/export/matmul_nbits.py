@@ -44,8 +44,10 @@ class NBitsWeight:
     """One Linear's MatMulNBits tensors as the file stores them (numpy, ready for ``onnx.numpy_helper``).
 
     ``scales`` are memopt's own, fp16 ``[rows, groups]`` (``rows`` = N, or 1 per tensor). Zero points are
-    uint8: packed as the operator takes them when each block has its own group
-    (``[N, ceil(k_blocks * bits / 8)]``), else memopt's ``[rows, groups]``, one byte each, widened in the graph."""
+    uint8 integers: at 8 bits memopt's ``[rows, groups]``, a byte each, widened in the graph like the
+    scales; at 4 bits packed as the operator takes them, one a block (``[N, ceil(k_blocks / 2)]``),
+    because float zero points (the only ones a Gather could widen) send ONNX Runtime to its slower
+    de-quantize-then-SGEMM path instead of its 4-bit kernel."""
 
     packed: np.ndarray  # uint8 [N, k_blocks, block_size * bits / 8]
     scales: np.ndarray  # float16 [rows, groups], memopt's scale buffer
@@ -69,6 +71,11 @@ class NBitsWeight:
     def widened(self) -> bool:
         """Whether the graph must widen ``scales`` (a group spanning blocks, or one row per tensor)."""
         return self.scales.shape != (self.N, self.k_blocks)
+
+    @property
+    def zeros_per_group(self) -> bool:
+        """Whether ``zero_points`` is memopt's ``[rows, groups]`` (widened in the graph), not packed per block."""
+        return self.widened and self.bits == 8
 
     @property
     def nbytes(self) -> int:
@@ -143,21 +150,21 @@ def nbits_weight(grid: QuantizedWeight, slot_bits: int, name: str = "layer") -> 
     group = k if grid.scale.numel() == 1 else min(grid.group_size, k)
     scales = grid.scale.numpy().astype(np.float16)  # QuantLinear's fp16 buffer, as it is
     weight = NBitsWeight(pack_blocks(values, slot_bits, block), scales, None, k, n, slot_bits, block, group)
-    if zeros is not None and not weight.widened:
-        zeros = pack_bits(zeros, slot_bits)  # one zero point a block: the operator's own packed form
+    if zeros is not None and not weight.zeros_per_group:
+        zeros = pack_bits(per_block(zeros, weight), slot_bits)  # one a block: the operator's own packed form
     return replace(weight, zero_points=zeros)
 
 
 def file_bits_per_weight(grid: QuantizedWeight, slot_bits: int) -> float:
     """Bits a weight of ``grid`` takes in the file as :func:`nbits_weight` writes it: codes in padded
-    blocks, memopt's fp16 scales, uint8 zero points (packed when each block has its own)."""
+    blocks, memopt's fp16 scales, uint8 zero points (a byte a group at 8 bits, packed per block below)."""
     n, k = grid.shape
     block = block_size_for(grid)
     k_blocks = math.ceil(k / block)
     bits = n * k_blocks * block * slot_bits + 16 * grid.scale.numel()
     if grid.zero_kind == "int":
-        own = grid.scale.shape == (n, k_blocks)
-        bits += n * math.ceil(k_blocks * slot_bits / 8) * 8 if own else 8 * grid.scale.numel()
+        per_group = slot_bits == 8 and grid.scale.shape != (n, k_blocks)
+        bits += 8 * grid.scale.numel() if per_group else n * math.ceil(k_blocks * slot_bits / 8) * 8
     return bits / (n * k)
 
 
@@ -174,7 +181,7 @@ def decode(weight: NBitsWeight) -> np.ndarray:
     q = unpack_bits(weight.packed.reshape(n, -1), weight.bits, k_blocks * weight.block_size)
     if weight.zero_points is None:
         zero = np.full((n, k_blocks), 1 << (weight.bits - 1), dtype=np.float32)
-    elif weight.widened:
+    elif weight.zeros_per_group:
         zero = per_block(weight.zero_points, weight).astype(np.float32)
     else:
         zero = unpack_bits(weight.zero_points, weight.bits, k_blocks).astype(np.float32)
@@ -195,12 +202,7 @@ def graph_parts(weight: NBitsWeight, a: str, prefix: str, output: str) -> tuple[
     if weight.zero_points is not None:
         inits.append(numpy_helper.from_array(weight.zero_points, f"{prefix}.qzeros"))
         zeros = f"{prefix}.qzeros"
-        if weight.widened and weight.bits < 8:
-            # Packed sub-byte zero points cannot be repeated by Gather; float zero points [N, k_blocks]
-            # (A's type) hold the same integers exactly.
-            nodes.append(helper.make_node("Cast", [zeros], [f"{zeros}_f32"], name=f"{zeros}_cast", to=TensorProto.FLOAT))
-            zeros = f"{zeros}_f32"
-        inputs.append(_widen(weight, prefix, zeros, inits, nodes))
+        inputs.append(_widen(weight, prefix, zeros, inits, nodes) if weight.zeros_per_group else zeros)
     # accuracy_level 0: A stays float32 (1 would allow the same; 4 would quantize A to int8 blocks).
     nodes.append(helper.make_node("MatMulNBits", inputs, [output], name=prefix, domain=DOMAIN, K=weight.K, N=weight.N,
                                   bits=weight.bits, block_size=weight.block_size, accuracy_level=0))

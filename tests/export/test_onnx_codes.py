@@ -13,7 +13,7 @@ from memopt_core.errors import ConfigError
 from memopt_core.export.formats import ONNX_TYPES, setting_for_type
 from memopt_core.compression.layers import QuantLinear
 from memopt_core.compression.walk import linear_layers
-from memopt_core.export.matmul_nbits import decode, file_bits_per_weight, graph_parts, nbits_weight, ort_dequantized
+from memopt_core.export.matmul_nbits import decode, file_bits_per_weight, graph_parts, nbits_weight, per_block, ort_dequantized
 from memopt_core.export.onnx import OrtCausalLM
 from memopt_core.export.service import ExportRequest, export
 from memopt_core.primitives.quant import QuantizedWeight, dequantize, quantize_weight
@@ -71,7 +71,7 @@ def test_narrower_symmetric_codes_sit_in_wider_slots():
     (576, QuantConfig(bits=8, granularity="group", group_size=64, symmetric=False), 8),
     (64, QuantConfig(bits=3, granularity="group", group_size=16), 4),
     (64, QuantConfig(bits=4, granularity="per-tensor"), 8),
-    (576, QuantConfig(bits=4, symmetric=False), 4),  # per channel, 4-bit zero points widened as floats
+    (576, QuantConfig(bits=4, symmetric=False), 4),  # per channel: 4-bit zero points packed per block
     (100, QuantConfig(bits=4, granularity="group", group_size=96, symmetric=False), 4),  # blocks 0-2 | 3
     (64, QuantConfig(bits=8, granularity="per-tensor", symmetric=False), 8),
 ])
@@ -125,6 +125,38 @@ def test_onnx_runtime_folds_the_scale_nodes_into_the_float32_inputs(tmp_path):
     assert scales.dtype == np.float32 and scales.shape == (24, 3) and zeros.dtype == np.uint8 and zeros.shape == (24, 3)
     assert np.array_equal(scales, np.repeat(weight.scales.astype(np.float32), 3, axis=1))
     assert np.array_equal(zeros, np.repeat(weight.zero_points, 3, axis=1))
+
+
+@pytest.mark.parametrize("cfg, slot", [
+    (QuantConfig(bits=4, granularity="group", group_size=32), 4),
+    (QuantConfig(bits=4), 4),  # per channel: the row's scale gathered over 9 blocks
+    (QuantConfig(bits=4, granularity="group", group_size=96, symmetric=False), 4),
+    (QuantConfig(bits=8, symmetric=False), 8),  # scale and uint8 zero point gathered
+    (QuantConfig(bits=8, granularity="per-tensor"), 8),  # one scale expanded over every row and block
+])
+def test_widened_scales_compute_what_written_out_fp32_scales_compute(cfg, slot):
+    """Bit for bit the same Y as the former layout (fp32 scales [N, k_blocks] written in the file):
+    the folded graph reaches the same kernel with the same inputs."""
+    torch.manual_seed(0)
+    weight = nbits_weight(quantize_weight(torch.randn(40, 576), cfg), slot)
+    a = torch.randn(3, 576).numpy()
+    inits, nodes = graph_parts(weight, "A", "layer", "Y")
+    written = [inits[0], onnx.numpy_helper.from_array(per_block(weight.scales.astype(np.float32), weight), "S")]
+    if weight.zero_points is not None:
+        zeros = per_block(weight.zero_points, weight) if weight.zeros_per_group else weight.zero_points
+        written.append(onnx.numpy_helper.from_array(zeros, "Z"))
+    reference = onnx.helper.make_node("MatMulNBits", ["A", "layer.qweight", "S", "Z"][:len(written) + 1], ["Y"],
+                                      domain="com.microsoft", K=576, N=40, bits=slot, block_size=weight.block_size)
+    assert np.array_equal(_run(inits, nodes, a, 40), _run(written, [reference], a, 40))
+
+
+def _run(inits: list, nodes: list, a: np.ndarray, n: int) -> np.ndarray:
+    graph = onnx.helper.make_graph(nodes, "g", [onnx.helper.make_tensor_value_info("A", onnx.TensorProto.FLOAT, a.shape)],
+                                   [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [a.shape[0], n])],
+                                   inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18),
+                                                         onnx.helper.make_opsetid("com.microsoft", 1)])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["Y"], {"A": a})[0]
 
 
 @pytest.mark.slow
