@@ -223,7 +223,8 @@ def _widen(weight: NBitsWeight, prefix: str, name: str, inits: list, nodes: list
         if f"{prefix}.block_shape" not in present:
             shape = np.array([weight.N, weight.k_blocks], dtype=np.int64)
             inits.append(numpy_helper.from_array(shape, f"{prefix}.block_shape"))
-        nodes.append(helper.make_node("Expand", [name, f"{prefix}.block_shape"], [f"{name}_rows"], name=f"{name}_expand"))
+        nodes.append(helper.make_node("Expand", [name, f"{prefix}.block_shape"], [f"{name}_rows"],
+                                      name=f"{name}_expand"))
         name = f"{name}_rows"
     return name
 

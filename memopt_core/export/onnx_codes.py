@@ -130,7 +130,8 @@ def weight_errors(path: Path, model: nn.Module) -> dict[str, float]:
         if node.op_type != "MatMulNBits":
             continue
         feeding = _feeding_nodes(node, producers)
-        inits = [constants[name] for n in feeding + [node] for name in n.input if name in constants]
+        read = dict.fromkeys(name for n in feeding + [node] for name in n.input if name in constants)  # once each
+        inits = [constants[name] for name in read]
         attrs = {a.name: a.i for a in node.attribute}
         decoded = matmul_nbits.run_on_identity(inits, feeding + [node], node.input[0], node.output[0],
                                                attrs["K"], attrs["N"])  # W^T [K, N]

@@ -13,7 +13,8 @@ from memopt_core.errors import ConfigError
 from memopt_core.export.formats import ONNX_TYPES, setting_for_type
 from memopt_core.compression.layers import QuantLinear
 from memopt_core.compression.walk import linear_layers
-from memopt_core.export.matmul_nbits import decode, file_bits_per_weight, graph_parts, nbits_weight, per_block, ort_dequantized
+from memopt_core.export.matmul_nbits import (decode, file_bits_per_weight, graph_parts, nbits_weight, ort_dequantized,
+                                             per_block)
 from memopt_core.export.onnx import OrtCausalLM
 from memopt_core.export.service import ExportRequest, export
 from memopt_core.primitives.quant import QuantizedWeight, dequantize, quantize_weight
@@ -82,7 +83,7 @@ def test_ort_kernel_decodes_memopts_weight_exactly(in_features, cfg, slot):
     memopt = dequantize(grid).numpy()  # [N, K]
     assert np.array_equal(ort_dequantized(weight).T, memopt)  # ONNX Runtime's own MatMulNBits kernel
     assert np.array_equal(decode(weight), memopt)
-    assert file_bits_per_weight(grid, slot) == 8 * weight.nbytes / grid.codes.numel()  # the plan's bpw: the bytes written
+    assert file_bits_per_weight(grid, slot) == 8 * weight.nbytes / grid.codes.numel()  # the plan's bpw: bytes written
 
 
 @pytest.mark.parametrize("cfg, words", [
@@ -110,14 +111,11 @@ def test_onnx_runtime_folds_the_scale_nodes_into_the_float32_inputs(tmp_path):
     weight = nbits_weight(quantize_weight(torch.randn(24, 96), QuantConfig(bits=8, symmetric=False)), 8)
     inits, nodes = graph_parts(weight, "A", "layer", "Y")
     assert [n.op_type for n in nodes] == ["Cast", "Gather", "Gather", "MatMulNBits"]
-    graph = onnx.helper.make_graph(nodes, "g", [onnx.helper.make_tensor_value_info("A", onnx.TensorProto.FLOAT, [2, 96])],
-                                   [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [2, 24])], inits)
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18),
-                                                         onnx.helper.make_opsetid("com.microsoft", 1)])
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(_model(inits, nodes, (2, 96), 24).SerializeToString(), options,
+                         providers=["CPUExecutionProvider"])
     optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph
     assert [n.op_type for n in optimized.node] == ["MatMulNBits"]
     folded = {t.name: onnx.numpy_helper.to_array(t) for t in optimized.initializer}
@@ -150,13 +148,19 @@ def test_widened_scales_compute_what_written_out_fp32_scales_compute(cfg, slot):
     assert np.array_equal(_run(inits, nodes, a, 40), _run(written, [reference], a, 40))
 
 
+def _model(inits: list, nodes: list, a_shape: tuple[int, int], n: int) -> onnx.ModelProto:
+    """``nodes`` as a model ``Y [M, n] = f(A [M, K])``."""
+    value = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(nodes, "g", [value("A", onnx.TensorProto.FLOAT, a_shape)],
+                                   [value("Y", onnx.TensorProto.FLOAT, [a_shape[0], n])], inits)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18),
+                                                        onnx.helper.make_opsetid("com.microsoft", 1)])
+
+
 def _run(inits: list, nodes: list, a: np.ndarray, n: int) -> np.ndarray:
-    graph = onnx.helper.make_graph(nodes, "g", [onnx.helper.make_tensor_value_info("A", onnx.TensorProto.FLOAT, a.shape)],
-                                   [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [a.shape[0], n])],
-                                   inits)
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18),
-                                                         onnx.helper.make_opsetid("com.microsoft", 1)])
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["Y"], {"A": a})[0]
+    model = _model(inits, nodes, a.shape, n)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["Y"], {"A": a})[0]
 
 
 @pytest.mark.slow
