@@ -35,6 +35,7 @@ from memopt_core.evaluation.causal_lm import (SENTIMENT_LABELS, SENTIMENT_PROMPT
                                              sentiment_accuracy, zero_shot_scores)
 from memopt_core.evaluation.lm_records import Estimate  # noqa: E402
 from memopt_core.evaluation.progressive import evaluate_causal_lm  # noqa: E402
+from memopt_core.runs.store import ResultStore  # noqa: E402
 from memopt_core.runs.workbench import Workbench  # noqa: E402
 from bench_intervals import print_coverage  # noqa: E402
 from screenshots import browser_tab, dashboard, live_off, pick, set_slider, settle, throwaway_cache  # noqa: E402
@@ -173,6 +174,7 @@ def browser_seconds(max_tokens: int) -> None:
     source = Path(os.environ.get("MEMOPT_CACHE") or Path.home() / ".cache" / "memopt")
     cache = throwaway_cache(source)
     env = {**os.environ, "MEMOPT_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    waits = []
     with dashboard(env) as url, browser_tab(url) as tab:
         live_off(tab)  # choose model and tokens without starting runs, then turn live on
         pick(tab, "Model", "SmolLM2")
@@ -182,9 +184,18 @@ def browser_seconds(max_tokens: int) -> None:
         tab.get_by_role("slider", name="Bit width").focus()
         for move in ("cold: model load and the original's scoring included", "warm"):
             first, exact = wait_after_release(tab, "ArrowRight")  # 4 -> 5 -> 6 -> 8 bits
+            waits.append((move, first, exact))
             print(f"browser, slider release -> first estimate {first:.1f} s, -> exact figure {exact:.1f} s ({move}; "
-                  f"bits {tab.get_by_role('slider', name='Bit width').get_attribute('aria-valuetext')})", flush=True)
+                  f"bits {tab.get_by_role('slider', name='Bit width').get_attribute('aria-valuetext')}; engine in a "
+                  f"{os.environ.get('MEMOPT_ENGINE') or 'process'})", flush=True)
             tab.get_by_role("slider", name="Bit width").focus()
+    # The engine's own timings of the same two runs, as stored with their results (oldest first).
+    for (move, first, exact), row in zip(waits, reversed(ResultStore(cache / "results.db").rows())):
+        timings = row["result"]["timings"]
+        engine_s = timings["compress_s"] + timings["evaluate_s"]
+        print(f"  {move.split(':')[0]} ({row['setting']}): engine compression + all windows {engine_s:.1f} s, "
+              f"first estimate at {timings['first_estimate_s']:.1f} s; page / engine: exact {exact / engine_s:.2f}x"
+              f" (target <= 1.15x warm), first estimate {first / timings['first_estimate_s']:.2f}x", flush=True)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from memopt_core.config import ModelSpec, RunConfig
 from ui import live_run, result_view
 from ui.errors import user_errors
 from ui.live_view import show_run
-from ui.loaders import peek_stored, result_saver, store_key, workbench
+from ui.loaders import peek_stored, result_saver, run_steps, store_key, workbench
 from ui.saved_models import save_model
 from ui.weights_view import show_weight_view
 
@@ -42,7 +42,7 @@ def live_controls(spec: ModelSpec | None) -> tuple[bool, float | None]:
 
 
 def start(config: RunConfig, target_ci: float | None) -> live_run.LiveRun:
-    return live_run.start(config, store_key(config), workbench, result_saver(config), target_ci)
+    return live_run.start(config, store_key(config), run_steps, result_saver(config), target_ci)
 
 
 def _stored(config: RunConfig) -> dict[str, Any] | None:

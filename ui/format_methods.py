@@ -86,14 +86,10 @@ def explain_range(config: QuantConfig) -> None:
 
 def show_worked_block(config: QuantConfig, spec: ModelSpec | None) -> None:
     """The first block of the model's first targeted layer, when the model is loaded."""
-    if spec is None or not loaders.is_loaded(spec):
+    if spec is None or not loaders.model_at_hand(spec):
         st.caption("A worked block from a real layer appears here once the model is loaded (after a run).")
         return
-    from memopt_core.compression.walk import effective_weight, target_linears  # torch: loaded with the model
-    from memopt_core.compression.worked_block import worked_block
-
-    name, module = next(iter(target_linears(loaders.workbench(spec).loaded.model).items()))
-    block = worked_block(effective_weight(module), config)
+    name, block = loaders.with_model(spec, "memopt_core.compression.worked_block:first_layer_block", config)
     st.markdown(f"**A worked block**: {name}, {block.where}. " + "; ".join(block.scales) + ".")
     st.dataframe(pd.DataFrame({"weight": block.values, "code": block.codes, "decoded": block.decoded,
                                "error": block.errors}), hide_index=True, height=220)

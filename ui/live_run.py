@@ -1,9 +1,10 @@
 """Runs behind the Compress page: one worker thread per browser session, the newest setting wins.
 
 Streamlit reruns the page script on every widget change, so the run cannot live in the script
-(DESIGN.md, "Live answers in Streamlit"). A :class:`LiveRun` runs one setting in a daemon thread
-through the engine's ``Workbench.run_steps`` and writes each step into itself under a lock; the
-page reads :meth:`LiveRun.snapshot` and redraws. Starting a newer setting sets the older run's
+(DESIGN.md, "Live answers in Streamlit"). A :class:`LiveRun` follows one setting in a daemon
+thread: it reads the step messages of a ``runner`` (``ui.loaders.run_steps``: the engine's
+``run_steps``, computed in the model's engine process) and writes each into itself under a lock;
+the page reads :meth:`LiveRun.snapshot` and redraws. Starting a newer setting sets the older run's
 cancel token (checked between windows) and the new worker waits for the old one to stop, so a
 session computes one setting at a time. An exact result goes to the shared results store.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import streamlit as st
 
@@ -43,14 +44,18 @@ class LiveState:
         return self.stage in ("done", "cancelled", "failed")
 
 
-class LiveRun:
-    """One setting computed in a worker thread; every method is safe to call from the page."""
+# (config, cancel token, target_ci) -> ("compressed" | "estimate" | "result", dict) messages
+Runner = Callable[[RunConfig, threading.Event, "float | None"], Iterator[tuple[str, dict[str, Any]]]]
 
-    def __init__(self, config: RunConfig, key: str, workbench: Callable[[Any], Any],
+
+class LiveRun:
+    """One setting followed by a worker thread; every method is safe to call from the page."""
+
+    def __init__(self, config: RunConfig, key: str, runner: Runner,
                  save: Callable[[dict[str, Any]], None] | None, target_ci: float | None = None,
                  previous: "LiveRun | None" = None):
         self.config, self.key, self.target_ci = config, key, target_ci
-        self._workbench, self._save, self._previous = workbench, save, previous
+        self._runner, self._save, self._previous = runner, save, previous
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._state = LiveState(key=key)
@@ -84,26 +89,21 @@ class LiveRun:
             if self._cancel.is_set():
                 self._update(stage="cancelled")
                 return
-            bench = self._workbench(self.config.model)
-            self._update(stage="compressing")
-            self._consume(bench.run_steps(self.config, cancel=self._cancel, target_ci=self.target_ci))
+            self._consume(self._runner(self.config, self._cancel, self.target_ci))
         except Exception as error:  # noqa: BLE001 - shown on the page as one line, never a traceback
             self._update(stage="failed", error=error_message(error))
 
-    def _consume(self, steps) -> None:
-        # The engine's step types, imported when a run starts: importing them loads torch (seconds),
-        # which a page that only shows stored results never needs.
-        from memopt_core.evaluation.lm_records import Estimate
-        from memopt_core.runs.progressive_run import Compressed
-
-        for step in steps:
-            if isinstance(step, Compressed):
-                self._update(stage="scoring", partial=step.partial)
-            elif isinstance(step, Estimate):
-                self._update(estimates=self.snapshot().estimates + (step.to_dict(),),
-                             stage="finishing" if step.exact else "scoring")
+    def _consume(self, messages: Iterator[tuple[str, dict[str, Any]]]) -> None:
+        for kind, payload in messages:
+            if kind == "loaded":  # the model is in memory (loaded once, then reused)
+                self._update(stage="compressing")
+            elif kind == "compressed":
+                self._update(stage="scoring", partial=payload)
+            elif kind == "estimate":
+                self._update(estimates=self.snapshot().estimates + (payload,),
+                             stage="finishing" if payload["exact"] else "scoring")
             else:
-                result = step.to_dict()
+                result = payload
                 if result["compressed"].get("exact", True) and self._save is not None:
                     self._save(result)  # the store keeps exact figures only
                 self._update(stage="done", result=result)
@@ -116,7 +116,7 @@ def current() -> LiveRun | None:
     return st.session_state.get(CURRENT)
 
 
-def start(config: RunConfig, key: str, workbench: Callable[[Any], Any],
+def start(config: RunConfig, key: str, runner: Runner,
           save: Callable[[dict[str, Any]], None] | None, target_ci: float | None = None) -> LiveRun:
     """Run ``config`` in this session's worker, cancelling the run in flight; a run of the same
     setting (and early-stop choice) that is still going or finished is kept, not restarted."""
@@ -126,7 +126,7 @@ def start(config: RunConfig, key: str, workbench: Callable[[Any], Any],
         return running
     if running is not None:
         running.cancel()
-    st.session_state[CURRENT] = LiveRun(config, key, workbench, save, target_ci, previous=running).start()
+    st.session_state[CURRENT] = LiveRun(config, key, runner, save, target_ci, previous=running).start()
     return st.session_state[CURRENT]
 
 

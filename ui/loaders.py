@@ -1,8 +1,12 @@
-"""Cached, shared resources: loaded originals (one Workbench per ModelSpec) and the results store.
+"""Cached, shared resources: loaded originals (one Workbench per ModelSpec), the engine processes
+that run the Compress page's settings, and the results store.
 
 Workbenches are shared read-only by every browser session: runs compress structural copies, so
 one user's setting never changes another's model. At most ``MEMOPT_MAX_MODELS`` (default 2)
-originals stay loaded; the least recently used is dropped when another is loaded.
+originals stay loaded; the least recently used is dropped when another is loaded. The same limit
+holds for engine processes (one per model, each holding its own copy of the original): the
+Compress page's runs go there (``MEMOPT_ENGINE=process``, the default) so that they never share
+the server's GIL with Streamlit; ``MEMOPT_ENGINE=thread`` runs them in a thread of the server.
 """
 from __future__ import annotations
 
@@ -15,12 +19,16 @@ import streamlit as st
 
 from memopt_core.config import ModelSpec, RunConfig
 from memopt_core.errors import ConfigError
+from memopt_core.loading.cache import cache_dir
+from memopt_core.runs.engine_process import EngineProcess
 from memopt_core.runs.store import ResultStore, default_db_path
 from memopt_core.runs.stored import StoredRun, config_key, store_result
 from memopt_core.runs.stored import stored_run as engine_stored_run
 
 MAX_MODELS_ENV = "MEMOPT_MAX_MODELS"
 DEFAULT_MAX_MODELS = 2
+ENGINE_ENV = "MEMOPT_ENGINE"
+ENGINES = ("process", "thread")
 
 
 def max_models() -> int:
@@ -67,10 +75,80 @@ def workbench(spec: ModelSpec):
     return _cached_workbench(spec)
 
 
+def engine_kind() -> str:
+    """Where the Compress page's runs compute: ``$MEMOPT_ENGINE`` (``process``, the default, or ``thread``)."""
+    kind = os.environ.get(ENGINE_ENV, "").strip() or "process"
+    if kind not in ENGINES:
+        raise ConfigError(f"{ENGINE_ENV}={kind!r} must be 'process' or 'thread'")
+    return kind
+
+
+# The live engine processes, so pages can tell whether a model is loaded in one without starting it.
+_engines: dict[tuple[ModelSpec, str], EngineProcess] = {}
+
+
+def _stop_engine(engine: EngineProcess) -> None:
+    """Called by Streamlit when an engine leaves the cache (evicted, or cleared after it died)."""
+    with _loaded_lock:
+        _engines.pop(next((key for key, value in _engines.items() if value is engine), None), None)
+    engine.close()
+
+
+@st.cache_resource(max_entries=_cache_size(), show_spinner=False, on_release=_stop_engine)
+def _cached_engine(spec: ModelSpec, cache: str) -> EngineProcess:
+    engine = EngineProcess(spec)
+    with _loaded_lock:
+        _engines[(spec, cache)] = engine
+    return engine
+
+
+def engine(spec: ModelSpec) -> EngineProcess:
+    """``spec``'s engine process (for this memopt cache), started on first use and again if it died."""
+    cache = str(cache_dir())
+    running = _cached_engine(spec, cache)
+    if not running.alive:
+        _cached_engine.clear(spec, cache)
+        running = _cached_engine(spec, cache)
+    return running
+
+
+def run_steps(config: RunConfig, cancel: Any = None, target_ci: float | None = None):
+    """Step messages (``progressive_run.step_message``) of ``config``, computed where
+    :func:`engine_kind` says: the model's engine process, or this process's shared Workbench."""
+    if engine_kind() == "process":
+        yield from engine(config.model).steps(config, cancel, target_ci)
+        return
+    # The engine's step types, imported when a run starts: importing them loads torch (seconds).
+    from memopt_core.runs.progressive_run import step_message
+
+    bench = workbench(config.model)
+    yield "loaded", {}
+    for step in bench.run_steps(config, cancel=cancel, target_ci=target_ci):
+        yield step_message(step)
+
+
+def with_model(spec: ModelSpec, function: str, *args: Any) -> Any:
+    """``function(workbench, *args)`` (``"package.module:name"``) computed where the runs compute,
+    so a view that reads the original's weights never loads a second copy of the model."""
+    if engine_kind() == "process":
+        return engine(spec).call(function, *args)
+    from memopt_core.runs.engine_serve import resolve  # imports the engine (torch): on request only
+
+    return resolve(function)(workbench(spec), *args)
+
+
 def is_loaded(spec: ModelSpec) -> bool:
-    """Whether ``spec`` is in the cache now (using it will not load weights)."""
+    """Whether ``spec`` is in this process's cache now (using it will not load weights)."""
     with _loaded_lock:
         return spec in _loaded
+
+
+def model_at_hand(spec: ModelSpec) -> bool:
+    """Whether :func:`with_model` for ``spec`` can answer without loading the model."""
+    if engine_kind() == "thread":
+        return is_loaded(spec)
+    with _loaded_lock:
+        return any(key[0] == spec and running.loaded and running.alive for key, running in _engines.items())
 
 
 def loader(on_progress: Callable[[str], None] | None = None) -> Callable[[ModelSpec], Any]:

@@ -36,17 +36,13 @@ def show_weight_view(result: dict, key: str) -> None:
     config = RunConfig.from_dict(result["config"])
     names = [row["name"] for row in result["layers"]]
     layer = st.selectbox("Layer", names, key=f"{key}.layer")
-    if not loaders.is_loaded(config.model):
+    if not loaders.model_at_hand(config.model):
         st.caption("This view reads the original's weights; the model is not loaded now.")
         if not st.button("Load the model to show its weights", key=f"{key}.load_weights"):
             return
     with user_errors("weight view"):
-        # The engine's model code loads when a user asks for the weights, not with the page.
-        from memopt_core.compression.weight_view import layer_weights
-
         with st.spinner(f"Reading {layer} ..."):
-            bench = loaders.workbench(config.model)
-            data = layer_weights(bench, config, layer)
+            data = loaders.with_model(config.model, "memopt_core.compression.weight_view:layer_weights", config, layer)
         figure = charts.weight_histogram(data.before, data.after, data.grid, layer, rotated=data.rotated,
                                          clip=data.clip)
         low, high = figure.data[0].x[0], figure.data[0].x[-1]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from memopt_core.compression.walk import effective_weight, target_linears
 from memopt_core.compression.weight_view import grid_levels
 from memopt_core.config import QuantConfig
 from memopt_core.primitives.formats.kquants import KQUANTS, superblock_steps
@@ -109,3 +110,9 @@ def worked_block(weight: torch.Tensor, quant: QuantConfig) -> WorkedBlock:
     where = f"row 0, columns 0-{n - 1}" if n <= w.shape[1] else f"the first {n} weights (rows run on)"
     return WorkedBlock(where, w.reshape(-1)[:n].tolist(), _codes(stored, n), decoded.tolist(), lines,
                        format_levels(stored, 0).tolist())
+
+
+def first_layer_block(bench, quant: QuantConfig) -> tuple[str, WorkedBlock]:
+    """(name, worked block) of the first targeted layer of ``bench``'s original (a Workbench; not changed)."""
+    name, module = next(iter(target_linears(bench.loaded.model).items()))
+    return name, worked_block(effective_weight(module), quant)

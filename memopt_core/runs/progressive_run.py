@@ -38,6 +38,16 @@ class Compressed:
     partial: dict[str, Any]
 
 
+def step_message(step: "Compressed | Estimate | RunResult") -> tuple[str, dict[str, Any]]:
+    """``step`` as plain data for another thread or process: ``(kind, dict)`` with kind
+    ``"compressed"`` (the partial result), ``"estimate"`` or ``"result"``."""
+    if isinstance(step, Compressed):
+        return "compressed", step.partial
+    if isinstance(step, Estimate):
+        return "estimate", step.to_dict()
+    return "result", step.to_dict()
+
+
 def estimate_label(tokens: int) -> str:
     return f"estimate from {tokens:,} tokens"
 

@@ -25,7 +25,7 @@ def test_first_render_shows_the_settings_and_loads_no_model(app_cache):
     assert at.toggle(key="compress.live").value  # a bundled model on the CPU: live by default
     assert not at.get("plotly_chart") and not at.metric
     assert "compress.live_run" not in at.session_state  # opening the page is not a setting change
-    assert not loaders.is_loaded(ModelSpec("smollm2-135m"))
+    assert not loaders.is_loaded(ModelSpec("smollm2-135m")) and not loaders.model_at_hand(ModelSpec("smollm2-135m"))
     at.toggle(key="compress.live").set_value(False).run()
     assert at.button(key="compress.run").label == "Run"
 
@@ -86,7 +86,9 @@ def test_a_new_session_answers_stored_settings_without_loading(app_cache, monkey
         raise AssertionError("the model must not be loaded for a stored result")
 
     monkeypatch.setattr(loaders, "_cached_workbench", refuse)
+    monkeypatch.setattr(loaders, "_cached_engine", refuse)
     monkeypatch.setattr(loaders, "is_loaded", lambda spec: False)
+    monkeypatch.setattr(loaders, "model_at_hand", lambda spec: False)
     second = use_tiny_model(new_app(), "tiny-bert")  # a reload: a new session, same settings
     assert no_exception(second) and not errors(second)
     assert any("from the results store" in header.value for header in second.header)

@@ -9,8 +9,8 @@ import torch
 from streamlit.runtime.download_data_util import convert_data_to_bytes_and_infer_mime
 from streamlit.testing.v1 import AppTest
 
-from memopt_core.compression.weight_view import grid_levels
-from memopt_core.config import ModelSpec, QuantConfig
+from memopt_core.compression.weight_view import grid_levels, layer_weights
+from memopt_core.config import ModelSpec, QuantConfig, RunConfig
 from memopt_core.errors import ConfigError, DataError
 from page_support import app_cache  # noqa: F401
 from ui import loaders
@@ -74,6 +74,35 @@ def test_max_models_comes_from_the_environment(monkeypatch):
         monkeypatch.setenv(loaders.MAX_MODELS_ENV, bad)
         with pytest.raises(ConfigError, match="MEMOPT_MAX_MODELS"):
             loaders.max_models()
+
+
+def test_the_engine_is_a_process_unless_the_environment_says_thread(monkeypatch):
+    monkeypatch.delenv(loaders.ENGINE_ENV, raising=False)
+    assert loaders.engine_kind() == "process"
+    monkeypatch.setenv(loaders.ENGINE_ENV, "thread")
+    assert loaders.engine_kind() == "thread"
+    monkeypatch.setenv(loaders.ENGINE_ENV, "gpu")
+    with pytest.raises(ConfigError, match="MEMOPT_ENGINE='gpu' must be 'process' or 'thread'"):
+        loaders.engine_kind()
+
+
+LAYER_WEIGHTS = "memopt_core.compression.weight_view:layer_weights"
+
+
+def test_thread_runs_give_the_same_messages_as_the_engine(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEMOPT_CACHE", str(tmp_path))
+    config = RunConfig(ModelSpec("tiny-bert"), quant=QuantConfig(bits=4))
+    monkeypatch.setenv(loaders.ENGINE_ENV, "thread")
+    here = list(loaders.run_steps(config))
+    monkeypatch.setenv(loaders.ENGINE_ENV, "process")
+    assert not loaders.model_at_hand(config.model)  # this cache's engine has not started
+    there = list(loaders.run_steps(config))
+    assert [kind for kind, _ in here] == [kind for kind, _ in there] == ["loaded", "compressed", "result"]
+    assert here[-1][1]["compressed"] == there[-1][1]["compressed"]  # an encoder: cosine, computed alike
+    assert loaders.model_at_hand(config.model)  # the engine process holds the model now
+    layer = here[-1][1]["layers"][0]["name"]
+    assert loaders.with_model(config.model, LAYER_WEIGHTS, config, layer).before == \
+        layer_weights(loaders.workbench(config.model), config, layer).before  # the same seed: the same sample
 
 
 def test_the_least_recently_used_model_is_dropped():

@@ -76,7 +76,7 @@ def test_early_stop_labels_an_estimate_and_keeps_it_out_of_the_store(app_cache):
 def test_compression_charts_are_drawn_before_any_estimate(app_cache):
     bench = loaders.workbench(SETTING.model)
     partial = next(bench.run_steps(SETTING)).partial  # the copy is built, nothing evaluated yet
-    run = LiveRun(SETTING, "key", lambda spec: bench, save=None)
+    run = LiveRun(SETTING, "key", lambda *request: iter(()), save=None)
     run._update(stage="scoring", partial=partial)
 
     def page(run):
@@ -93,7 +93,7 @@ def test_compression_charts_are_drawn_before_any_estimate(app_cache):
 
 
 def test_worker_failure_is_one_line_on_the_page(app_cache):
-    def broken(spec):
+    def broken(config, cancel, target_ci):
         raise RuntimeError("disk on fire\nsecond line")
 
     run = LiveRun(SETTING, "key", broken, save=None).start()
