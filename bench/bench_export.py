@@ -5,10 +5,10 @@
 Targets (issue 10): for GGUF Q8_0, Q4_1 g32, Q4_0 g32, compressed-tensors W4 g64 and W8 per-channel,
 ONNX Runtime int8 and int4, and memopt's own codes in ONNX Runtime's MatMulNBits (int4-codes W4 g32,
 int8-codes W8 per-channel; rows 8-9): weight bytes in the file vs memopt's stored bytes (within 2%, the
-file's metadata and tokenizer apart); perplexity from the format's loader vs memopt's on the same
-windows (within 0.5%; the ORT rows are ORT's own re-quantization, so they are rows of their own);
-ONNX Runtime's tokens per second vs PyTorch dense fp32 on the same windows. Also: re-exporting at
-Q4_1 the model that ships as a Q4_1 GGUF should give back (nearly) the same blocks. The MiniLM
+file's metadata and tokenizer apart; for ONNX the graph protobuf is the metadata, printed on its own);
+perplexity from the format's loader vs memopt's on the same windows (within 0.5%; the ORT rows are
+ORT's own re-quantization, so they are rows of their own); ONNX Runtime's tokens per second vs
+PyTorch dense fp32 on the same windows. Also: re-exporting at Q4_1 the model that ships as a Q4_1 GGUF should give back (nearly) the same blocks. The MiniLM
 encoder goes to ONNX Runtime too (fp32, int8, int4): mean cosine of its sentence embeddings to the
 original's on the 200 labelled sentences (``--part minilm`` runs that part alone).
 """
@@ -68,6 +68,10 @@ def report_row(label: str, report, seconds: float) -> None:
     print(f"  files {report.file_bytes / MIB:.2f} MiB, weights {report.tensor_bytes / MIB:.2f} MiB vs memopt stored "
           f"{stored / MIB:.2f} MiB: {report.tensor_bytes / stored:.4f}x (target within 2%; metadata and tokenizer "
           f"{(report.file_bytes - report.tensor_bytes) / MIB:.2f} MiB apart)")
+    model_files = sum(p.stat().st_size for p in Path(report.folder).glob("model.onnx*"))
+    if model_files:  # the ONNX graph protobuf (nodes, names, shapes) is the metadata of these rows
+        print(f"  model.onnx + its data {model_files / MIB:.2f} MiB ({model_files / stored:.4f}x memopt's stored "
+              f"bytes): tensors + {(model_files - report.tensor_bytes) / 1024:.0f} KiB of graph protobuf")
     change = (trip.perplexity - memopt["perplexity"]) / memopt["perplexity"]
     print(f"  perplexity: memopt {memopt['perplexity']:.4f} ({memopt['setting']}), {trip.loader.split(';')[-1].strip()} "
           f"{trip.perplexity:.4f}: {change:+.3%} (target within 0.5%); max |weight - memopt's| "

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Iterator
 
 import gguf
+import onnx
+from onnx import numpy_helper
+from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
 from memopt_core.errors import ConfigError, ModelLoadError
 from memopt_core.paths import user_path
@@ -53,7 +56,8 @@ def listing(folder: Path) -> list[dict]:
 
 def tensor_bytes(folder: Path, fmt: str) -> int:
     """Bytes of the weights themselves, without metadata, tokenizer or config: GGUF tensor data
-    (by GGUFReader), the safetensors file less its JSON header, or the ONNX model and its data."""
+    (by GGUFReader), the safetensors file less its JSON header, or the ONNX initializers' data (the
+    graph protobuf, its nodes and names, counts as metadata)."""
     if fmt == "gguf":
         return sum(int(t.n_bytes) for path in folder.glob("*.gguf") for t in gguf.GGUFReader(str(path)).tensors)
     if fmt == "compressed-tensors":
@@ -63,4 +67,21 @@ def tensor_bytes(folder: Path, fmt: str) -> int:
                 header = int.from_bytes(handle.read(8), "little")
             total += path.stat().st_size - 8 - header
         return total
-    return sum(p.stat().st_size for p in folder.glob("model.onnx*"))
+    return sum(_onnx_initializer_bytes(path) for path in folder.glob("*.onnx"))
+
+
+def _onnx_initializer_bytes(path: Path) -> int:
+    """Data bytes of the initializers of the ONNX model at ``path``, inline or in external files."""
+    model = onnx.load(str(path), load_external_data=False)
+    total = 0
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            external = {entry.key: entry.value for entry in tensor.external_data}
+            if "length" not in external:  # a writer may leave it out: read the tensor to size it
+                load_external_data_for_tensor(tensor, str(path.parent))
+                total += numpy_helper.to_array(tensor).nbytes
+            else:
+                total += int(external["length"])
+        else:
+            total += numpy_helper.to_array(tensor).nbytes
+    return total

@@ -81,10 +81,10 @@ ONNX_TYPES = {t.name: t for t in (
     FormatType("onnx", "int4", "ONNX Runtime MatMulNBits: 4-bit symmetric weights in blocks of 32", 4, "symmetric", 32),
     FormatType("onnx", "int4-codes", "memopt's own codes (up to 4 bits) and scales in ONNX Runtime MatMulNBits: "
                                      "exactly what memopt evaluated (symmetric or integer zero point; groups a "
-                                     "multiple of 16; fp32 scales)", 4, "symmetric", 32, memopt_codes=True),
+                                     "multiple of 16; memopt's fp16 scales)", 4, "symmetric", 32, memopt_codes=True),
     FormatType("onnx", "int8-codes", "memopt's own codes (up to 8 bits) and scales in ONNX Runtime MatMulNBits "
                                      "(bits=8): exactly what memopt evaluated (symmetric or integer zero point; groups "
-                                     "a multiple of 16; fp32 scales)", 8, "symmetric", 32, memopt_codes=True),
+                                     "a multiple of 16; memopt's fp16 scales)", 8, "symmetric", 32, memopt_codes=True),
 )}
 
 TYPES = {"gguf": GGUF_TYPES, "compressed-tensors": CT_TYPES, "onnx": ONNX_TYPES}

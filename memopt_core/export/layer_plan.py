@@ -225,10 +225,11 @@ def _codes_plan(name: str, module: nn.Module, ftype: FormatType) -> LayerPlan:
     matmul_nbits.check_grid(grid, ftype.bits, name)
     block = matmul_nbits.block_size_for(grid, name)
     zeros = grid.zero_kind == "int"
-    bpw = ftype.bits + (32 + (ftype.bits if zeros else 0)) / block
     how = WIDENED if grid.bits < ftype.bits else COPIED
     note = (f"memopt's codes{' and integer zero points' if zeros else ''} in MatMulNBits blocks of {block}, "
-            "fp16 scales as fp32" + (f"; {grid.bits}-bit codes in {ftype.bits}-bit slots" if how == WIDENED else ""))
+            "memopt's fp16 scales as they are (cast to float32 in the graph)"
+            + (f"; {grid.bits}-bit codes in {ftype.bits}-bit slots" if how == WIDENED else ""))
+    bpw = matmul_nbits.file_bits_per_weight(grid, ftype.bits)
     return LayerPlan(name, source_label(module), ftype.name, how, module.mask is None, note, bpw)
 
 

@@ -148,7 +148,8 @@ def write_onnx(model: nn.Module, tokenizer, kind: str, folder: Path,
         if codes is not None:
             onnx_codes.replace_matmuls(scratch / MODEL_FILE, target, codes)
             notes = [f"memopt's own codes and scales in {len(codes)} MatMulNBits nodes ({ftype.bits}-bit slots, "
-                     "fp16 scales widened to fp32): ONNX Runtime decodes exactly the weights memopt evaluated"]
+                     "memopt's fp16 scales stored as they are, cast to float32 in the graph): ONNX Runtime decodes "
+                     "exactly the weights memopt evaluated"]
         elif type_name == "int8":
             notes, kept_float = _int8(dense, tokenizer, kind, scratch / MODEL_FILE, target)
         else:

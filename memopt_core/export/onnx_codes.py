@@ -1,5 +1,6 @@
 """Put memopt's own codes into the exported ONNX graph: each quantized Linear's MatMul becomes a
-``com.microsoft.MatMulNBits`` node holding memopt's codes and scales (:mod:`matmul_nbits`).
+``com.microsoft.MatMulNBits`` node holding memopt's codes, fed memopt's fp16 scales through the few
+constant nodes that widen them to the operator's float32 ``[N, k_blocks]`` (:mod:`matmul_nbits`).
 
 torch.onnx (dynamo) folds each block Linear's weight into a constant stored transposed, ``[in, out]``,
 fed straight to a MatMul; a weight computed in the graph (a tied ``lm_head``: Transpose of the
@@ -63,31 +64,44 @@ def _check_same(tensor: onnx.TensorProto, transposed: bool, expected: np.ndarray
 
 
 def replace_matmuls(source: Path, target: Path, weights: dict[str, matmul_nbits.NBitsWeight]) -> None:
-    """Read the float graph ``source``, swap the MatMul of every Linear in ``weights`` for MatMulNBits,
-    write ``target`` (weights in ``target.name + '.data'``). Unused float weights are dropped."""
+    """Read the float graph ``source``, swap the MatMul of every Linear in ``weights`` for MatMulNBits
+    (and the nodes widening its fp16 scales), write ``target`` (weights in ``target.name + '.data'``).
+    Unused float weights are dropped, and so is the exporter's per-node debugging metadata."""
     nodes = onnx_int8.matmul_nodes(source)
     model = onnx.load(str(source))
     graph = model.graph
-    by_name = {n.name: i for i, n in enumerate(graph.node)}
+    by_name = {n.name: n for n in graph.node}
     # Built once, before any node is swapped: the float weights and Transposes they name are still there.
     constants = {t.name: t for t in graph.initializer}
     producers = {output: n for n in graph.node for output in n.output}
+    swapped = {}  # MatMul name -> the nodes replacing it, in order
     for linear, weight in weights.items():
-        if linear not in nodes or graph.node[by_name[nodes[linear]]].op_type != "MatMul":
+        old = by_name.get(nodes.get(linear, ""))
+        if old is None or old.op_type != "MatMul":
             raise ConfigError(f"{linear}: no MatMul traced from it in the ONNX graph (a Gemm or fused form); "
                               "MatMulNBits replaces MatMuls")
-        old = graph.node[by_name[nodes[linear]]]
         tensor, transposed = _float_weight(constants, producers, old)
         _check_same(tensor, transposed, matmul_nbits.decode(weight).T, linear)
-        names = (f"{linear}.qweight", f"{linear}.scales", f"{linear}.qzeros")
-        graph.initializer.extend(numpy_helper.from_array(array, name) for array, name in
-                                 zip((weight.packed, weight.scales, weight.zero_points), names) if array is not None)
-        old.CopyFrom(matmul_nbits.node(weight, old.input[0], names, old.output[0], old.name))
+        inits, swapped[old.name] = matmul_nbits.graph_parts(weight, old.input[0], linear, old.output[0])
+        graph.initializer.extend(inits)
+    # The widening nodes read only initializers, so putting them just before their MatMulNBits keeps
+    # the node list in topological order.
+    new_nodes = [new for n in graph.node for new in swapped.get(n.name, [n])]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
     _drop_unused(graph)
+    _drop_debug_metadata(graph)
     if not any(o.domain == matmul_nbits.DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(matmul_nbits.DOMAIN, 1))
     onnx.save(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
               location=f"{target.name}.data", size_threshold=1024)
+
+
+def _drop_debug_metadata(graph: onnx.GraphProto) -> None:
+    """Clear torch.onnx's per-node ``metadata_props`` (stack traces with the exporting machine's paths,
+    module scopes): about 1.7 KB a node, 4 MiB of SmolLM2's graph, and nothing a runtime reads."""
+    for node in graph.node:
+        del node.metadata_props[:]
 
 
 def _drop_unused(graph: onnx.GraphProto) -> None:
@@ -105,20 +119,38 @@ def _drop_unused(graph: onnx.GraphProto) -> None:
 
 
 def weight_errors(path: Path, model: nn.Module) -> dict[str, float]:
-    """Linear name -> max |weight ONNX Runtime decodes from the file at ``path`` - memopt's weight|,
-    each MatMulNBits node decoded by ORT's own kernel (:func:`matmul_nbits.ort_dequantized`)."""
+    """Linear name -> max |weight ONNX Runtime decodes from the file at ``path`` - memopt's weight|:
+    each MatMulNBits node, with the nodes that feed its scales and zero points as the file has them,
+    run alone by ORT's own kernel on the identity (:func:`matmul_nbits.run_on_identity`)."""
     graph = onnx.load(str(path)).graph
     constants = {t.name: t for t in graph.initializer}
+    producers = {output: n for n in graph.node for output in n.output}
     linears, errors = linear_layers(model), {}
     for node in graph.node:
         if node.op_type != "MatMulNBits":
             continue
-        linear = node.input[1].removesuffix(".qweight")
+        feeding = _feeding_nodes(node, producers)
+        read = dict.fromkeys(name for n in feeding + [node] for name in n.input if name in constants)  # once each
+        inits = [constants[name] for name in read]
         attrs = {a.name: a.i for a in node.attribute}
-        zeros = numpy_helper.to_array(constants[node.input[3]]) if len(node.input) > 3 else None
-        weight = matmul_nbits.NBitsWeight(numpy_helper.to_array(constants[node.input[1]]),
-                                          numpy_helper.to_array(constants[node.input[2]]), zeros,
-                                          attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"])
-        memopt = effective_weight(linears[linear]).detach().float().numpy()  # [N, K]
-        errors[linear] = float(np.abs(matmul_nbits.ort_dequantized(weight).T - memopt).max())
+        decoded = matmul_nbits.run_on_identity(inits, feeding + [node], node.input[0], node.output[0],
+                                               attrs["K"], attrs["N"])  # W^T [K, N]
+        memopt = effective_weight(linears[node.name]).detach().float().numpy()  # [N, K]
+        errors[node.name] = float(np.abs(decoded.T - memopt).max())
     return errors
+
+
+def _feeding_nodes(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The nodes computing a MatMulNBits ``node``'s weight inputs (all but A), in topological order."""
+    found: list[onnx.NodeProto] = []
+
+    def visit(name: str) -> None:
+        producer = producers.get(name)
+        if producer is not None and producer not in found:
+            for upstream in producer.input:
+                visit(upstream)
+            found.append(producer)
+
+    for name in node.input[1:]:
+        visit(name)
+    return found

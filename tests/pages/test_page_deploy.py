@@ -67,5 +67,5 @@ def test_onnx_int4_codes_keeps_a_fitting_setting_and_plans_matmulnbits(app_cache
     assert no_exception(at) and not errors(at)
     plan = at.dataframe[0].value
     assert set(plan["becomes"]) == {"int4-codes", "fp32"} and plan["exact"].all()  # lm_head stays float
-    # per-channel rows of 64 / 128 inputs: one block a row, 4 bits + an fp32 scale per 64 / 128 weights
-    assert set(plan.loc[plan["becomes"] == "int4-codes", "bpw in format"]) == {4 + 32 / 64, 4 + 32 / 128}
+    # per-channel rows of 64 / 128 inputs: one block a row, 4 bits + memopt's fp16 scale per 64 / 128 weights
+    assert set(plan.loc[plan["becomes"] == "int4-codes", "bpw in format"]) == {4 + 16 / 64, 4 + 16 / 128}
