@@ -22,6 +22,7 @@ class); a child that dies (out of memory, killed) fails what was waiting with a 
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import pickle
@@ -46,9 +47,12 @@ class EngineStopped(MemoptError):
 
 
 def portable_error(error: BaseException) -> BaseException:
-    """``error`` if it survives pickling (memopt's errors do), else a RuntimeError with its first line."""
+    """``error`` if it pickles and rebuilds from its pickled form (memopt's errors do; an exception
+    whose constructor takes other arguments than its ``args`` does not), else a RuntimeError with
+    its first line. ``copy.copy`` rebuilds it as unpickling would, from ``__reduce_ex__``."""
     try:
-        pickle.loads(pickle.dumps(error))
+        pickle.dumps(error)
+        copy.copy(error)
         return error
     except Exception:  # noqa: BLE001 - any unpicklable exception is summarised, never lost
         first_line = (str(error).strip().splitlines() or [""])[0][:300]

@@ -84,3 +84,17 @@ def test_a_child_that_dies_fails_the_waiting_caller_in_one_line():
     assert not doomed.alive
     with pytest.raises(EngineStopped, match="has stopped"):
         list(doomed.steps(CONFIG))
+
+
+class _TwoArgumentError(Exception):
+    def __init__(self, what, why):
+        super().__init__(f"{what} failed: {why}")
+
+
+def test_errors_that_cannot_cross_the_pipe_become_one_line_runtime_errors():
+    from memopt_core.runs.engine_process import portable_error
+
+    own = ModelLoadError("no such model")
+    assert portable_error(own) is own
+    summarised = portable_error(_TwoArgumentError("load", "disk on fire\nsecond line"))
+    assert type(summarised) is RuntimeError and str(summarised) == "_TwoArgumentError: load failed: disk on fire"
