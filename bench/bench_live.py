@@ -167,6 +167,13 @@ def wait_after_release(tab, key: str) -> tuple[float, float]:
         time.sleep(0.05)
 
 
+def stored_rows(cache: Path, count: int, timeout_s: float = 180.0) -> None:
+    """Wait until the dashboard's results store under ``cache`` holds ``count`` results."""
+    deadline = time.perf_counter() + timeout_s
+    while ResultStore(cache / "results.db").count() < count and time.perf_counter() < deadline:
+        time.sleep(0.5)
+
+
 def browser_seconds(max_tokens: int) -> None:
     """Seconds a person waits in Chromium from releasing the bit-width slider to the first estimate
     and to the exact figure: the first release loads SmolLM2 and scores the original (an empty
@@ -185,6 +192,7 @@ def browser_seconds(max_tokens: int) -> None:
         for move in ("cold: model load and the original's scoring included", "warm"):
             first, exact = wait_after_release(tab, "ArrowRight")  # 4 -> 5 -> 6 -> 8 bits
             waits.append((move, first, exact))
+            stored_rows(cache, len(waits))  # its generation done and the result stored, as a person reads the figure
             print(f"browser, slider release -> first estimate {first:.1f} s, -> exact figure {exact:.1f} s ({move}; "
                   f"bits {tab.get_by_role('slider', name='Bit width').get_attribute('aria-valuetext')}; engine in a "
                   f"{os.environ.get('MEMOPT_ENGINE') or 'process'})", flush=True)

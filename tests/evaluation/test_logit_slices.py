@@ -2,6 +2,8 @@
 worth from the head where it can be applied apart (checked on what ``lm_head`` returns)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -38,8 +40,26 @@ class HeadRows:
         self.handle.remove()
 
 
+@contextmanager
+def streamed(model):
+    """Mark ``model`` as accelerate marks a model dispatched under a memory cap (``hf_device_map``)."""
+    model.hf_device_map = {"": "cpu"}
+    try:
+        yield model
+    finally:
+        del model.hf_device_map
+
+
+def test_a_model_held_in_memory_makes_its_logits_in_one_head_product(model, windows):
+    assert head_apart(model) is None  # not streamed: one product reads the head's weights once
+    with torch.inference_mode(), HeadRows(model) as head:
+        pieces = list(logit_slices(model, windows, ROWS))
+    assert head.rows == [windows.shape[1]] and [p.shape[0] for p in pieces] == [7, 7, 5] * 5
+
+
 def test_slices_are_the_models_own_logits_and_the_head_never_makes_a_whole_window(model, windows):
-    with torch.inference_mode():
+    with torch.inference_mode(), streamed(model):
+        assert head_apart(model) is model.lm_head
         with HeadRows(model) as head:
             pieces = list(logit_slices(model, windows, ROWS))
         whole = model(input_ids=windows).logits[:, :-1].flatten(0, 1)  # [5 * 19, V]
@@ -53,8 +73,8 @@ def test_heads_that_cannot_be_applied_apart_run_the_whole_forward(model, windows
     its own forward: the head then returns whole windows, with the same figures."""
     sliced = evaluate_causal_lm(perturbed_copy(model), windows, kl_top_k=None)[0]
     monkeypatch.setattr(settings, "PLAIN_HEAD_TYPES", frozenset())
-    assert head_apart(model) is None
-    with torch.inference_mode(), HeadRows(model) as head:
+    with torch.inference_mode(), streamed(model), HeadRows(model) as head:
+        assert head_apart(model) is None
         list(logit_slices(model, windows, ROWS))
     assert head.rows == [windows.shape[1]]  # one forward of the whole batch
     whole = evaluate_causal_lm(perturbed_copy(model), windows, kl_top_k=None)[0]
@@ -66,7 +86,7 @@ def test_the_scorer_keeps_the_heads_output_within_one_slice(model, windows):
     reference = evaluate_causal_lm(model, windows, kl_top_k=4)[1]
     copy = perturbed_copy(model)
     scorer = WindowScorer(copy, windows, reference, kl_top_k=4, batch_size=2, slice_elements=ROWS * VOCAB)
-    with HeadRows(copy) as head:
+    with streamed(copy), HeadRows(copy) as head:
         for _ in scorer.steps():
             pass
     assert scorer.slice_rows == slice_rows(copy, ROWS * VOCAB) == ROWS
