@@ -4,7 +4,7 @@ Why a process: the dashboard's server also runs Streamlit's script reruns (the l
 twice a second), chart building and the websocket, all in one interpreter. An engine thread there
 shares the GIL with all of it; measured on SmolLM2 (2 cores), the same run took 1.3x longer in a
 worker thread than in a main thread even with nothing else to do, and about 1.8x on the page. A
-spawned child has its own interpreter: the page only waits on a queue.
+child process has its own interpreter and GIL: the page only waits on a pipe.
 
 :class:`EngineProcess` starts a child that loads the model's :class:`Workbench` once (on the
 first request) and then serves requests in order:
