@@ -44,7 +44,7 @@ class LiveState:
         return self.stage in ("done", "cancelled", "failed")
 
 
-# (config, cancel token, target_ci) -> ("compressed" | "estimate" | "result", dict) messages
+# (config, cancel token, target_ci) -> ("loaded" | "compressed" | "estimate" | "result", dict) messages
 Runner = Callable[[RunConfig, threading.Event, "float | None"], Iterator[tuple[str, dict[str, Any]]]]
 
 
