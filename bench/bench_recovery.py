@@ -89,7 +89,7 @@ def distil(bench: Workbench, compressed, recovery: RecoveryConfig, freeze_zeros:
     """The recovery path of ``recover()`` on an already compressed copy (changed in place)."""
     data = training_data("causal-lm", bench.loaded.tokenizer, recovery, eval_config, [])
     view = open_for_training_(compressed.model, compressed.target_names, freeze_zeros=freeze_zeros,
-                              train_norms=recovery.train_norms)
+                              train_norms=recovery.train_norms, original=bench.loaded.model)
     loop = Distillation(view, bench.loaded.model, bench.loaded.tokenizer, "causal-lm", data, recovery, CLOCK)
     with torch.enable_grad():
         for update in loop.run():

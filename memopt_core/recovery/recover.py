@@ -69,7 +69,7 @@ def recover(bench: Workbench, config: RunConfig, recovery: RecoveryConfig, cance
     phase("Scoring the compressed copy before recovery")
     before = bench.measure(config, compressed, memory, dict(timings))
     view = open_for_training_(compressed.model, compressed.target_names, freeze_zeros=config.prune is not None,
-                              train_norms=recovery.train_norms, only=recovery.only)
+                              train_norms=recovery.train_norms, only=recovery.only, original=loaded.model)
     trained = {"layers": len(view.layers), "norm_tensors": len(view.norms),
                "parameters": sum(p.numel() for p in view.named_parameters().values())}
     phase("Training")

@@ -16,6 +16,15 @@ would hold, so what trains is what will be stored:
 codes drawn by the same rounding as the forward: the same bytes, and bit-identical outputs.
 In a pruned model the zero pattern is frozen: zeros stay zero and a kept weight never rounds to
 the zero code, so sparsity counted from the weights is unchanged by recovery.
+
+Where the original is at hand, a quantized or cast layer's latent weight starts at the original's
+float weight wherever that is stored as the same value (every weight of an RTN layer; those GPTQ
+did not move), and at the stored value elsewhere, so training starts from the same function. Why:
+a latent weight at the centre of its grid step must move half a step before any code changes,
+which AdamW at 1e-4 takes dozens of steps to do; the original's weights sit all over their steps,
+and those near a boundary flip with the first steps. Measured on SmolLM2 RTN W3 g64 (20 steps of
+512 tokens, lr 1e-4): validation perplexity 232 -> 70 from the original, 232 -> 210 from the
+stored values.
 """
 from __future__ import annotations
 
@@ -58,6 +67,23 @@ class TrainableLinear(nn.Module):
         if isinstance(source, QuantLinear):
             self._open_grid(source)
         self.cast_dtype = source.weight.dtype if isinstance(source, CastLinear) else None
+
+    @torch.no_grad()
+    def start_from_(self, original: Tensor) -> float:
+        """Move the latent weight to ``original [out, in]`` (the uncompressed layer's weight) wherever
+        that is stored as the same value; returns the fraction of weights moved. The forward is
+        unchanged (see the module doc); only quantized and cast layers move."""
+        original = original.detach().float()
+        if self.grid is not None:
+            stored = grid_codes(self.weight, self.scale, self.zero, self.grid, self.keep)[0]
+            same = (grid_codes(original, self.scale, self.zero, self.grid, self.keep)[0] == stored)
+            same = same.view_as(original)
+        elif self.cast_dtype is not None:
+            same = original.to(self.cast_dtype).float() == self.weight
+        else:
+            return 0.0
+        self.weight.copy_(torch.where(same, original, self.weight))
+        return same.float().mean().item()
 
     def _open_grid(self, source: QuantLinear) -> None:
         self.grid = Grid(source.bits, source.zero_kind, source.group_size)
@@ -189,12 +215,14 @@ class TrainableView:
 
 
 def open_for_training_(model: nn.Module, names: list[str], freeze_zeros: bool, train_norms: bool,
-                       only: tuple[str, ...] = ()) -> TrainableView:
+                       only: tuple[str, ...] = (), original: nn.Module | None = None) -> TrainableView:
     """Open the compressed layers among ``names`` of ``model`` (changed in place) for training.
 
     ``freeze_zeros``: the run pruned, so every zero stays zero and no new zero appears.
     ``only``: fnmatch patterns; when given, only matching compressed layers train (the others
     stay as they are stored). ``train_norms``: LayerNorm / RMSNorm weights train too.
+    ``original``: the uncompressed model (same layer names, only read); quantized and cast
+    layers' latent weights start from its weights (:meth:`TrainableLinear.start_from_`).
     Raises ConfigError when no compressed layer is selected."""
     chosen = [n for n in names if is_compressed(model.get_submodule(n), freeze_zeros)]
     if only:
@@ -206,6 +234,8 @@ def open_for_training_(model: nn.Module, names: list[str], freeze_zeros: bool, t
     for name in chosen:
         module = model.get_submodule(name)
         layers[name] = TrainableLinear(module, _keep_mask(module, freeze_zeros))
+        if original is not None:
+            layers[name].start_from_(effective_weight(original.get_submodule(name)))
         set_module(model, name, layers[name])
     norms = _open_norms(model) if train_norms else {}
     return TrainableView(model=model, layers=layers, norms=norms)

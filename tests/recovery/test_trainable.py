@@ -113,6 +113,39 @@ def test_codes_at_opening_are_the_stored_codes(tiny_llama):
         assert torch.equal(codes.reshape(stored[name].shape), stored[name])
 
 
+@pytest.mark.parametrize("name", ["W3 g16 sym", "W4 per-channel asym", "magnitude 50% + W4 g16 float minimum", "fp16"])
+def test_latent_weights_start_from_the_original_with_the_same_function(tiny_llama, name):
+    prune, quant, _ = SETTINGS[name]
+    compressed = _compressed(tiny_llama, prune, quant)
+    model, names = compressed.model, compressed.target_names
+    ids = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        out_compressed = model(input_ids=ids).logits
+    view = open_for_training_(model, names, freeze_zeros=prune is not None, train_norms=False, original=tiny_llama)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, out_compressed)  # the same function
+    for n, layer in view.layers.items():
+        original = effective_weight(tiny_llama.get_submodule(n)).float()
+        kept = layer.keep if layer.keep is not None else torch.ones_like(original, dtype=torch.bool)
+        # RTN rounds the original onto the stored grid: every kept latent weight is the original's
+        assert torch.equal(layer.weight[kept], original[kept])
+
+
+def test_latent_weights_stay_stored_where_the_original_rounds_elsewhere():
+    torch.manual_seed(0)
+    weight = torch.randn(6, 10) * 0.3
+    scale = (weight.abs().amax(1, keepdim=True) / 3).half().float()  # [6, 1], fp16-exact
+    layer = _symmetric_layer(weight, scale, bits=3)
+    stored = layer.effective().detach().clone()  # the stored codes decoded, [6, 10]
+    layer.weight.data.copy_(stored)  # opened as a stored layer is: the latent on its grid level
+    original = weight + torch.where(torch.arange(10) < 3, scale, torch.zeros_like(scale))  # 3 columns a step off
+    moved = layer.start_from_(original)
+    agrees = (original / scale).round().clamp(-4, 3) == (stored / scale).round()
+    assert 0 < moved < 1 and moved == pytest.approx(agrees.float().mean().item())
+    assert torch.equal(layer.weight, torch.where(agrees, original, stored))
+    assert torch.equal(layer.effective().detach(), stored)  # the forward is unchanged
+
+
 def _symmetric_layer(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> TrainableLinear:
     """A per-channel symmetric QuantLinear over ``weight`` with the given fp16-exact ``scale [out, 1]``."""
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
