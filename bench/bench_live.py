@@ -153,6 +153,36 @@ SHOWN_TEXTS = ("[...document.querySelectorAll('[data-testid=\"stElementContainer
                "[data-testid=\"stMarkdownContainer\"]')].map(e => e.innerText)")
 
 
+# Who uses the CPU while a person waits: the 2 cores are shared by all of these.
+CPU_GROUPS = (("engine", "memopt_core.runs.engine_serve"), ("server", "streamlit"), ("Chromium", "chrom"),
+              ("this bench and its browser driver", "playwright"))
+
+
+def cpu_seconds_by_group() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the live processes of each group in CPU_GROUPS,
+    this process counted with the bench, everything else as 'other'."""
+    import psutil
+
+    used = dict.fromkeys([name for name, _ in CPU_GROUPS] + ["other"], 0.0)
+    for process in psutil.process_iter(["pid", "cmdline", "name"]):
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        text = " ".join(process.info["cmdline"] or [process.info["name"] or ""])
+        group = next((name for name, marker in CPU_GROUPS if marker in text), "other")
+        if process.info["pid"] == os.getpid():
+            group = CPU_GROUPS[-1][0]
+        used[group] += times.user + times.system
+    return used
+
+
+def cpu_split(before: dict[str, float], after: dict[str, float], wall: float) -> str:
+    spent = {name: after[name] - before.get(name, 0.0) for name in after}
+    parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in spent.items())
+    return f"CPU seconds during the wait: {parts} (of {wall * (os.cpu_count() or 1):.0f} the cores had)"
+
+
 def wait_after_release(tab, key: str) -> tuple[float, float]:
     """Release the focused slider one step (``key``) -> seconds to the first estimate and to the exact figure."""
     began, first = time.perf_counter(), None
@@ -164,7 +194,7 @@ def wait_after_release(tab, key: str) -> tuple[float, float]:
             first = now
         if first is not None and any(t.startswith("Exact: all") for t in shown):
             return first, now
-        time.sleep(0.05)
+        time.sleep(0.1)
 
 
 def stored_rows(cache: Path, count: int, timeout_s: float = 180.0) -> None:
@@ -174,10 +204,11 @@ def stored_rows(cache: Path, count: int, timeout_s: float = 180.0) -> None:
         time.sleep(0.5)
 
 
-def browser_seconds(max_tokens: int) -> None:
+def browser_seconds(max_tokens: int) -> list:
     """Seconds a person waits in Chromium from releasing the bit-width slider to the first estimate
     and to the exact figure: the first release loads SmolLM2 and scores the original (an empty
-    store), the next is warm (a setting never run before)."""
+    store), the next two are warm (settings never run before). Prints the CPU seconds each process
+    group used during each wait; returns (move, first, exact, config) of each."""
     source = Path(os.environ.get("MEMOPT_CACHE") or Path.home() / ".cache" / "memopt")
     cache = throwaway_cache(source)
     env = {**os.environ, "MEMOPT_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -189,21 +220,40 @@ def browser_seconds(max_tokens: int) -> None:
         tab.get_by_text("Live", exact=True).click()
         settle(tab)
         tab.get_by_role("slider", name="Bit width").focus()
-        for move in ("cold: model load and the original's scoring included", "warm"):
+        for move in ("cold: model load and the original's scoring included", "warm", "warm"):
+            cpu_before = cpu_seconds_by_group()
             first, exact = wait_after_release(tab, "ArrowRight")  # 4 -> 5 -> 6 -> 8 bits
+            cpu = cpu_split(cpu_before, cpu_seconds_by_group(), exact)
             waits.append((move, first, exact))
             stored_rows(cache, len(waits))  # its generation done and the result stored, as a person reads the figure
             print(f"browser, slider release -> first estimate {first:.1f} s, -> exact figure {exact:.1f} s ({move}; "
                   f"bits {tab.get_by_role('slider', name='Bit width').get_attribute('aria-valuetext')}; engine in a "
-                  f"{os.environ.get('MEMOPT_ENGINE') or 'process'})", flush=True)
+                  f"{os.environ.get('MEMOPT_ENGINE') or 'process'})\n  {cpu}", flush=True)
             tab.get_by_role("slider", name="Bit width").focus()
-    # The engine's own timings of the same two runs, as stored with their results (oldest first).
-    for (move, first, exact), row in zip(waits, reversed(ResultStore(cache / "results.db").rows())):
+    # The engine's own timings of the same runs, as stored with their results (oldest first).
+    rows = list(reversed(ResultStore(cache / "results.db").rows()))
+    for (move, first, exact), row in zip(waits, rows):
         timings = row["result"]["timings"]
         engine_s = timings["compress_s"] + timings["evaluate_s"]
         print(f"  {move.split(':')[0]} ({row['setting']}): engine compression + all windows {engine_s:.1f} s, "
               f"first estimate at {timings['first_estimate_s']:.1f} s; page / engine: exact {exact / engine_s:.2f}x"
               f" (target <= 1.15x warm), first estimate {first / timings['first_estimate_s']:.2f}x", flush=True)
+    return [(move, first, exact, RunConfig.from_dict(row["result"]["config"])) for (move, first, exact), row
+            in zip(waits, rows)]
+
+
+def quiet_engine(bench: Workbench, waits: list) -> None:
+    """The browser's settings again in this process with nothing else running: what the page's
+    wait is against the engine's work on a quiet machine (the cold one first, as a warm-up)."""
+    for move, first, exact, config in waits:
+        began, quiet_first, quiet_exact = time.perf_counter(), None, None
+        for step in bench.run_steps(config):
+            if isinstance(step, Estimate):
+                quiet_first = quiet_first or time.perf_counter() - began
+                quiet_exact = time.perf_counter() - began if step.exact else quiet_exact
+        print(f"  {move.split(':')[0]} ({config.label}) quiet in-process: first estimate {quiet_first:.1f} s, exact "
+              f"{quiet_exact:.1f} s; page / quiet engine: first estimate {first / quiet_first:.2f}x, exact "
+              f"{exact / quiet_exact:.2f}x", flush=True)
 
 
 def main() -> None:
@@ -235,7 +285,10 @@ def main() -> None:
     elif "coverage" in parts:
         print(f"coverage: run bench/bench_intervals.py first (it saves {args.coverage})")
     if "browser" in parts:
-        browser_seconds(args.max_tokens)
+        waits = browser_seconds(args.max_tokens)
+        if not parts & {"live", "zero-shot", "dtype"}:
+            bench = Workbench.load(ModelSpec("smollm2-135m"))
+        quiet_engine(bench, waits)
 
 
 if __name__ == "__main__":
