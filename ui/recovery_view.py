@@ -22,7 +22,7 @@ from ui.vocabulary import KEEP
 
 JOB = "recovery.job"  # the RecoveryJob of this browser session
 SHOWN = "recovery.shown"  # {"result": dict, "from_store": bool} answered from the store
-STEPS = (10, 20, 40, 60, 100, 150, 200, 300, 500)
+STEPS = (10, 20, 30, 40, 60, 100, 150, 200, 300, 500)
 LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3)
 TOKENS = (256, 512, 1024, 2048)
 TEXTS = {"both": "both bundled texts", "wikipedia": "Wikipedia leads", "news": "news articles"}
