@@ -34,6 +34,7 @@ from memopt_core.loading import bundled
 from memopt_core.loading.architectures import model_class
 from memopt_core.loading.models import LoadedModel, local_folder
 from memopt_core.loading.saved import MANIFEST, read_manifest, safetensors_files
+from memopt_core.offload.unmapped_read import read_tensor
 
 Index = dict[str, dict[str, str]]  # accelerate offload index: tensor name -> safetensors file, name in it, dtype
 
@@ -101,15 +102,14 @@ def weights_index(folder: Path, model: nn.Module) -> Index:
 
 
 def read_tensors(index: Index, names: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-    """The tensors ``names`` read from their files in their index dtype, each a copy that owns
-    its memory. safetensors hands out views into a mapping of the whole file, and every page read
-    through a mapping counts as resident until it is closed: the file is opened once per tensor
-    (about 0.6 ms), so reading the resident modules holds them plus one tensor, not twice over."""
+    """The tensors ``names`` read from their files in their index dtype, each owning its memory.
+    Read with plain file reads (``unmapped_read``): a copy out of safetensors' mapping would hold
+    each tensor twice for a moment, and the largest one set the peak of a capped load."""
     out = {}
     for name in names:
         where = index[name]
-        with safe_open(where["safetensors_file"], framework="pt", device=str(device)) as handle:
-            out[name] = handle.get_tensor(where["weight_name"]).to(getattr(torch, where["dtype"]), copy=True)
+        tensor = read_tensor(where["safetensors_file"], where["weight_name"])
+        out[name] = tensor.to(device=device, dtype=getattr(torch, where["dtype"]))
     return out
 
 
