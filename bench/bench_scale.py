@@ -3,8 +3,9 @@
     python bench/bench_scale.py [--max-tokens 2048] [--part both|layers|ray]
 
 1. Layer by layer: one setting (RTN W4 g32) in memory, then with ``max_memory`` at half the
-   model's size: time ratio, the same figures, and the peak memory above the start of each run
-   against the cap plus one block (and the planner's estimate, which adds the working memory).
+   model's size: time ratio, the same figures, the resident budget the cap leaves (the cap less
+   one block read and compressed and one window's working memory) and the peak memory above the
+   start of each run against the cap plus one block and the planner's estimate (about the cap).
 2. Ray: 8 settings (W8/W4/W3/W2 x magnitude 0%/50%) in this process, then on a local Ray cluster
    with 2 workers x 1 thread: speed-up, and overhead = Ray's wall time minus the settings' own
    compute time shared by the workers.
@@ -54,23 +55,29 @@ def layer_by_layer(evaluation: EvalConfig) -> None:
     layered_s = time.perf_counter() - start
     plan = layered.execution["planned_peak"]
     block = plan["block_bytes"]
-    streamed = layered.execution["original"]["streamed_modules"]
+    original = layered.execution["original"]
+    streamed = original["streamed_modules"]
     print(f"SmolLM2-135M {size / MiB:.0f} MiB float32, {config.quant.label}, {evaluation.max_tokens} tokens")
     print(f"in memory: {whole_s:.1f}s, peak {whole_peak.bytes / MiB:.0f} MiB above the start; "
           f"perplexity {whole.compressed['perplexity']:.4f}")
-    print(f"layer by layer, cap {cap.max_memory / MiB:.0f} MiB ({streamed} modules streamed from disk): "
-          f"{layered_s:.1f}s = {layered_s / whole_s:.2f}x the in-memory time; perplexity "
+    modules = streamed + original["resident_modules"]
+    print(f"layer by layer, cap {cap.max_memory / MiB:.0f} MiB: resident budget "
+          f"{plan['resident_budget_bytes'] / MiB:.1f} MiB (cap - 2 x block {block / MiB:.1f} - working memory "
+          f"{plan['working_bytes'] / MiB:.1f}), {original['resident_bytes'] / MiB:.1f} MiB resident, "
+          f"{streamed} of {modules} modules streamed from disk")
+    print(f"layer by layer run: {layered_s:.1f}s = {layered_s / whole_s:.2f}x the in-memory time; perplexity "
           f"{layered.compressed['perplexity']:.4f} (relative difference "
-          f"{layered.compressed['perplexity'] / whole.compressed['perplexity'] - 1:+.1e}: the head in slices rounds alike)")
-    phases = layered.execution["measured_phases"]
-    compress_peak = phases["compress"]
-    print(f"peak above the start, by phase (MiB): " + ", ".join(f"{k} {v / MiB:.0f}" for k, v in phases.items())
-          + f"; in memory {whole_peak.bytes / MiB:.0f}")
-    print(f"compression phase: {compress_peak / MiB:.0f} MiB = {compress_peak / (cap.max_memory + block):.2f}x "
-          f"(cap + one block = {(cap.max_memory + block) / MiB:.0f} MiB); whole run {layered.memory.measured_bytes / MiB:.0f}"
-          f" MiB = {layered.memory.measured_bytes / plan['total_bytes']:.2f}x the planner's estimate "
-          f"{plan['total_bytes'] / MiB:.0f} MiB (cap + block read and compressed + one window's working memory "
-          f"{plan['working_bytes'] / MiB:.0f} MiB)")
+          f"{layered.compressed['perplexity'] / whole.compressed['perplexity'] - 1:+.1e}: the head in slices "
+          "rounds alike)")
+    phases, measured = layered.execution["measured_phases"], layered.memory.measured_bytes
+    target = cap.max_memory + block
+    print("peak above the start, by phase (MiB): "
+          + ", ".join(f"{k} {v / MiB:.0f} ({v / target:.2f}x)" for k, v in phases.items())
+          + f" of the cap + one block = {target / MiB:.0f} MiB; in memory {whole_peak.bytes / MiB:.0f}")
+    print(f"whole run {measured / MiB:.0f} MiB = {measured / cap.max_memory:.2f}x the cap, "
+          f"{measured / plan['total_bytes']:.2f}x the planner's estimate {plan['total_bytes'] / MiB:.0f} MiB "
+          "(resident budget + block read and compressed + one window's working memory); every phase under the "
+          f"cap + one block: {max(phases.values()) < target}")
 
 
 def on_ray(evaluation: EvalConfig) -> None:

@@ -20,9 +20,10 @@ def register(sub) -> None:
     add_setting_arguments(parser)
     parser.add_argument("--save", default=None, metavar="DIR", help="write the compressed model to DIR")
     parser.add_argument("--max-memory", default=None, metavar="SIZE",
-                        help="hold at most SIZE of weights in memory (e.g. 300MB, 2GiB) and compress and evaluate "
-                             "layer by layer, streaming the other blocks from disk (same figures; a local folder of "
-                             "safetensors or a bundled model)")
+                        help="cap the memory the model takes at the run's peak at SIZE (e.g. 300MB, 2GiB: resident "
+                             "weights, one block streamed from disk and compressed, one window's working memory) "
+                             "and compress and evaluate layer by layer, streaming the blocks that do not fit from "
+                             "disk (same figures; a local folder of safetensors or a bundled model)")
     parser.add_argument("--offload-dir", default=None, metavar="DIR",
                         help="with --max-memory: where the compressed blocks are written while the run lasts "
                              "when there is no --save (default: the system's temporary folder)")

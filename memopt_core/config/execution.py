@@ -8,9 +8,10 @@ from memopt_core.config.checks import require, require_number
 
 @dataclass(frozen=True)
 class OffloadConfig:
-    """The layer-by-layer route for models larger than memory: the weights a model may hold in
-    memory (``max_memory`` bytes; the rest stays on disk and is read one block at a time) and
-    where offloaded weights go (``offload_dir``; by default a temporary folder). It changes where
+    """The layer-by-layer route for models larger than memory: the memory the model may take at the
+    run's peak (``max_memory`` bytes: resident weights, one block streamed from disk and compressed,
+    one window's working memory; the blocks that do not fit stay on disk and are read one at a time)
+    and where offloaded weights go (``offload_dir``; by default a temporary folder). It changes where
     tensors live, never a figure: results equal the in-memory route's."""
 
     max_memory: int

@@ -1,9 +1,13 @@
 """One setting end to end on a model larger than memory: the CLI's ``run --max-memory``.
 
-1. the original is loaded under the cap (``streamed``): the blocks that do not fit stay on disk;
+The cap bounds the run's peak for the model: the planner (``planning.layer_by_layer``) reserves
+out of it one streamed block read and compressed and one window's (or calibration batch's)
+working memory, and both loads keep resident only the rest, its resident budget.
+
+1. the original is loaded within that budget (``streamed``): the blocks that do not fit stay on disk;
 2. its baseline is evaluated, disk blocks streamed through accelerate's hooks one at a time;
 3. it is compressed block by block into a staging folder (``sequential``), which consumes it;
-4. the compressed model is loaded back from that folder under the same cap and evaluated against
+4. the compressed model is loaded back from that folder within the same budget and evaluated against
    the baseline the same way;
 5. the folder becomes the ``--save`` folder (a memopt save: ``run --model DIR`` loads it back, in
    memory or layer by layer), or is deleted.
@@ -32,7 +36,7 @@ from memopt_core.evaluation.quality import evaluate
 from memopt_core.loading.devices import resolve_device
 from memopt_core.loading.saved import MANIFEST, check_save_target, manifest_record, write_config_and_tokenizer
 from memopt_core.offload.sequential import SequentialResult, check_supported, compress_sequential
-from memopt_core.offload.streamed import StreamedModel, load_streamed
+from memopt_core.offload.streamed import StreamedModel, load_streamed, source_folder
 from memopt_core.planning import guard
 from memopt_core.planning.layer_by_layer import LayerByLayerPeak, estimate_peak
 from memopt_core.runs.result import RunResult, model_summary, run_notes
@@ -58,10 +62,12 @@ def staging_folder(save_dir: str | None, offload: OffloadConfig) -> Iterator[Pat
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def planned_peak(streamed_config, config: RunConfig, offload: OffloadConfig) -> LayerByLayerPeak:
+def planned_peak(model_config, config: RunConfig, offload: OffloadConfig) -> LayerByLayerPeak:
+    """The planner's peak and resident budget for ``config`` under ``offload.max_memory``, from the
+    model's config (a folder, a config.json path or a config)."""
     calib_tokens = config.calib.samples * config.calib.seq_len if config.needs_calibration else 0
     size = guard.dtype_bytes(config.model.dtype)
-    return estimate_peak(streamed_config, size, offload.max_memory, config.eval.seq_len, calib_tokens)
+    return estimate_peak(model_config, size, offload.max_memory, config.eval.seq_len, calib_tokens)
 
 
 def _memory(original_bytes: int, compressed: StreamedModel, layers: SequentialResult) -> MemoryReport:
@@ -101,10 +107,11 @@ def _run(config: RunConfig, offload: OffloadConfig, folder: Path, peaks: PeakMem
     device, timings = resolve_device(config.model.device), {}
     with peaks.phase("load and baseline"):
         start = time.perf_counter()
-        original = load_streamed(config.model, offload)
-        plan = planned_peak(original.loaded.model.config, config, offload)
-        guard.check_fits(plan.total_bytes, f"the layer-by-layer run of {original.loaded.name!r}",
+        model_folder, name, _, _ = source_folder(config.model)
+        plan = planned_peak(model_folder, config, offload)  # before any weight: the load needs its budget
+        guard.check_fits(plan.total_bytes, f"the layer-by-layer run of {name!r}",
                          available=lambda: guard.device_available_bytes(device), detail="planner's peak estimate")
+        original = load_streamed(config.model, offload, plan.resident_budget_bytes)
         timings["load_s"] = time.perf_counter() - start
         bench = Workbench(original.loaded)
         baseline = bench.baseline(config.eval)
@@ -117,7 +124,7 @@ def _run(config: RunConfig, offload: OffloadConfig, folder: Path, peaks: PeakMem
         gc.collect()  # the original's husk: its tensors are released already
     with peaks.phase("evaluate"):
         compressed = load_streamed(ModelSpec(str(folder), device=config.model.device, dtype=config.model.dtype),
-                                   offload, tokenizer=original.loaded.tokenizer)  # the same files
+                                   offload, plan.resident_budget_bytes, tokenizer=original.loaded.tokenizer)
         start = time.perf_counter()
         metrics, _ = evaluate(compressed.loaded.model, original.loaded, baseline.data, config.eval,
                               baseline.reference)
@@ -129,13 +136,15 @@ def _run(config: RunConfig, offload: OffloadConfig, folder: Path, peaks: PeakMem
                        compressed=metrics, memory=memory, sparsity=overall_sparsity(layers.layers),
                        layers=layers.layers, timings=timings, protocol=protocol,
                        notes=run_notes(original.loaded, config, memory))
-    result.execution.update(route="layer-by-layer", max_memory=offload.max_memory, planned_peak=plan.to_dict(),
+    result.execution.update(route="layer-by-layer", max_memory=offload.max_memory,
+                            resident_budget=plan.resident_budget_bytes, planned_peak=plan.to_dict(),
                             original=original.describe(), compressed=compressed.describe())
     return result, original, layers
 
 
 def run_layer_by_layer(config: RunConfig, offload: OffloadConfig, save_dir: str | None = None) -> RunResult:
-    """Run one setting with at most ``offload.max_memory`` bytes of weights resident (see module doc).
+    """Run one setting with its peak for the model bounded by ``offload.max_memory`` (resident weights
+    within the planner's budget, one streamed block and one window's working memory: see module doc).
     The peak memory is measured by phase (load and baseline, compress, evaluate) above the start."""
     check_supported(config)
     if save_dir is not None:
@@ -150,7 +159,10 @@ def run_layer_by_layer(config: RunConfig, offload: OffloadConfig, save_dir: str 
     result.execution.update(measured_peak=peaks.bytes, measured_phases=dict(peaks.phases))
     planned = result.execution["planned_peak"]["total_bytes"]
     phases = ", ".join(f"{name} {value / 2**20:.0f}" for name, value in peaks.phases.items())
-    result.notes.append(f"layer by layer under a {offload.max_memory / 2**20:.0f} MiB cap: peak memory above the "
-                        f"start (MiB) {phases}; planner's estimate {planned / 2**20:.0f}; first-time imports and "
-                        "text loading count in the first phase")
+    budget = result.execution["resident_budget"]
+    result.notes.append(f"layer by layer under a {offload.max_memory / 2**20:.0f} MiB cap on the peak "
+                        f"({budget / 2**20:.0f} MiB of it for resident weights, the rest for one streamed block "
+                        "and the working memory): "
+                        f"peak memory above the start (MiB) {phases}; planner's estimate {planned / 2**20:.0f}; "
+                        "first-time imports and text loading count in the first phase")
     return result

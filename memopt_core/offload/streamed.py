@@ -1,8 +1,9 @@
 """Loading a model under a memory cap with accelerate's big-model machinery.
 
 The skeleton is built inside ``init_empty_weights`` (parameters on the meta device: no memory, no
-random initialisation). ``infer_auto_device_map`` with ``max_memory`` then keeps modules resident in
-model order, whole transformer blocks at a time, until the cap is reached, and sends the rest to
+random initialisation). ``infer_auto_device_map`` then keeps modules resident in model order, whole
+transformer blocks at a time, up to a resident budget (the planner's: the cap less what the run
+holds beside the resident weights, see ``planning.layer_by_layer``), and sends the rest to
 ``"disk"``. ``dispatch_model`` attaches hooks that read a disk module's tensors just before its
 forward and drop them right after (``offload_buffers``: packed codes are buffers), so evaluation
 streams the blocks that do not fit. Disk tensors are read straight from the checkpoint's
@@ -42,13 +43,16 @@ Index = dict[str, dict[str, str]]  # accelerate offload index: tensor name -> sa
 @dataclass
 class StreamedModel:
     """A model dispatched under a cap: ``device_map`` says where each top module lives ("disk":
-    read from ``index`` at each forward); ``loaded.model`` runs like any model."""
+    read from ``index`` at each forward); ``loaded.model`` runs like any model. ``max_memory`` is
+    the user's cap on the run's peak, ``resident_budget`` the part of it the map could keep resident."""
 
     loaded: LoadedModel
     folder: Path
     index: Index
     device_map: dict[str, Any]
     max_memory: int
+    resident_budget: int
+    resident_bytes: int  # what the map kept resident, measured once loaded (the run consumes the model)
     device: torch.device
     tied: list[list[str]]  # names of tied tensors, found before dispatch (its hooks untie the meta ones)
 
@@ -70,8 +74,18 @@ class StreamedModel:
 
     def describe(self) -> dict[str, Any]:
         """What stays resident and what is streamed (for a run's record)."""
-        return {"max_memory": self.max_memory, "resident_modules": len(self.device_map) - len(self.streamed_modules),
+        return {"max_memory": self.max_memory, "resident_budget": self.resident_budget,
+                "resident_bytes": self.resident_bytes,
+                "resident_modules": len(self.device_map) - len(self.streamed_modules),
                 "streamed_modules": len(self.streamed_modules), "device_map": dict(self.device_map)}
+
+
+def held_bytes(model: nn.Module) -> int:
+    """Bytes of the weights held in memory: persistent tensors not on the meta device (the streamed
+    ones are), tied ones once."""
+    held = {t.data_ptr(): t.numel() * t.element_size()
+            for t in model.state_dict(keep_vars=True).values() if t.device.type != "meta"}
+    return sum(held.values())
 
 
 def weights_index(folder: Path, model: nn.Module) -> Index:
@@ -163,16 +177,27 @@ def release_(model: nn.Module, prefix: str) -> None:
     _forget_tied_(model, pointers)
 
 
-def plan_device_map(model: nn.Module, device: torch.device, cap: int) -> dict[str, Any]:
-    """accelerate's placement under ``cap`` bytes on ``device``: whole blocks, model order, rest "disk"."""
+def plan_device_map(model: nn.Module, device: torch.device, budget: int) -> dict[str, Any]:
+    """accelerate's placement of at most ``budget`` bytes of weights on ``device``: whole blocks,
+    model order, the rest "disk". Weights that exceed the budget by less than one block are all
+    kept: nothing is then read from disk, so the room the budget left for a block read is theirs."""
     key = (device.index or 0) if device.type == "cuda" else device.type
     no_split = list(getattr(model, "_no_split_modules", None) or [])
-    placed = infer_auto_device_map(model, max_memory={key: cap}, no_split_module_classes=no_split)
     blocks = find_blocks(model)[0]
+    # accelerate keeps room for the largest layer left to place (a block; none after the last) out of
+    # what it is given, for reading it from disk; the budget has that room taken out already (the
+    # planner counts the block read), so it is handed back rather than reserved twice.
+    largest = max(_module_bytes(block) for block in model.get_submodule(blocks).children())
+    placed = infer_auto_device_map(model, max_memory={key: budget + largest}, no_split_module_classes=no_split)
     out: dict[str, Any] = {}
     for name, where in placed.items():
         _expand_to_blocks(model, name, where, blocks, out)
     return out
+
+
+def _module_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers, as accelerate sizes it (meta tensors included)."""
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
 def _expand_to_blocks(model: nn.Module, name: str, where: Any, blocks: str, out: dict[str, Any]) -> None:
@@ -230,7 +255,7 @@ def _skeleton(folder: Path, dtype: torch.dtype, modules: dict[str, dict]) -> tup
     return model, kind
 
 
-def _source_folder(spec: ModelSpec) -> tuple[Path, str, str, bool]:
+def source_folder(spec: ModelSpec) -> tuple[Path, str, str, bool]:
     """(folder, display name, source, is_random) of a spec on the layer-by-layer route."""
     if spec.origin == "bundled":
         info = bundled.bundled_info(spec.source)
@@ -255,13 +280,15 @@ def _tokenizer(folder: Path) -> Any:
     return tokenizer
 
 
-def load_streamed(spec: ModelSpec, offload: OffloadConfig, tokenizer: Any = None) -> StreamedModel:
-    """Load ``spec`` (an original folder or a memopt save) holding at most ``offload.max_memory``
-    bytes of weights; the rest is streamed from its files block by block. ``tokenizer``: one
-    already loaded for the same vocabulary (a compressed copy's is the original's), else read first,
-    before any weight: parsing SmolLM2's takes 57 MiB for a moment (it keeps 29)."""
+def load_streamed(spec: ModelSpec, offload: OffloadConfig, resident_budget: int,
+                  tokenizer: Any = None) -> StreamedModel:
+    """Load ``spec`` (an original folder or a memopt save) holding at most ``resident_budget`` bytes
+    of weights (the planner's ``resident_budget_bytes`` under the cap ``offload.max_memory``); the
+    rest is streamed from its files block by block. ``tokenizer``: one already loaded for the same
+    vocabulary (a compressed copy's is the original's), else read first, before any weight: parsing
+    SmolLM2's takes 57 MiB for a moment (it keeps 29)."""
     device = resolve_device(spec.device)
-    folder, name, source, is_random = _source_folder(spec)
+    folder, name, source, is_random = source_folder(spec)
     manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else None
     if manifest is not None:
         base = manifest["base_model"]
@@ -270,10 +297,11 @@ def load_streamed(spec: ModelSpec, offload: OffloadConfig, tokenizer: Any = None
     tokenizer = tokenizer if tokenizer is not None else _tokenizer(folder)
     model, kind = _skeleton(folder, getattr(torch, spec.dtype), manifest["modules"] if manifest else {})
     index, tied = weights_index(folder, model), find_tied_parameters(model)
-    device_map = plan_device_map(model, device, offload.max_memory)
+    device_map = plan_device_map(model, device, resident_budget)
     dispatch_(model, index, device_map, device, tied)
     loaded = LoadedModel(model=model, tokenizer=tokenizer, kind=kind, spec=spec, name=name, is_random=is_random,
                          num_params=sum(p.numel() for p in model.parameters()), source=source,
                          architecture=type(model).__name__)
     return StreamedModel(loaded=loaded, folder=folder, index=index, device_map=device_map,
-                         max_memory=offload.max_memory, device=device, tied=tied)
+                         max_memory=offload.max_memory, resident_budget=resident_budget,
+                         resident_bytes=held_bytes(model), device=device, tied=tied)

@@ -1,12 +1,13 @@
 """The peak memory of compressing and evaluating a model layer by layer under a cap, from its config.
 
-The layer-by-layer route (``memopt_core.offload``) keeps at most ``max_memory`` bytes of weights
-resident and streams the rest one block at a time, so its peak is about:
+The cap (``run --max-memory``) bounds the layer-by-layer route's whole peak for the model, not only
+its resident weights. As accelerate keeps room on the main device for the largest layer it reads
+from disk, the route reserves, out of the cap, what it holds beside the resident weights, and
+keeps resident only the rest (``resident_budget_bytes``, whole blocks in model order):
 
-- resident weights: ``min(cap, all weights)``;
 - one streamed block twice: its dense weights read from disk and the compressed copy built from
-  them (an upper bound: packed codes are smaller); and the embedding (or head) matrix once when
-  the cap is below it, since it is then read from disk for every forward;
+  them (an upper bound: packed codes are smaller); and an untied head (``lm_head``), which comes
+  last in model order and is therefore read from disk for every forward once any block is;
 - working memory: one evaluation window's activations, the head's output for one slice of
   positions (``SLICE_ELEMENTS`` float32, 8 MiB) and ``SLICE_COPIES`` more slices being scored
   (log-probabilities, the KL's exponentials, their top-k). Architectures whose head the scorer
@@ -14,6 +15,11 @@ resident and streams the rest one block at a time, so its peak is about:
   ``[seq_len, vocab]`` instead of that one slice, as their forward returns them. For calibrated
   methods, the calibration batch through one block (hidden states in and out, the block's
   intermediates, the float32 copy of the widest layer input and its ``[in, in]`` Hessian) when larger.
+
+So a model that does not fit peaks at about the cap. A model whose weights fit beside one window
+streams nothing. The floor is the embeddings plus that reserve: below it the budget cannot hold the
+embeddings, which come first in model order, so nothing is resident, the embeddings are read from
+disk for every forward too, and the peak is that floor whatever the cap.
 
 From the planner's exact parameter counts; theoretical like every planner figure (the
 interpreter, libraries and tokenizer come on top: the guard's margin is for them).
@@ -32,13 +38,18 @@ FLOAT32 = 4
 
 @dataclass(frozen=True)
 class LayerByLayerPeak:
-    """Bytes of each part of the peak; ``total_bytes`` is their sum."""
+    """Bytes of each part of the peak under a cap of ``max_memory``; ``total_bytes`` is
+    ``resident_bytes + streamed_bytes + working_bytes``. ``resident_budget_bytes``: what the device
+    map may keep resident (the cap less the reserve), ``resident_bytes`` what the plan counts of it
+    (the whole budget, or every weight when they fit; 0 when the budget cannot hold the embeddings)."""
 
     max_memory: int
     weights_bytes: int
+    resident_budget_bytes: int
     resident_bytes: int
     block_bytes: int
     embedding_bytes: int
+    head_bytes: int
     streamed_bytes: int
     working_bytes: int
     total_bytes: int
@@ -67,27 +78,33 @@ def _working_bytes(dims: ModelDims, logits_whole: bool | None, seq_len: int, cal
 def estimate_peak(config, dtype_bytes: int, max_memory: int, seq_len: int = 512,
                   calib_tokens: int = 0) -> LayerByLayerPeak:
     """The layer-by-layer route's peak for ``config`` (config.json path, folder, dict or transformers
-    config) in a dtype of ``dtype_bytes``, capped at ``max_memory`` bytes of resident weights;
+    config) in a dtype of ``dtype_bytes`` under a cap of ``max_memory`` bytes (see module doc);
     ``calib_tokens`` = samples x length of the calibration batch (0: no calibration)."""
     config = load_config(config)
     dims = check_sizes(config)
     counts = count_parameters(config)
     weights = counts.total * dtype_bytes
     block = (counts.attention + counts.mlp) * dtype_bytes // dims.layers
-    embedding = max(counts.embeddings, counts.lm_head) * dtype_bytes
-    streamed = (2 * block if weights > max_memory else 0) + (embedding if max_memory < embedding else 0)
+    embeddings, head = counts.embeddings * dtype_bytes, counts.lm_head * dtype_bytes  # head: 0 when tied
     logits_whole = None if not counts.is_causal else config.model_type not in PLAIN_HEAD_TYPES
     working = _working_bytes(dims, logits_whole, seq_len, calib_tokens, dtype_bytes)
-    resident = min(max_memory, weights)
-    return LayerByLayerPeak(max_memory=max_memory, weights_bytes=weights, resident_bytes=resident, block_bytes=block,
-                            embedding_bytes=embedding, streamed_bytes=streamed, working_bytes=working,
+    if weights + working <= max_memory:  # it all fits beside one window: nothing is streamed
+        budget, resident, streamed = max_memory - working, weights, 0
+    else:
+        streamed = 2 * block + head
+        budget = max(max_memory - streamed - working, 0)
+        resident = budget  # whole blocks up to it: an upper bound
+        if budget < embeddings:  # below the floor: the map keeps a prefix in model order, here empty
+            resident, streamed = 0, streamed + embeddings
+    return LayerByLayerPeak(max_memory=max_memory, weights_bytes=weights, resident_budget_bytes=budget,
+                            resident_bytes=resident, block_bytes=block, embedding_bytes=embeddings,
+                            head_bytes=head, streamed_bytes=streamed, working_bytes=working,
                             total_bytes=resident + streamed + working)
 
 
 def suggest_cap(config, dtype_bytes: int, usable_bytes: int, seq_len: int = 512) -> LayerByLayerPeak | None:
     """The largest cap whose estimated peak (no calibration) stays within ``usable_bytes``, and that
-    peak; None when even the embeddings, one block and one window's work would not fit (a cap below
-    the embeddings saves nothing: they are then read whole for every forward)."""
-    floor = estimate_peak(config, dtype_bytes, 1, seq_len)
-    cap = usable_bytes - 2 * floor.block_bytes - floor.working_bytes
-    return estimate_peak(config, dtype_bytes, cap, seq_len) if cap >= floor.embedding_bytes else None
+    peak: ``usable_bytes`` itself, as the cap bounds the peak; None when that cap is below the floor
+    (the embeddings, one block twice, an untied head and one window's work would not fit)."""
+    peak = estimate_peak(config, dtype_bytes, usable_bytes, seq_len)
+    return peak if peak.total_bytes <= usable_bytes else None

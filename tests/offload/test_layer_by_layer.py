@@ -12,14 +12,28 @@ from memopt_core.evaluation.logit_slices import slice_rows
 from memopt_core.evaluation.progressive import evaluate_causal_lm
 from memopt_core.loading import bundled
 from memopt_core.loading.models import load_model
-from memopt_core.offload.layer_by_layer import run_layer_by_layer
+from memopt_core.offload.layer_by_layer import planned_peak, run_layer_by_layer
 from memopt_core.offload.streamed import load_streamed
 from memopt_core.runs.workbench import Workbench
 
 SMALL_EVAL = EvalConfig(seq_len=64, max_tokens=256, gen_tokens=4, zero_shot=False)
 TINY = ModelSpec("tiny-llama")
-EMBEDDINGS_ONLY = OffloadConfig(max_memory=12_750_000)  # the 12.6 MB tied embeddings stay, every block streams
-NOTHING = OffloadConfig(max_memory=1_000_000)  # below every module: all of it is read from disk per forward
+# the tiny Llama by hand: tied embeddings 49,152 x 64; per block attention q, o 64x64 and k, v 64x32,
+# MLP 3 x 64 x 128, two norms of 64; float32
+EMBEDDINGS = 49_152 * 64 * 4
+BLOCK = (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128) * 4
+NOTHING = OffloadConfig(max_memory=1_000_000)  # below the floor: all of it is read from disk per forward
+# A resident budget of the embeddings, no block. With two blocks, blocks stream only while the budget
+# is below the weights less two blocks (the planner's room for one block read and compressed):
+# the embeddings plus less than the blocks' norms (2 x 2 x 64 floats); above that the model fits.
+EMBEDDINGS_ONLY = EMBEDDINGS + 512
+
+
+def _cap(config: RunConfig, budget: int) -> OffloadConfig:
+    """The cap that leaves ``budget`` bytes to resident weights in ``config``'s run: the budget plus
+    the reserve (one block read and compressed, the run's working memory)."""
+    working = planned_peak(bundled.tiny_folder("tiny-llama"), config, NOTHING).working_bytes
+    return OffloadConfig(max_memory=budget + 2 * BLOCK + working)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +67,18 @@ def test_rtn_under_a_cap_equals_in_memory_and_saves_a_loadable_model(bench, tmp_
     config = RunConfig(TINY, prune=PruneConfig(ratio=0.5), quant=QuantConfig(bits=4, granularity="group", group_size=32),
                        eval=SMALL_EVAL)
     in_memory = bench.run(config)
-    layered = run_layer_by_layer(config, EMBEDDINGS_ONLY, save_dir=str(tmp_path / "saved"))
+    budget = EMBEDDINGS_ONLY
+    cap = _cap(config, budget)
+    layered = run_layer_by_layer(config, cap, save_dir=str(tmp_path / "saved"))
     _same_run(in_memory, layered)
 
     placement = layered.execution["original"]["device_map"]
     assert placement["model.embed_tokens"] == "cpu"
-    assert [placement[f"model.layers.{i}"] for i in range(2)] == ["disk", "disk"]  # below its size: streamed
+    assert [placement[f"model.layers.{i}"] for i in range(2)] == ["disk", "disk"]  # every block streams
     assert layered.execution["route"] == "layer-by-layer" and layered.memory.measured_bytes > 0
-    assert layered.execution["planned_peak"]["max_memory"] == EMBEDDINGS_ONLY.max_memory
+    assert layered.execution["planned_peak"]["max_memory"] == layered.execution["max_memory"] == cap.max_memory
+    assert layered.execution["resident_budget"] == layered.execution["original"]["resident_budget"] == budget
+    assert layered.execution["original"]["resident_bytes"] == EMBEDDINGS
 
     compressed, _ = bench.compress(config)
     saved = load_model(ModelSpec(str(tmp_path / "saved")))  # `run --model DIR`, in memory
@@ -91,9 +109,11 @@ def test_sparsegpt_alone_layer_by_layer_equals_in_memory(bench):
     config = RunConfig(TINY, prune=PruneConfig(method="sparsegpt", pattern="2:4"), eval=SMALL_EVAL,
                        calib=CalibConfig(samples=4, seq_len=64))
     in_memory = bench.run(config)
-    layered = run_layer_by_layer(config, EMBEDDINGS_ONLY)
+    layered = run_layer_by_layer(config, _cap(config, EMBEDDINGS_ONLY))
     _same_run(in_memory, layered)
     assert layered.sparsity == pytest.approx(0.5)
+    placement = layered.execution["original"]["device_map"]
+    assert placement["model.embed_tokens"] == "cpu" and placement["model.layers.0"] == "disk"
 
 
 @pytest.mark.slow
@@ -113,7 +133,7 @@ def test_a_save_streams_back_with_the_same_outputs(bench, tmp_path):
     config = RunConfig(TINY, quant=QuantConfig(bits=3), eval=SMALL_EVAL)
     bench.run(config, save_dir=str(tmp_path / "saved"))  # the in-memory route's single-file save
     spec = ModelSpec(str(tmp_path / "saved"))
-    whole, streamed = load_model(spec), load_streamed(spec, NOTHING)
+    whole, streamed = load_model(spec), load_streamed(spec, NOTHING, 0)
     assert all(isinstance(streamed.loaded.model.get_submodule(n), QuantLinear)
                for n in ("model.layers.0.mlp.up_proj", "model.layers.1.self_attn.q_proj"))
     ids = torch.randint(0, 49152, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -125,7 +145,7 @@ def test_streamed_evaluation_never_makes_a_windows_whole_logits():
     """The streamed model's figures are the in-memory model's, bit for bit, and its head (read from
     disk) only ever returns one slice of positions: 42 of a window's 63 here (49,152-word vocabulary)."""
     ids = torch.randint(0, 49152, (3, 64), generator=torch.Generator().manual_seed(0))
-    whole, streamed = load_model(TINY).model, load_streamed(TINY, NOTHING).loaded.model
+    whole, streamed = load_model(TINY).model, load_streamed(TINY, NOTHING, 0).loaded.model
     assert streamed.hf_device_map["lm_head"] == "disk"
     rows: list[int] = []
     streamed.lm_head.register_forward_hook(lambda module, args, out: rows.append(out.shape[-2]))
@@ -142,11 +162,11 @@ def test_settings_that_need_every_layer_at_once_are_refused_before_loading():
 
 def test_hub_ids_and_pickled_checkpoints_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="reads a local folder of safetensors"):
-        load_streamed(ModelSpec("someone/some-model"), NOTHING)
+        load_streamed(ModelSpec("someone/some-model"), NOTHING, 0)
     model, tokenizer = bundled.build_tiny("tiny-llama")
     model.config.architectures = ["LlamaForCausalLM"]
     model.config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # transformers 5 writes safetensors only
     tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="reads safetensors only"):
-        load_streamed(ModelSpec(str(tmp_path)), NOTHING)
+        load_streamed(ModelSpec(str(tmp_path)), NOTHING, 0)

@@ -8,29 +8,58 @@ from memopt_core.planning.layer_by_layer import estimate_peak, suggest_cap
 from memopt_core.planning.presets import load_preset
 
 TINY = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
+        "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
         "tie_word_embeddings": True, "max_position_embeddings": 512}
 GIB = 2**30
 
 
-def test_peak_by_hand_for_a_tiny_llama():
-    # attention per block: q, o 64x64 and k, v 64x32 (2 KV heads of 16) = 12,288; MLP 3 x 64 x 128 = 24,576;
-    # norms 2 x 64 per block + 64; tied embeddings 1000 x 64.
-    block = (12_288 + 24_576) * 4
-    weights = (64_000 + 2 * (12_288 + 24_576) + 5 * 64) * 4
-    # one 512-token window: (4 x 64 + 2 x 128) x 4 bytes per token, the head's fp32 output for one
-    # slice of positions and 3 more slices being scored: 2**21 elements each, capped at the whole
-    # window's logits (512 x 1000) here
-    working = 512 * (4 * 64 + 2 * 128) * 4 + 4 * 512 * 1000 * 4
-    peak = estimate_peak(TINY, 4, max_memory=100_000)
-    assert (peak.weights_bytes, peak.block_bytes, peak.embedding_bytes) == (weights, block, 64_000 * 4)
-    # the cap is below the embeddings too: they are read from disk at each forward
-    assert peak.streamed_bytes == 2 * block + 64_000 * 4
-    assert peak.working_bytes == working
-    assert peak.total_bytes == 100_000 + 2 * block + 64_000 * 4 + working
+# attention per block: q, o 64x64 and k, v 64x32 (2 KV heads of 16) = 12,288; MLP 3 x 64 x 128 = 24,576;
+# norms 2 x 64 per block + 64; tied embeddings 1000 x 64; 8 blocks.
+BLOCK = (12_288 + 24_576) * 4
+EMBEDDINGS = 64_000 * 4
+WEIGHTS = (64_000 + 8 * (12_288 + 24_576) + 17 * 64) * 4
+# one 512-token window: (4 x 64 + 2 x 128) x 4 bytes per token, the head's fp32 output for one
+# slice of positions and 3 more slices being scored: 2**21 elements each, capped at the whole
+# window's logits (512 x 1000) here
+WORKING = 512 * (4 * 64 + 2 * 128) * 4 + 4 * 512 * 1000 * 4
 
-    roomy = estimate_peak(TINY, 4, max_memory=10 * weights)
-    assert (roomy.resident_bytes, roomy.streamed_bytes) == (weights, 0)  # it all fits: nothing streamed
+
+def test_the_cap_bounds_the_peak_and_leaves_the_rest_to_resident_weights():
+    cap = WORKING + 2 * BLOCK + EMBEDDINGS + 100_000  # more than the floor, less than the model beside a window
+    peak = estimate_peak(TINY, 4, max_memory=cap)
+    assert (peak.weights_bytes, peak.block_bytes, peak.embedding_bytes, peak.head_bytes) == \
+        (WEIGHTS, BLOCK, EMBEDDINGS, 0)
+    assert peak.working_bytes == WORKING
+    # reserved out of the cap: one block read from disk and its compressed copy, one window's work
+    assert peak.resident_budget_bytes == cap - 2 * BLOCK - WORKING == EMBEDDINGS + 100_000
+    assert (peak.resident_bytes, peak.streamed_bytes) == (EMBEDDINGS + 100_000, 2 * BLOCK)
+    assert peak.total_bytes == cap
+
+
+def test_an_untied_head_is_streamed_with_the_blocks_and_reserved_too():
+    untied = {**TINY, "tie_word_embeddings": False}
+    cap = WORKING + 2 * BLOCK + 2 * EMBEDDINGS + 100_000
+    peak = estimate_peak(untied, 4, max_memory=cap)
+    assert (peak.weights_bytes, peak.head_bytes) == (WEIGHTS + EMBEDDINGS, EMBEDDINGS)  # 1000 x 64 head
+    assert peak.resident_budget_bytes == cap - 2 * BLOCK - EMBEDDINGS - WORKING == EMBEDDINGS + 100_000
+    assert peak.total_bytes == cap
+
+
+def test_below_the_floor_nothing_is_resident_and_the_peak_is_the_floor():
+    floor = EMBEDDINGS + 2 * BLOCK + WORKING
+    for cap in (100_000, floor - 1):  # the budget cannot hold the embeddings, which come first
+        peak = estimate_peak(TINY, 4, max_memory=cap)
+        assert peak.resident_bytes == 0 and peak.streamed_bytes == 2 * BLOCK + EMBEDDINGS
+        assert peak.total_bytes == floor
+    assert estimate_peak(TINY, 4, max_memory=floor).resident_bytes == EMBEDDINGS
+
+
+def test_weights_that_fit_beside_one_window_stream_nothing():
+    roomy = estimate_peak(TINY, 4, max_memory=WEIGHTS + WORKING)
+    assert (roomy.resident_bytes, roomy.streamed_bytes, roomy.total_bytes) == (WEIGHTS, 0, WEIGHTS + WORKING)
+    assert roomy.resident_budget_bytes == WEIGHTS
+    tight = estimate_peak(TINY, 4, max_memory=WEIGHTS + WORKING - 1)  # one byte less: blocks stream
+    assert tight.streamed_bytes == 2 * BLOCK and tight.total_bytes == WEIGHTS + WORKING - 1
 
 
 def test_a_large_vocabulary_counts_slices_of_positions_not_the_windows_logits():
@@ -55,12 +84,15 @@ def test_calibration_batch_through_one_block_counts_when_larger():
     assert peak.working_bytes == tokens * per_token + 128 * 128 * 4
 
 
-def test_suggested_cap_is_the_largest_whose_peak_fits():
-    usable = 10_000_000  # leaves a cap between the embeddings (256 KB) and the whole model (552 KB)
+def test_suggested_cap_is_the_usable_memory_while_it_holds_the_floor():
+    floor = EMBEDDINGS + 2 * BLOCK + WORKING
+    usable = floor + 100_000
     peak = suggest_cap(TINY, 4, usable)
-    assert peak.total_bytes == usable and peak.max_memory >= peak.embedding_bytes  # the embeddings stay resident
-    assert estimate_peak(TINY, 4, peak.max_memory + 1).total_bytes > usable
-    assert suggest_cap(TINY, 4, 9_700_000) is None  # one window's work and one block leave no room for them
+    assert peak.max_memory == peak.total_bytes == usable  # the cap bounds the peak: all of it can be given
+    assert peak.resident_budget_bytes == EMBEDDINGS + 100_000  # the embeddings stay resident
+    assert estimate_peak(TINY, 4, usable + 1).total_bytes > usable
+    assert suggest_cap(TINY, 4, floor).total_bytes == floor
+    assert suggest_cap(TINY, 4, floor - 1) is None  # one window's work and one block leave no room for them
 
 
 def test_the_guard_offers_the_layer_by_layer_route_with_its_peak():
@@ -72,6 +104,7 @@ def test_the_guard_offers_the_layer_by_layer_route_with_its_peak():
     cap_text = message.split("--max-memory ")[1].split()[0]
     cap = OffloadConfig.from_text(cap_text).max_memory
     peak = estimate_peak(config, 4, cap)
+    assert peak.total_bytes == cap and peak.head_bytes > 0  # the cap bounds the peak, Llama 3's head streamed
     assert f"peak estimate {peak.total_bytes / GIB:.2f} GiB" in message
     assert guard.required_bytes(peak.total_bytes) <= 20 * GIB  # the offer passes the guard's own margin
 
