@@ -149,8 +149,10 @@ def compute_dtypes(bench: Workbench, windows: torch.Tensor) -> None:
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
 
 
+# textContent, not innerText: innerText lays the page out, and ten reads a second would add
+# Chromium work that no person's waiting causes.
 SHOWN_TEXTS = ("[...document.querySelectorAll('[data-testid=\"stElementContainer\"]:not([data-stale=\"true\"]) "
-               "[data-testid=\"stMarkdownContainer\"]')].map(e => e.innerText)")
+               "[data-testid=\"stMarkdownContainer\"]')].map(e => e.textContent)")
 
 
 # Who uses the CPU while a person waits: the 2 cores are shared by all of these.

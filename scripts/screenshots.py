@@ -52,10 +52,11 @@ def _wait_healthy(url: str, server: subprocess.Popen, seconds: float = 90) -> No
 
 
 @contextmanager
-def dashboard(env: dict[str, str]) -> Iterator[str]:
-    """``streamlit run app.py`` on a free localhost port; yields its URL; always terminated."""
+def dashboard(env: dict[str, str], script: str = "app.py") -> Iterator[str]:
+    """``streamlit run app.py`` (or ``script``, relative to the repository) on a free localhost
+    port; yields its URL; always terminated."""
     port = free_port()
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+    command = [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true",
                "--server.port", str(port), "--server.address", "localhost", "--browser.gatherUsageStats", "false"]
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

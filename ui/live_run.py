@@ -58,6 +58,7 @@ class LiveRun:
         self._runner, self._save, self._previous = runner, save, previous
         self._cancel = threading.Event()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified on every update
         self._state = LiveState(key=key)
         self.thread = threading.Thread(target=self._work, name=f"memopt-live-{key[:8]}", daemon=True)
 
@@ -72,13 +73,20 @@ class LiveRun:
         with self._lock:
             return self._state
 
+    def wait_for_change(self, seen: LiveState, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds until the state is no longer ``seen`` (a snapshot taken
+        earlier); True when it changed."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._state is not seen, timeout)
+
     def _update(self, **changes: Any) -> None:
-        with self._lock:
+        with self._changed:
             stage = changes.get("stage")
             if stage is not None and stage != self._state.stage:
                 stamps = {**self._state.stamps, stage: time.perf_counter() - self._state.started}
                 changes["stamps"] = stamps
             self._state = replace(self._state, **changes)
+            self._changed.notify_all()
 
     def _work(self) -> None:
         if self._previous is not None:  # one setting at a time per session

@@ -1,21 +1,27 @@
 """A run in progress on screen: a status line, quality cards with their 95% bands and a convergence
-chart, redrawn by a fragment every second until the figure is exact; memory and per-layer
-charts as soon as the copy is built. Reads ``LiveRun.snapshot()`` only."""
+chart, redrawn by a fragment each time the run has something new until the figure is exact;
+memory and per-layer charts as soon as the copy is built. Reads ``LiveRun`` only."""
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Callable
 
 import streamlit as st
 
 from ui import result_view
 from ui.chart_glue import show_chart
-from ui.live_run import LiveRun, LiveState
+from ui.live_run import CURRENT, LiveRun, LiveState
 
 # Every redraw costs the browser about 0.2 s of CPU, taken from the engine when both share a
-# machine: polling every 0.5 s, Chromium used 0.38 of a core during a warm SmolLM2 run and the page
-# waited 36.8 s; every 1.0 s, 0.21 of a core and 25.7 s. Windows take 1.5-2 s each, so a second's
-# poll still shows each estimate (half a second later on average).
+# machine (polling every 0.5 s, Chromium used 0.38 of a core during a warm SmolLM2 run; every
+# 1.0 s, 0.21). So a timer rerun of the fragment draws the latest state and then holds the script
+# thread until the run has something new (``hold_until_changed``): the browser's timer still ticks
+# every POLL_S, but Streamlit folds the ticks that arrive during a run into one rerun, which starts
+# as soon as the hold ends. The page redraws once per change (a window: 1.5-2 s on SmolLM2), and
+# shows it at once rather than at the next tick.
 POLL_S = 1.0
+HOLD_S = 10.0  # the longest hold: then one redraw of the same state (a slow window on a big model)
+YIELD_S = 0.2  # how often a hold lets Streamlit act on a newer request (a slider moved)
 STAGE_TEXT = {"loading": "Loading the model (once; later settings reuse it) ...",
               "compressing": "Compressing a copy ...", "scoring": "Scoring windows ...",
               "finishing": "Every window scored; zero-shot and generation ...",
@@ -89,8 +95,31 @@ def _page_needs_redraw(drawn: LiveState, now: LiveState) -> bool:
     return (drawn.partial is None) != (now.partial is None) or drawn.finished != now.finished
 
 
+def _yield_to_streamlit() -> None:
+    # Reading session state is one of Streamlit's yield points. A widget change reruns the page at
+    # once in a new script thread (Streamlit's fast reruns) and asks the old one to stop, which it
+    # does at its next yield point: here, so a hold never outlives its page by more than YIELD_S.
+    # The fragment's own timer ticks never interrupt a run: they wait for it and fold into one.
+    st.session_state.get(CURRENT)
+
+
+def hold_until_changed(run: LiveRun, seen: LiveState, yield_check: Callable[[], None] = _yield_to_streamlit,
+                       hold_s: float | None = None, step_s: float = YIELD_S) -> bool:
+    """Block until ``run``'s state is no longer ``seen`` or ``hold_s`` (default HOLD_S) seconds have
+    passed, calling ``yield_check`` every ``step_s`` seconds meanwhile; True when the state changed."""
+    deadline = time.monotonic() + (HOLD_S if hold_s is None else hold_s)
+    while True:
+        left = deadline - time.monotonic()
+        if run.wait_for_change(seen, max(0.0, min(step_s, left))):
+            return True
+        if left <= step_s:
+            return False
+        yield_check()
+
+
 def show_live_quality(run: LiveRun, drawn: LiveState, key: str) -> None:
-    """The quality part of a run in flight, polled every POLL_S seconds until it ends."""
+    """The quality part of a run in flight, redrawn on each change until it ends (see POLL_S)."""
+    inline = [True]  # the first call is inline in the page's run: holding it would hold the page below
 
     def panel() -> None:
         now = run.snapshot()
@@ -100,6 +129,9 @@ def show_live_quality(run: LiveRun, drawn: LiveState, key: str) -> None:
             show_estimates(now, key)
         elif not now.finished:
             st.info(STAGE_TEXT.get(now.stage, now.stage), icon=":material/hourglass_top:")
+        if not inline[0] and not now.finished:
+            hold_until_changed(run, now)
+        inline[0] = False
 
     st.subheader("Quality: original vs compressed")
     st.fragment(panel, run_every=None if drawn.finished else POLL_S)()

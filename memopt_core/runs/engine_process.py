@@ -1,7 +1,7 @@
 """One model's runs in a process of its own, streamed back step by step as plain dicts.
 
 Why a process: the dashboard's server also runs Streamlit's script reruns (the live view redraws
-every second), chart building and the websocket, all in one interpreter. An engine thread there
+once per scored window), chart building and the websocket, all in one interpreter. An engine thread there
 shares the GIL with all of it; measured on SmolLM2 (2 cores), the same run took 1.3x longer in a
 worker thread than in a main thread even with nothing else to do, and about 1.8x on the page. A
 child process has its own interpreter and GIL: the page only waits on a pipe.

@@ -129,6 +129,31 @@ def test_live_mode_shows_an_estimate_then_the_exact_figure_without_run(tab):
     check_and_shoot(tab, "live")
 
 
+def test_a_slider_release_ends_the_live_panels_hold(app_cache, tmp_path):
+    """A timer rerun of the live panel holds the script thread until the run changes
+    (ui/live_view.py). A widget change meanwhile reruns the page at once in a new thread (Streamlit's
+    fast reruns) and stops the old one at its next yield point: the hold must reach one and end
+    then, not when it times out (600 s here), or every slider move would leave a thread behind."""
+    log = tmp_path / "holds.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MEMOPT_HOLD_LOG": str(log)}
+    with dashboard(env, script="tests/pages/hold_app.py") as url, browser_tab(url) as tab:
+        tab.get_by_text("Slider at 0").wait_for()
+        tab.get_by_text("Holding in a timer rerun").wait_for()
+        assert tab.get_by_text("Loading the model").count() == 1  # the panel drew before it held
+        assert not log.exists()
+        slider = tab.get_by_role("slider", name="Value")
+        slider.focus()
+        slider.press("ArrowRight")
+        tab.get_by_text("Slider at 1").wait_for()
+        for _ in range(120):
+            if log.exists():
+                break
+            tab.wait_for_timeout(500)
+        assert log.exists(), "the held thread was still holding 60 s after the slider release"
+        assert log.read_text().splitlines()[0] == "hold ended: StopException"
+        assert tab.locator(EXCEPTION).count() == 0
+
+
 def export_and_check(tab, engine: str, type_name: str, download: str) -> None:
     """Choose the engine and type, export with the round trip, see the file size and the download."""
     pick(tab, "Target engine", engine)

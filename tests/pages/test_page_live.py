@@ -109,3 +109,34 @@ def test_worker_failure_is_one_line_on_the_page(app_cache):
     assert errors(at) == ["The run failed: unexpected error (RuntimeError: disk on fire); the page is still "
                           "usable: change a setting and try again"]
     assert isinstance(run.thread, threading.Thread) and no_exception(at)
+
+
+def test_wait_for_change_wakes_on_the_next_update_and_times_out_without_one():
+    run = LiveRun(SETTING, "key", lambda *request: iter(()), save=None)
+    seen = run.snapshot()
+    assert not run.wait_for_change(seen, 0.05)
+    timer = threading.Timer(0.1, lambda: run._update(stage="scoring"))
+    timer.start()
+    assert run.wait_for_change(seen, 5.0) and run.snapshot().stage == "scoring"
+    assert run.wait_for_change(seen, 0.0)  # already changed: no wait
+
+
+def test_a_hold_ends_at_a_change_and_lets_streamlit_interrupt_it_meanwhile():
+    from ui.live_view import hold_until_changed
+
+    run = LiveRun(SETTING, "key", lambda *request: iter(()), save=None)
+    checks = []
+    assert not hold_until_changed(run, run.snapshot(), lambda: checks.append(1), hold_s=0.5, step_s=0.05)
+    assert 5 <= len(checks) <= 10  # every step_s while nothing changed
+
+    class Interrupted(Exception):
+        pass
+
+    def newer_request():  # what Streamlit's yield point does when a slider moved meanwhile
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        hold_until_changed(run, run.snapshot(), newer_request, hold_s=5.0, step_s=0.05)
+    seen = run.snapshot()
+    threading.Timer(0.1, lambda: run._update(stage="scoring")).start()
+    assert hold_until_changed(run, seen, lambda: None, hold_s=5.0, step_s=0.05)
