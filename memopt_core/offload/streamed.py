@@ -26,7 +26,7 @@ from accelerate.utils import find_tied_parameters, retie_parameters, set_module_
 from safetensors import safe_open
 from torch import nn
 
-from memopt_core.compression.layers import from_spec
+from memopt_core.compression.layers import from_spec, module_storage_bytes
 from memopt_core.compression.walk import find_blocks, set_module
 from memopt_core.config import ModelSpec, OffloadConfig
 from memopt_core.errors import ConfigError, ModelLoadError
@@ -187,17 +187,12 @@ def plan_device_map(model: nn.Module, device: torch.device, budget: int) -> dict
     # accelerate keeps room for the largest layer left to place (a block; none after the last) out of
     # what it is given, for reading it from disk; the budget has that room taken out already (the
     # planner counts the block read), so it is handed back rather than reserved twice.
-    largest = max(_module_bytes(block) for block in model.get_submodule(blocks).children())
+    largest = max(module_storage_bytes(block) for block in model.get_submodule(blocks).children())
     placed = infer_auto_device_map(model, max_memory={key: budget + largest}, no_split_module_classes=no_split)
     out: dict[str, Any] = {}
     for name, where in placed.items():
         _expand_to_blocks(model, name, where, blocks, out)
     return out
-
-
-def _module_bytes(module: nn.Module) -> int:
-    """Bytes of a module's parameters and buffers, as accelerate sizes it (meta tensors included)."""
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
 def _expand_to_blocks(model: nn.Module, name: str, where: Any, blocks: str, out: dict[str, Any]) -> None:
