@@ -9,7 +9,6 @@ from typing import Any, Callable
 import streamlit as st
 
 from ui import result_view
-from ui.chart_glue import show_chart
 from ui.live_run import CURRENT, LiveRun, LiveState
 
 # Every redraw costs the browser about 0.2 s of CPU, taken from the engine when both share a
@@ -72,13 +71,14 @@ def _interval_meaning(method: str) -> str:
 
 
 def show_convergence(state: LiveState, key: str) -> None:
-    """The running estimate of the ratio and its band against tokens scored."""
-    from memopt_core.charts.convergence import convergence  # plotly figure code: loaded with the first estimate
+    """The running estimate of the ratio and its band against tokens scored (a Vega-Lite chart:
+    redrawn after every window, see ``memopt_core/charts/convergence.py``)."""
+    from memopt_core.charts.convergence import convergence  # the charts package loads plotly: with the first estimate
 
     row = state.estimates[-1]
-    show_chart(convergence(state.estimates), "Running estimate of the perplexity ratio and its band: "
-               f"{_interval_meaning(row['interval'])}. Windows are scored in text order, never shuffled.",
-               key=f"{key}.convergence")
+    st.vega_lite_chart(convergence(state.estimates), width="stretch", key=f"{key}.convergence")
+    st.caption("Running estimate of the perplexity ratio and its band: "
+               f"{_interval_meaning(row['interval'])}. Windows are scored in text order, never shuffled.")
 
 
 def show_estimates(state: LiveState, key: str) -> None:

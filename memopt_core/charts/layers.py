@@ -69,18 +69,18 @@ def weight_histogram(before: Sequence[float], after: Sequence[float], grid: Sequ
     traces = [("original", before), ("compressed", after)]
     if len(rotated):
         traces.append(("rotated W Q (what is quantized)", np.asarray(rotated, dtype=float)))
+    tallest = 0
     for index, (name, data) in enumerate(traces):
         counts, _ = np.histogram(np.clip(data, low, high), bins=edges)
+        tallest = max(tallest, int(counts.max(initial=0)))
         figure.add_bar(x=centres, y=counts, width=width, name=name, opacity=0.6, marker_color=series_color(index),
                        hovertemplate=f"{name}: %{{y:,}} weights near %{{x:.4g}}<extra></extra>")
     if len(grid):
         figure.add_scatter(x=list(map(float, grid)), y=[0] * len(grid), mode="markers", name="quantization grid",
                            marker=dict(symbol="line-ns-open", size=14, color="#444"),
                            hovertemplate="grid level %{x:.4g}<extra></extra>")
-        if len(grid) <= MAX_GRID_LINES:  # one layout update: add_vline per level took ~2 s for 64 levels
-            figure.update_layout(shapes=[dict(type="line", xref="x", yref="y domain", x0=float(level), x1=float(level),
-                                              y0=0, y1=1, line=dict(width=1, dash="dot", color="#888"))
-                                         for level in grid])
+        if len(grid) <= MAX_GRID_LINES:
+            figure.add_trace(_grid_lines(grid, tallest))
     for bound in clip:
         figure.add_vline(x=float(bound), line_width=2, line_dash="dash", line_color="#E45756",
                          annotation_text="clip", annotation_position="top")
@@ -88,6 +88,16 @@ def weight_histogram(before: Sequence[float], after: Sequence[float], grid: Sequ
                          barmode="overlay", bargap=0, xaxis_title="weight value", yaxis_title="count")
     return figure
 
+
+
+def _grid_lines(grid: Sequence[float], top: int) -> go.Scatter:
+    """One dotted vertical line per grid level, from 0 to ``top``, as a single trace (x, x, gap per
+    level): one SVG path, where a layout shape per level made Chromium spend about 0.2 CPU s more
+    on each draw of a 64-level grid."""
+    xs = [value for level in grid for value in (float(level), float(level), None)]
+    ys = [value for _ in grid for value in (0, top, None)]
+    return go.Scatter(x=xs, y=ys, mode="lines", name="grid lines", showlegend=False, hoverinfo="skip",
+                      line=dict(width=1, dash="dot", color="#888"))
 
 
 def _histogram_range(values: np.ndarray, grid: np.ndarray) -> tuple[float, float]:

@@ -68,11 +68,13 @@ def test_weight_histogram_bins_every_value_and_marks_the_grid():
     grid = np.linspace(-0.15, 0.15, 16)
     after = grid[np.abs(before[:, None] - grid[None, :]).argmin(axis=1)]  # rounded to the grid
     figure = charts.weight_histogram(before, after, grid, "layer.0")
-    original, compressed, levels = figure.data
+    original, compressed, levels, lines = figure.data
     assert sum(original.y) == len(before) and sum(compressed.y) == len(after)
     assert list(original.x) == list(compressed.x)  # shared bins
     assert list(levels.x) == pytest.approx(list(grid))
-    assert len(figure.layout.shapes) == len(grid)  # one dotted line per level
+    tallest = max(max(original.y), max(compressed.y))
+    assert list(lines.x) == [x for level in grid for x in (pytest.approx(level), pytest.approx(level), None)]
+    assert list(lines.y) == [0, tallest, None] * len(grid)  # one dotted line per level, up to the tallest bar
     assert len(original.y) == 120  # the counts travel to the browser, not the 5000 values
     assert len(figure.to_json()) < 20_000
 
@@ -80,7 +82,7 @@ def test_weight_histogram_bins_every_value_and_marks_the_grid():
 def test_weight_histogram_draws_fine_grids_as_markers_only():
     grid = np.linspace(-1, 1, 256)
     figure = charts.weight_histogram([0.0, 0.5], [0.0, 0.5], grid, "layer")
-    assert len(figure.data[2].x) == 256 and len(figure.layout.shapes) == 0
+    assert len(figure.data[2].x) == 256 and len(figure.data) == 3  # the markers, no lines
 
 
 def test_tradeoff_pareto_trace_holds_exactly_the_pareto_rows():
@@ -207,3 +209,25 @@ def test_quality_vs_bits_switches_to_a_log_axis_for_diverging_settings():
 def test_ratio_bits_heatmap_writes_the_value_in_each_cell():
     heatmap = charts.ratio_bits_heatmap(sweep_table()).data[0]
     assert heatmap.text[0][0] == "11.5" and heatmap.text[1][1] == ""
+
+
+def test_convergence_spec_draws_the_band_where_it_exists_and_marks_the_exact_figure():
+    from memopt_core.charts.convergence import convergence
+
+    estimates = [{"tokens": 511, "windows": 1, "total_windows": 4, "perplexity_ratio": 1.08, "ratio_ci95": None,
+                  "exact": False},
+                 {"tokens": 1022, "windows": 2, "total_windows": 4, "perplexity_ratio": float("inf"),
+                  "ratio_ci95": [1.0, float("nan")], "exact": False},
+                 {"tokens": 2044, "windows": 4, "total_windows": 4, "perplexity_ratio": 1.06,
+                  "ratio_ci95": [1.05, 1.07], "exact": True}]
+    spec = convergence(estimates)
+    rows = spec["data"]["values"]
+    assert [row["tokens"] for row in rows] == [511, 1022, 2044]
+    assert [(row["estimate"], row["low"], row["high"]) for row in rows] == [(1.08, None, None), (None, 1.0, None),
+                                                                           (1.06, 1.05, 1.07)]
+    assert [row["exact"] for row in rows] == [False, False, True]
+    band, line, exact = spec["layer"]
+    assert (band["encoding"]["y"]["field"], band["encoding"]["y2"]["field"]) == ("low", "high")
+    assert exact["transform"] == [{"filter": "datum.exact"}]
+    assert line["encoding"]["x"]["scale"]["domain"] == [0, round(2044 * 1.02)]  # all 4 windows from the start
+    assert json.loads(json.dumps(spec, allow_nan=False)) == spec  # no infinity or NaN reaches the browser

@@ -55,6 +55,7 @@ def test_histogram_draws_the_rotated_weights_and_the_clip():
     figure = charts.weight_histogram([0.1, -0.2, 0.3], [0.1, -0.25, 0.25], grid=[-0.3, 0.0, 0.3], layer="l",
                                      rotated=[0.05, -0.1, 0.2], clip=[-0.25, 0.25])
     names = [trace.name for trace in figure.data]
-    assert names == ["original", "compressed", "rotated W Q (what is quantized)", "quantization grid"]
+    assert names == ["original", "compressed", "rotated W Q (what is quantized)", "quantization grid",
+                     "grid lines"]
     clips = [shape for shape in figure.layout.shapes if shape.line.color == "#E45756"]
     assert sorted(shape.x0 for shape in clips) == [-0.25, 0.25]

@@ -51,6 +51,13 @@ def figures(at: AppTest) -> list[dict]:
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
 
+def vega_tables(at: AppTest) -> list:
+    """The data of each Vega-Lite chart on the page (Streamlit sends it as Arrow), as DataFrames."""
+    import pyarrow
+
+    return [pyarrow.ipc.open_stream(chart.proto.data.data).read_pandas() for chart in at.get("vega_lite_chart")]
+
+
 def titles(at: AppTest) -> list[str]:
     return [figure["layout"]["title"]["text"] for figure in figures(at)]
 

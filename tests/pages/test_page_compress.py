@@ -7,7 +7,7 @@ import pytest
 
 from memopt_core.config import ModelSpec
 from page_support import (app_cache, array, errors, figures, new_app, no_exception, run_setting, titles,  # noqa: F401
-                          use_tiny_model, wait_for_run)
+                          use_tiny_model, vega_tables, wait_for_run)
 from ui import loaders
 
 
@@ -23,7 +23,7 @@ def test_first_render_shows_the_settings_and_loads_no_model(app_cache):
     assert at.select_slider(key="quant.bits").options == ["2", "3", "4", "5", "6", "8", "16 (none)"]
     assert at.selectbox(key="prune.method").value == "none"
     assert at.toggle(key="compress.live").value  # a bundled model on the CPU: live by default
-    assert not at.get("plotly_chart") and not at.metric
+    assert not at.get("plotly_chart") and not at.get("vega_lite_chart") and not at.metric
     assert "compress.live_run" not in at.session_state  # opening the page is not a setting change
     assert not loaders.is_loaded(ModelSpec("smollm2-135m")) and not loaders.model_at_hand(ModelSpec("smollm2-135m"))
     at.toggle(key="compress.live").set_value(False).run()
@@ -45,15 +45,15 @@ def test_run_on_a_causal_lm_shows_quality_memory_charts_and_generations(app_cach
         assert label in labels
     compressed = at.metric[labels.index("Perplexity, compressed")]
     assert compressed.delta is not None  # the change from the original
-    convergence, sparsity, layer_bytes, histogram = figures(at)
-    estimate = next(trace for trace in convergence["data"] if trace.get("name") == "estimate")
-    exact = next(trace for trace in convergence["data"] if trace.get("name") == "exact")
+    sparsity, layer_bytes, histogram = figures(at)
+    (convergence,) = vega_tables(at)
     ratio = at.metric[labels.index("Ratio to original")].value
-    assert f"{array(exact['y'])[-1]:.4f}x" == ratio == f"{array(estimate['y'])[-1]:.4f}x"  # the last step is exact
-    assert array(estimate["x"]).tolist() == [63 * k for k in (1, 2)]  # 128 tokens: 2 windows of 64
+    assert f"{convergence['estimate'].iloc[-1]:.4f}x" == ratio  # the last step is the exact figure
+    assert convergence["exact"].tolist() == [False, True]
+    assert convergence["tokens"].tolist() == [63 * k for k in (1, 2)]  # 128 tokens: 2 windows of 64
     assert sum(len(array(trace["y"])) for trace in sparsity["data"]) == 14  # 2 blocks x 7 Linears of tiny-llama
     assert [trace["name"] for trace in layer_bytes["data"]] == ["before (dense)", "after (stored)"]
-    assert [trace["name"] for trace in histogram["data"]] == ["original", "compressed", "quantization grid"]
+    assert [trace["name"] for trace in histogram["data"]] == ["original", "compressed", "quantization grid", "grid lines"]
     assert any("saving is real" in caption.value for caption in at.caption)
     assert len(at.code) == 2  # original and compressed generations side by side
     assert any("random weights" in info.value for info in at.info)
