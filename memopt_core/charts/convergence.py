@@ -41,7 +41,7 @@ def convergence(estimates: Sequence[dict[str, Any]], metric: str = "perplexity_r
               "scale": {"domain": [0, round(total * 1.02)]} if total else {}}
     value_axis = {"type": "quantitative", "title": title, "scale": {"zero": False}}
     color = {"scale": {"domain": list(SERIES), "range": [series_color(0), BAND_COLOR, series_color(3)]},
-             "legend": {"orient": "bottom", "title": None}}
+             "legend": {"orient": "right", "title": None}}  # in Streamlit, a legend above or below squashes the plot
     layers = [
         {"mark": {"type": "area"},
          "encoding": {"x": tokens, "y": {"field": "low", **value_axis}, "y2": {"field": "high"},
