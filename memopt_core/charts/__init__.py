@@ -7,8 +7,9 @@ are drawn as gaps and named in the hover text: JSON and colour scales cannot hol
 
 The parts: ``common.py`` (palette, gaps, hover text, quality axis), ``layers.py`` (one run's layers),
 ``tradeoffs.py`` (sweeps), ``planner.py``, ``formats.py`` (the formats comparison) and
-``convergence.py`` (a live estimate and its band against tokens scored). The charts used by the
-pages are importable from ``memopt_core.charts``.
+``convergence.py`` (a live estimate and its band against tokens scored: a Vega-Lite spec, the one
+chart redrawn after every scored window, where plotly cost the browser about four times the CPU).
+The charts used by the pages are importable from ``memopt_core.charts``.
 """
 from memopt_core.charts.common import finite, log_ticks, series_color
 from memopt_core.charts.layers import bytes_by_layer, layer_heatmap, sparsity_by_layer, weight_histogram
