@@ -61,6 +61,16 @@ def dense_window_seconds(bench: Workbench, windows: torch.Tensor) -> float:
     return statistics.median(times)
 
 
+def estimate_seconds(bench: Workbench, config: RunConfig) -> tuple[float, float]:
+    """``config`` run in this process: seconds to the first estimate and to the exact figure."""
+    began, first, exact = time.perf_counter(), None, None
+    for step in bench.run_steps(config):
+        if isinstance(step, Estimate):
+            first = first or time.perf_counter() - began
+            exact = time.perf_counter() - began if step.exact else exact
+    return first, exact
+
+
 def live_ratios(bench: Workbench, evaluation: EvalConfig, settings: tuple[QuantConfig, ...]) -> None:
     original = bench.original(evaluation)
     original.metrics()  # warm: the reference is scored (or loaded) and stored
@@ -72,12 +82,7 @@ def live_ratios(bench: Workbench, evaluation: EvalConfig, settings: tuple[QuantC
         (compressed, _), compress_s = seconds(lambda: bench.compress(config))
         _, evaluate_s = seconds(lambda: evaluate_causal_lm(compressed.model, windows, original.lm.covering(
             windows[:, 1:].numel()), evaluation.kl_top_k))
-        began, first, exact = time.perf_counter(), None, None
-        for step in bench.run_steps(config):
-            if isinstance(step, Estimate):
-                first = first or time.perf_counter() - began
-                if step.exact:
-                    exact = time.perf_counter() - began
+        first, exact = estimate_seconds(bench, config)
         print(f"{config.label:24} compression {compress_s:.2f} s, evaluation {evaluate_s:.2f} s | first estimate "
               f"{first:.2f} s = {first / (compress_s + dense):.2f}x (compression + one window; target <= 2x) | "
               f"exact {exact:.2f} s = {exact / (compress_s + evaluate_s):.3f}x (compression + all windows; "
@@ -219,16 +224,6 @@ def stored_rows(cache: Path, count: int, timeout_s: float = 180.0) -> None:
         time.sleep(0.5)
 
 
-def quiet_seconds(bench: Workbench, config: RunConfig) -> tuple[float, float]:
-    """``config`` run in this process, the dashboard idle: seconds to the first estimate and to the exact figure."""
-    began, first, exact = time.perf_counter(), None, None
-    for step in bench.run_steps(config):
-        if isinstance(step, Estimate):
-            first = first or time.perf_counter() - began
-            exact = time.perf_counter() - began if step.exact else exact
-    return first, exact
-
-
 def browser_seconds(max_tokens: int, bench: Workbench, quiet_runs: int = 2) -> None:
     """Seconds a person waits in Chromium from releasing the bit-width slider to the first estimate
     and to the exact figure: the first release loads SmolLM2 and scores the original (an empty
@@ -261,7 +256,7 @@ def browser_seconds(max_tokens: int, bench: Workbench, quiet_runs: int = 2) -> N
                   f"estimate at {timings['first_estimate_s']:.1f} s; page / engine: exact {exact / engine_s:.2f}x "
                   f"(target <= 1.15x warm), first estimate {first / timings['first_estimate_s']:.2f}x", flush=True)
             time.sleep(2)  # the page's last redraw done
-            quiet = [quiet_seconds(bench, RunConfig.from_dict(row["result"]["config"])) for _ in range(quiet_runs)]
+            quiet = [estimate_seconds(bench, RunConfig.from_dict(row["result"]["config"])) for _ in range(quiet_runs)]
             quiet_first, quiet_exact = (statistics.mean(times) for times in zip(*quiet))
             print(f"  the same setting quiet in this process right after (mean of {quiet_runs}): first estimate "
                   f"{quiet_first:.1f} s, exact {quiet_exact:.1f} s; page / quiet engine: first estimate "
