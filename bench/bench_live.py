@@ -1,6 +1,6 @@
 """Answers at the speed of a slider, on the bundled SmolLM2: ratios measured in one run.
 
-    python bench/bench_live.py [--max-tokens 4096] [--parts live,cold,zero-shot,dtype,coverage,browser] [--coverage /tmp/memopt-interval-figures.pt]
+    python bench/bench_live.py [--max-tokens 4096] [--parts live,cold,zero-shot,dtype,coverage,workers,browser] [--coverage /tmp/memopt-interval-figures.pt]
 
 Targets (issue 9), all warm (model loaded, the original's reference stored) unless said:
 - first estimate <= 2x (compression + one window's dense forward);
@@ -9,6 +9,8 @@ Targets (issue 9), all warm (model loaded, the original's reference stored) unle
 - zero-shot sentiment (200 sentences) <= 0.25x the previous implementation's time, same accuracies;
 - bf16 / fp32 evaluation time and the perplexity difference; which layers use the fused int8 kernel;
 - the coverage table of the early intervals (from ``bench_intervals.py --save``);
+- windows scored two side by side (one torch thread each) against one forward at a time on both
+  threads: exact-figure time quiet and beside a process busy a fifth of the time, as a browser is;
 - in a real browser (Playwright + Chromium against ``streamlit run``): seconds from a slider
   release to the first estimate and to the exact figure on the page, against the engine's own
   timings of the same run and against the same setting run quietly in this process right after.
@@ -17,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,6 +38,7 @@ from memopt_core.compression.kernels import DEQUANTIZE, FUSED_INT8  # noqa: E402
 from memopt_core.config import EvalConfig, ModelSpec, QuantConfig, RunConfig  # noqa: E402
 from memopt_core.evaluation.causal_lm import (SENTIMENT_LABELS, SENTIMENT_PROMPT, _pad_id, _pad_right,  # noqa: E402
                                              sentiment_accuracy, zero_shot_scores)
+from memopt_core.evaluation import side_by_side  # noqa: E402
 from memopt_core.evaluation.lm_records import Estimate  # noqa: E402
 from memopt_core.evaluation.progressive import evaluate_causal_lm  # noqa: E402
 from memopt_core.runs.store import ResultStore  # noqa: E402
@@ -44,7 +49,7 @@ from screenshots import browser_tab, dashboard, live_off, pick, set_slider, sett
 SETTINGS = (QuantConfig(bits=4, granularity="group", group_size=64), QuantConfig(bits=3, granularity="group",
                                                                                  group_size=128),
             QuantConfig(bits=8))
-PARTS = ("live", "cold", "zero-shot", "dtype", "coverage", "browser")
+PARTS = ("live", "cold", "zero-shot", "dtype", "coverage", "workers", "browser")
 
 
 def seconds(fn) -> tuple[object, float]:
@@ -153,6 +158,63 @@ def compute_dtypes(bench: Workbench, windows: torch.Tensor) -> None:
     print(f"fused int8 kernel after the bf16 run: {kernels.count(FUSED_INT8)} of {len(kernels)} layers "
           f"({kernels.count(DEQUANTIZE)} dequantize + matmul); torch {torch.__version__}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+
+
+def busy(stop, share: float, period_s: float = 0.1) -> None:
+    """Spin ``share`` of every ``period_s`` until ``stop`` is set: a stand-in for a browser redrawing."""
+    while not stop.is_set():
+        end = time.perf_counter() + share * period_s
+        while time.perf_counter() < end:
+            pass
+        time.sleep((1 - share) * period_s)
+
+
+@contextmanager
+def load_beside(share: float):
+    """Another process busy ``share`` of the time while the block runs (none for 0)."""
+    stop = multiprocessing.Event()
+    other = multiprocessing.Process(target=busy, args=(stop, share)) if share else None
+    if other:
+        other.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if other:
+            other.join()
+
+
+@contextmanager
+def forwards_at_once(workers: int):
+    """Score at most ``workers`` batches side by side within the block (the engine's cap is
+    ``side_by_side.MAX_WORKERS``)."""
+    saved, side_by_side.MAX_WORKERS = side_by_side.MAX_WORKERS, workers
+    try:
+        yield
+    finally:
+        side_by_side.MAX_WORKERS = saved
+
+
+def workers_beside_load(bench: Workbench, evaluation: EvalConfig, share: float = 0.2, repeats: int = 2) -> None:
+    """Exact-figure seconds of one warm setting, one forward at a time (2 threads) against two side by
+    side (1 thread each), quiet and beside a process busy ``share`` of the time; interleaved, so
+    the machine's drift over minutes falls on both alike."""
+    config = RunConfig(bench.loaded.spec, quant=QuantConfig(bits=6, granularity="group", group_size=128),
+                       eval=evaluation)
+    estimate_seconds(bench, config)  # warm: the reference and first-use costs
+    times: dict[tuple[float, int], list[float]] = {}
+    for _ in range(repeats):
+        for load in (0.0, share):
+            for workers in (1, 2):
+                with load_beside(load), forwards_at_once(workers):
+                    times.setdefault((load, workers), []).append(estimate_seconds(bench, config)[1])
+    mean = {key: statistics.mean(values) for key, values in times.items()}
+    print(f"windows side by side, {config.label}, exact figure (mean of {repeats}): quiet one at a time "
+          f"{mean[0.0, 1]:.1f} s, two side by side {mean[0.0, 2]:.1f} s = {mean[0.0, 2] / mean[0.0, 1]:.2f}x; "
+          f"beside a process busy {share:.0%} of the time: {mean[share, 1]:.1f} s and {mean[share, 2]:.1f} s = "
+          f"{mean[share, 2] / mean[share, 1]:.2f}x; slowdown from the load: one at a time "
+          f"{mean[share, 1] / mean[0.0, 1] - 1:+.0%}, side by side {mean[share, 2] / mean[0.0, 2] - 1:+.0%}",
+          flush=True)
 
 
 # The page times itself: after a key is released, a MutationObserver notes when "Estimate from"
@@ -277,7 +339,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     if parts - set(PARTS):
         parser.error(f"--parts: unknown {sorted(parts - set(PARTS))}; choose from {', '.join(PARTS)}")
-    if parts & {"live", "zero-shot", "dtype", "browser"}:
+    if parts & {"live", "zero-shot", "dtype", "workers", "browser"}:
         bench, load_s = seconds(lambda: Workbench.load(ModelSpec("smollm2-135m")))
         print(f"SmolLM2 loaded in {load_s:.1f} s")
     if "live" in parts:
@@ -292,6 +354,8 @@ def main() -> None:
         print_coverage(torch.load(args.coverage))
     elif "coverage" in parts:
         print(f"coverage: run bench/bench_intervals.py first (it saves {args.coverage})")
+    if "workers" in parts:
+        workers_beside_load(bench, evaluation)
     if "browser" in parts:
         bench.original(evaluation).metrics()  # this process's reference, before the dashboard starts
         browser_seconds(args.max_tokens, bench)

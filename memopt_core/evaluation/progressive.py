@@ -7,7 +7,8 @@ Log-softmax is taken in float32 whatever dtype the model computes in.
 :class:`WindowScorer` scores a batch of windows at a time and, after each window, yields an
 :class:`Estimate`: perplexity, and against a reference (the original's per-token rows) the ratio
 of perplexities on the same tokens from the paired per-token NLL difference, the KL divergence and
-top-1 agreement, each with a 95% interval (``intervals.py``). A cancel token is checked between
+top-1 agreement, each with a 95% interval (``intervals.py``). On CPU, after the first batch, two
+batches are scored side by side (``side_by_side.py``). A cancel token is checked between rounds of
 batches; ``target_ci`` stops once the ratio's interval is within +-target. Nothing is shuffled: the
 k-th estimate always covers the first k windows, and the last one is the exact figure
 :func:`evaluate_causal_lm` returns (it is this loop, consumed to the end).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
+from functools import partial
 from typing import Iterator, Protocol
 
 import torch
@@ -28,6 +30,7 @@ from memopt_core.evaluation.compute import compute_in, model_device, synchronize
 from memopt_core.evaluation.intervals import DEFAULT_INTERVAL, check_method, mean_interval
 from memopt_core.evaluation.lm_records import Estimate, LMMetrics, LMReference
 from memopt_core.evaluation.logit_slices import logit_slices, slice_rows, vocab_size
+from memopt_core.evaluation.side_by_side import side_by_side, worker_count
 from memopt_core.evaluation.stats import rest_log_mass
 
 # Float32 logits per batch (64 MiB). On CPU one 512-token window with a 49k vocabulary already
@@ -65,8 +68,9 @@ def _check_reference(reference: LMReference, targets: Tensor) -> None:
                         f"({targets.numel()}); evaluate both models on the same windows")
 
 
-def _check_options(kl_top_k: int | None, batch_size: int | None, target_ci: float | None) -> None:
-    for name, value in (("kl_top_k", kl_top_k), ("batch size", batch_size)):
+def _check_options(kl_top_k: int | None, batch_size: int | None, target_ci: float | None,
+                   workers: int | None = None) -> None:
+    for name, value in (("kl_top_k", kl_top_k), ("batch size", batch_size), ("workers", workers)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"{name} {value!r} must be a positive whole number or None")
     if target_ci is not None and not (isinstance(target_ci, (int, float)) and 0 < target_ci < 1):
@@ -96,12 +100,14 @@ class WindowScorer:
     decides exact or top-k KL. The scorer keeps its own per-token rows as an LMReference (full
     log-probs when ``kl_top_k`` is None, else the top ``kl_top_k``). ``compute``: "compute in"
     dtype (None: as the weights are held). NaN/Inf logits never raise: scoring stops, ``diverged``.
+    ``workers``: batches scored side by side after the first (``side_by_side.py``; None: as many as
+    suit the model's device), each with its share of torch's threads; the figures are the same.
     """
 
     def __init__(self, model: nn.Module, windows: Tensor, reference: ReferenceSource | None = None,
                  kl_top_k: int | None = 64, batch_size: int | None = None, interval: str = DEFAULT_INTERVAL,
-                 compute: str | None = None, slice_elements: int = SLICE_ELEMENTS):
-        _check_options(kl_top_k, batch_size, None)
+                 compute: str | None = None, slice_elements: int = SLICE_ELEMENTS, workers: int | None = None):
+        _check_options(kl_top_k, batch_size, None, workers)
         self.model, self.windows = model, check_windows(windows)
         self.targets = self.windows[:, 1:].reshape(-1)  # [N]
         self.reference, self.kl_top_k, self.compute = reference, kl_top_k, compute
@@ -109,6 +115,7 @@ class WindowScorer:
         if isinstance(reference, LMReference):
             _check_reference(reference, self.targets)
         self.batch_size = batch_size or auto_batch_size(model, self.windows)
+        self.workers = workers or worker_count(model)
         self.slice_rows = slice_rows(model, slice_elements)
         self.per_window = self.windows.shape[1] - 1
         self.reason, self.seconds, self.scored_windows = "", 0.0, 0
@@ -130,72 +137,77 @@ class WindowScorer:
             raise DataError("the reference was scored on other windows than these; evaluate both models on the same windows")
         return reference
 
-    def _score_rows(self, log_probs: Tensor, targets: Tensor, start: int) -> tuple[dict[str, Tensor], dict]:
+    def _score_rows(self, log_probs: Tensor, targets: Tensor, start: int,
+                    reference: LMReference | None) -> tuple[dict[str, Tensor], dict]:
         """The per-token figures of rows ``start:start+T`` and this model's own reference rows for
-        them: log-probs [T, V], targets [T]."""
+        them: log-probs [T, V], targets [T]; ``reference`` covers at least those rows."""
         count = len(targets)
         top1 = log_probs.argmax(-1)  # [T]
         nll = -log_probs.gather(-1, targets[:, None]).squeeze(1).double()  # [T]
         rows = {"nll": nll.cpu(), "correct": (top1 == targets).double().cpu()}
-        if self.reference is not None:
-            reference = self._reference_rows(start + count)
+        if reference is not None:
             rows.update(kl=reference.kl(start, log_probs).double().cpu(),
                         agree=(top1.cpu() == reference.top1[start:start + count]).double(),
                         diff=rows["nll"] - reference.nll[start:start + count])
         return rows, _reference_part(log_probs, top1, nll, self.kl_top_k)
 
-    def _score_batch(self, batch: Tensor) -> bool:
-        """Keep the per-token figures of one batch [B, S] (on the model's device), made and scored a
-        slice of positions at a time (``logit_slices``: no window's whole logits exist where the
-        head can be applied apart); each row's log-softmax and figures depend on that row alone.
-        False, keeping nothing of the batch, when some logits are NaN or Inf (``reason`` says why)."""
-        targets = batch[:, 1:].reshape(-1)  # [B*(S-1)]
-        start = self.scored_windows * self.per_window
-        kept: list[tuple[dict[str, Tensor], dict]] = []
-        for piece in logit_slices(self.model, batch, self.slice_rows):  # [<= slice_rows, V]
-            if not torch.isfinite(piece).all():
-                first = self.scored_windows
-                self.reason = (f"logits contain NaN or Inf in windows {first}-{first + len(batch) - 1}: "
-                               "the weights or the dtype's range broke the model")
-                return False
-            count = piece.shape[0]
-            kept.append(self._score_rows(piece.float().log_softmax(-1), targets[:count], start))
-            targets, start = targets[count:], start + count
-        for rows, part in kept:
-            for name, values in rows.items():
-                self._rows[name].append(values)
-            self._parts.append(part)
-        return True
+    def _score_batch(self, first: int, reference: LMReference | None) -> list[tuple[dict[str, Tensor], dict]] | str:
+        """The per-token figures of the batch of windows from ``first`` on, made and scored a slice
+        of positions at a time (``logit_slices``: no window's whole logits exist where the head can
+        be applied apart); each row's log-softmax and figures depend on that row alone. Returns the
+        figures per slice, or why not when some logits are NaN or Inf.
 
-    def _score_next_batch(self) -> bool:
-        """Score the next batch of windows; False when its logits are not finite (``reason`` says why).
-
-        Inference mode and the compute dtype are entered here, never across a ``yield``: the
+        Changes nothing on the scorer, so batches may be scored side by side. Inference mode and the
+        compute dtype are entered here (both are per thread), never across a ``yield``: the
         consumer of :meth:`steps` must not run inside them."""
-        first = self.scored_windows
         batch = self.windows[first:first + self.batch_size]  # [B, S]
-        if self.reference is not None:  # a lazy reference scores the original first, timed apart
-            self._reference_rows((first + len(batch)) * self.per_window)
+        targets = batch[:, 1:].reshape(-1)  # [B*(S-1)]
+        start = first * self.per_window
+        kept: list[tuple[dict[str, Tensor], dict]] = []
+        with torch.inference_mode(), compute_in(self.model, self.compute):
+            for piece in logit_slices(self.model, batch.to(model_device(self.model)), self.slice_rows):
+                if not torch.isfinite(piece).all():  # piece: [<= slice_rows, V]
+                    return (f"logits contain NaN or Inf in windows {first}-{first + len(batch) - 1}: "
+                            "the weights or the dtype's range broke the model")
+                count = piece.shape[0]
+                kept.append(self._score_rows(piece.float().log_softmax(-1), targets[:count], start, reference))
+                targets, start = targets[count:], start + count
+        return kept
+
+    def _round_starts(self) -> list[int]:
+        """First windows of the batches scored next, side by side: one batch alone for the very
+        first estimate, then up to ``workers`` batches at a time."""
+        starts = range(self.scored_windows, self.total_windows, self.batch_size)
+        return list(starts[:1 if self.scored_windows == 0 else self.workers])
+
+    def _advance_round(self) -> tuple[int, int] | None:
+        """Score the next batches (see :meth:`_round_starts`) and keep them in window order, up to
+        one whose logits are not finite (``reason`` says why); (first, last) window numbers kept,
+        or None when none was."""
+        first, starts = self.scored_windows, self._round_starts()
+        end = min(self.total_windows, starts[-1] + self.batch_size)
+        # A lazy reference scores the original first, here in the caller's thread, timed apart.
+        reference = self._reference_rows(end * self.per_window) if self.reference is not None else None
         device = model_device(self.model)
         began = time.perf_counter()
-        with torch.inference_mode(), compute_in(self.model, self.compute):
-            finite = self._score_batch(batch.to(device))
+        outcomes = side_by_side([partial(self._score_batch, start, reference) for start in starts])
         synchronize(device)
         self.seconds += time.perf_counter() - began
-        return finite
-
-    def _advance_batch(self) -> tuple[int, int] | None:
-        """Score the next batch; (first, last) window numbers scored, or None when it diverged."""
-        first = self.scored_windows
-        if not self._score_next_batch():
-            return None
-        self.scored_windows = min(self.total_windows, first + self.batch_size)
-        return first, self.scored_windows
+        for start, outcome in zip(starts, outcomes):
+            if isinstance(outcome, str):
+                self.reason = outcome
+                break
+            for rows, part in outcome:
+                for name, values in rows.items():
+                    self._rows[name].append(values)
+                self._parts.append(part)
+            self.scored_windows = min(self.total_windows, start + self.batch_size)
+        return (first, self.scored_windows) if self.scored_windows > first else None
 
     def advance(self, windows: int) -> None:
         """Score (without estimates) until at least ``windows`` windows are scored or it diverges."""
         while self.scored_windows < min(windows, self.total_windows) and not self.reason:
-            self._advance_batch()
+            self._advance_round()
 
     def resume_from(self, reference: LMReference) -> None:
         """Count the whole windows of ``reference`` (this model's own rows from an earlier run, e.g.
@@ -220,7 +232,7 @@ class WindowScorer:
         while self.scored_windows < self.total_windows and not self.reason:
             if cancel is not None and cancel.is_set():
                 return
-            scored = self._advance_batch()
+            scored = self._advance_round()
             if scored is None:
                 return
             for done in range(scored[0] + 1, scored[1] + 1):

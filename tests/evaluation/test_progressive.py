@@ -87,7 +87,7 @@ def test_last_step_is_exactly_evaluate_causal_lm(perturbed, windows, reference):
 
 def test_cancel_between_windows_keeps_what_was_scored(perturbed, windows, reference):
     cancel = threading.Event()
-    scorer = WindowScorer(perturbed, windows, reference, batch_size=1)
+    scorer = WindowScorer(perturbed, windows, reference, batch_size=1, workers=1)
     seen = []
     for estimate in scorer.steps(cancel=cancel):
         seen.append(estimate.windows)
