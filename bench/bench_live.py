@@ -286,10 +286,19 @@ def stored_rows(cache: Path, count: int, timeout_s: float = 180.0) -> None:
         time.sleep(0.5)
 
 
+# The controls a person moves, one key each (a setting is sent when the key is released), all
+# settings never run before: 4 -> 5 -> 6 -> 8 bits, the grid to asymmetric, then 8 -> 6 -> 5 bits.
+BIT_WIDTH = ("slider", {"name": "Bit width"})
+MOVES = ((BIT_WIDTH, "ArrowRight", "cold: model load and the original's scoring included"),
+         (BIT_WIDTH, "ArrowRight", "warm"), (BIT_WIDTH, "ArrowRight", "warm"),
+         (("radio", {"name": "symmetric", "exact": True}), "ArrowDown", "warm"),
+         (BIT_WIDTH, "ArrowLeft", "warm"), (BIT_WIDTH, "ArrowLeft", "warm"))
+
+
 def browser_seconds(max_tokens: int, bench: Workbench, quiet_runs: int = 2) -> None:
-    """Seconds a person waits in Chromium from releasing the bit-width slider to the first estimate
-    and to the exact figure: the first release loads SmolLM2 and scores the original (an empty
-    store), the next two are warm (settings never run before). After each wait, the same setting
+    """Seconds a person waits in Chromium from releasing a control (``MOVES``) to the first
+    estimate and to the exact figure: the first release loads SmolLM2 and scores the original (an
+    empty store), the rest are warm (settings never run before). After each wait, the same setting
     runs ``quiet_runs`` times in this process with the dashboard idle: this machine's speed drifts
     by 10-20% over minutes, so the quiet figure is taken right beside the page's. Prints the CPU
     seconds each process group used during each wait and the engine's own timings."""
@@ -303,16 +312,18 @@ def browser_seconds(max_tokens: int, bench: Workbench, quiet_runs: int = 2) -> N
         tab.get_by_text("Live", exact=True).click()
         settle(tab)
         tab.evaluate(RECORDER)
-        for count, move in enumerate(("cold: model load and the original's scoring included", "warm", "warm"), 1):
-            tab.get_by_role("slider", name="Bit width").focus()
+        ratios = []
+        for count, (control, key, move) in enumerate(MOVES, 1):
+            role, name = control
+            tab.get_by_role(role, **name).focus()
             cpu_before = cpu_seconds_by_group()
-            first, exact = wait_after_release(tab, "ArrowRight")  # 4 -> 5 -> 6 -> 8 bits
+            first, exact = wait_after_release(tab, key)
             cpu = cpu_split(cpu_before, cpu_seconds_by_group(), exact)
             stored_rows(cache, count)  # its generation done and the result stored, as a person reads the figure
             row = ResultStore(cache / "results.db").rows()[0]  # newest first
             timings = row["result"]["timings"]
             engine_s = timings["compress_s"] + timings["evaluate_s"]
-            print(f"browser, slider release -> first estimate {first:.1f} s, -> exact figure {exact:.1f} s ({move}; "
+            print(f"browser, release -> first estimate {first:.1f} s, -> exact figure {exact:.1f} s ({move}; "
                   f"{row['setting']}; engine in a {os.environ.get('MEMOPT_ENGINE') or 'process'})\n  {cpu}\n"
                   f"  the engine's own timings in the same run: compression + all windows {engine_s:.1f} s, first "
                   f"estimate at {timings['first_estimate_s']:.1f} s; page / engine: exact {exact / engine_s:.2f}x "
@@ -324,6 +335,12 @@ def browser_seconds(max_tokens: int, bench: Workbench, quiet_runs: int = 2) -> N
                   f"{quiet_first:.1f} s, exact {quiet_exact:.1f} s; page / quiet engine: first estimate "
                   f"{first / quiet_first:.2f}x (target <= 2x of compression + one window), exact "
                   f"{exact / quiet_exact:.2f}x (target <= 1.15x warm)", flush=True)
+            if count > 1:
+                ratios.append((first / quiet_first, exact / quiet_exact))
+        firsts, exacts = zip(*ratios)
+        print(f"browser, warm moves ({len(ratios)}), page / quiet engine: exact mean {statistics.mean(exacts):.2f}x "
+              f"(range {min(exacts):.2f}-{max(exacts):.2f}; target <= 1.15x), first estimate mean "
+              f"{statistics.mean(firsts):.2f}x (range {min(firsts):.2f}-{max(firsts):.2f})", flush=True)
 
 
 def main() -> None:
