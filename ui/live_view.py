@@ -21,6 +21,11 @@ from ui.live_run import CURRENT, LiveRun, LiveState
 POLL_S = 1.0
 HOLD_S = 10.0  # the longest hold: then one redraw of the same state (a slow window on a big model)
 YIELD_S = 0.2  # how often a hold lets Streamlit act on a newer request (a slider moved)
+# Windows scored side by side end together: their estimates arrive a few milliseconds apart, and
+# drawing each cost the browser a redraw (windows 2 and 3 were drawn 0.15-0.76 s apart). A hold that
+# ends waits until updates pause for SETTLE_S (at most SETTLE_MAX_S), so a round is drawn once.
+SETTLE_S = 0.1
+SETTLE_MAX_S = 0.5
 STAGE_TEXT = {"loading": "Loading the model (once; later settings reuse it) ...",
               "compressing": "Compressing a copy ...", "scoring": "Scoring windows ...",
               "finishing": "Every window scored; zero-shot and generation ...",
@@ -103,14 +108,23 @@ def _yield_to_streamlit() -> None:
     st.session_state.get(CURRENT)
 
 
+def settle(run: LiveRun, pause_s: float = SETTLE_S, longest_s: float = SETTLE_MAX_S) -> None:
+    """Wait while ``run``'s updates keep coming less than ``pause_s`` apart, at most ``longest_s``."""
+    deadline = time.monotonic() + longest_s
+    while time.monotonic() < deadline and run.wait_for_change(run.snapshot(), pause_s):
+        pass
+
+
 def hold_until_changed(run: LiveRun, seen: LiveState, yield_check: Callable[[], None] = _yield_to_streamlit,
                        hold_s: float | None = None, step_s: float = YIELD_S) -> bool:
-    """Block until ``run``'s state is no longer ``seen`` or ``hold_s`` (default HOLD_S) seconds have
-    passed, calling ``yield_check`` every ``step_s`` seconds meanwhile; True when the state changed."""
+    """Block until ``run``'s state is no longer ``seen`` (and its updates pause, see ``settle``) or
+    ``hold_s`` (default HOLD_S) seconds have passed, calling ``yield_check`` every ``step_s``
+    seconds meanwhile; True when the state changed."""
     deadline = time.monotonic() + (HOLD_S if hold_s is None else hold_s)
     while True:
         left = deadline - time.monotonic()
         if run.wait_for_change(seen, max(0.0, min(step_s, left))):
+            settle(run)
             return True
         if left <= step_s:
             return False

@@ -3,6 +3,7 @@ estimates come before the exact figure, and what needs no evaluation is drawn be
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -140,3 +141,23 @@ def test_a_hold_ends_at_a_change_and_lets_streamlit_interrupt_it_meanwhile():
     seen = run.snapshot()
     threading.Timer(0.1, lambda: run._update(stage="scoring")).start()
     assert hold_until_changed(run, seen, lambda: None, hold_s=5.0, step_s=0.05)
+
+
+def test_a_hold_that_ends_waits_for_a_burst_of_updates_to_pause():
+    from ui.live_view import SETTLE_MAX_S, SETTLE_S, hold_until_changed, settle
+
+    run = LiveRun(SETTING, "key", lambda *request: iter(()), save=None)
+    seen = run.snapshot()
+    for delay, stage in ((0.05, "compressing"), (0.05 + SETTLE_S / 2, "scoring")):  # a round's two estimates
+        threading.Timer(delay, lambda stage=stage: run._update(stage=stage)).start()
+    assert hold_until_changed(run, seen, lambda: None, hold_s=5.0, step_s=0.05)
+    assert run.snapshot().stage == "scoring"  # both updates drawn at once
+    began = time.monotonic()
+    settle(run)  # nothing more comes: one pause, no longer
+    assert SETTLE_S <= time.monotonic() - began < SETTLE_MAX_S
+    ticker = threading.Thread(target=lambda: [time.sleep(SETTLE_S / 4) or run._update(stage=str(i)) for i in range(40)])
+    began = time.monotonic()
+    ticker.start()
+    settle(run)  # updates that never pause: the wait still ends
+    assert SETTLE_MAX_S <= time.monotonic() - began < SETTLE_MAX_S + 2 * SETTLE_S
+    ticker.join()
