@@ -2,13 +2,17 @@
 
 Why: on CPU torch splits every operation of a forward across its threads, and the threads meet at
 the end of each operation. When another process takes a core for a moment (the browser drawing the
-page), every operation waits for the thread that lost its core, so a 2-thread forward slows by
-about the other process's whole CPU time. Two one-thread workers on separate windows never wait
-for each other: measured on SmolLM2 (2 cores, 8 windows of 512 tokens), they were 2-15% faster
-quiet and lost less beside a process busy a fifth of the time (``bench/bench_live.py`` prints
-both). They also hold two windows' activations at once, so a model streamed under a memory cap
-(accelerate's hooks move weights in and out, which is not safe from two threads), or one on a GPU
-(one stream does the work), keeps one forward at a time.
+page), every operation waits for the thread that lost its core. Two one-thread workers on separate
+windows never wait for each other. Measured on SmolLM2 (2 cores, 8 windows of 512 tokens, the first
+alone): a round of two windows took 3.6-3.8 s against 2.3-2.5 s for one window on both threads,
+about 20% less per window, and a whole warm setting 2-17% less quiet; beside a process busy a fifth
+of the time, side by side was 0-9% faster than one at a time (``bench/bench_live.py --parts
+workers``; this machine's speed drifts, so each figure is a pair of interleaved runs). The cost: a
+newer setting that cancels a run waits for the round in flight (two windows), not one window.
+
+Two windows' activations are held at once, so a model streamed under a memory cap (accelerate's
+hooks move weights in and out, which is not safe from two threads), or one on a GPU (one stream
+does the work), keeps one forward at a time.
 
 Results do not depend on the split: a product over one thread or two sums in the same order here
 (checked bit for bit on SmolLM2), and each worker's rows are kept in window order by the caller.
