@@ -40,7 +40,8 @@ _LOGITS_BUDGET = 1 << 24
 
 
 class CancelToken(Protocol):
-    """Anything with ``is_set()``, e.g. a ``threading.Event``: set it to stop between windows."""
+    """Anything with ``is_set()``, e.g. a ``threading.Event``: set it to stop between windows (after
+    the batches being scored side by side)."""
 
     def is_set(self) -> bool: ...
 
