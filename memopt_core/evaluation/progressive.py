@@ -116,7 +116,9 @@ class WindowScorer:
         if isinstance(reference, LMReference):
             _check_reference(reference, self.targets)
         self.batch_size = batch_size or auto_batch_size(model, self.windows)
-        self.workers = workers or worker_count(model)
+        # float32 logits of a batch, three times over: the logits, a slice's log-softmax, activations
+        batch_bytes = 3 * 4 * self.batch_size * self.windows.shape[1] * vocab_size(model)
+        self.workers = workers or worker_count(model, batch_bytes)
         self.slice_rows = slice_rows(model, slice_elements)
         self.per_window = self.windows.shape[1] - 1
         self.reason, self.seconds, self.scored_windows = "", 0.0, 0

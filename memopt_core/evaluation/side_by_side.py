@@ -10,9 +10,10 @@ of the time, side by side was 0-9% faster than one at a time (``bench/bench_live
 workers``; this machine's speed drifts, so each figure is a pair of interleaved runs). The cost: a
 newer setting that cancels a run waits for the round in flight (two windows), not one window.
 
-Two windows' activations are held at once, so a model streamed under a memory cap (accelerate's
-hooks move weights in and out, which is not safe from two threads), or one on a GPU (one stream
-does the work), keeps one forward at a time.
+Two windows' activations are held at once, so a second worker runs only when its batch's logits
+fit in a small share of free memory, and a model streamed under a memory cap (accelerate's hooks
+move weights in and out, which is not safe from two threads), or one on a GPU (one stream does the
+work), keeps one forward at a time.
 
 Results do not depend on the split: a product over one thread or two sums in the same order here
 (checked bit for bit on SmolLM2), and each worker's rows are kept in window order by the caller.
@@ -26,19 +27,26 @@ import torch
 from torch import nn
 
 from memopt_core.evaluation.compute import model_device
+from memopt_core.planning import guard
 
 # More workers would hold more windows' activations at once for little gain over two.
 MAX_WORKERS = 2
+# Another worker's batch may take at most this share of free host memory (its float32 logits, the
+# log-softmax of a slice and the forward's activations: ``batch_bytes`` counts three logits' worth).
+SHARE_OF_FREE_MEMORY = 0.25
 
 Result = TypeVar("Result")
 
 
-def worker_count(model: nn.Module) -> int:
-    """How many forwards of ``model`` may run side by side: up to MAX_WORKERS on CPU, one at a
-    time on a GPU or for a model streamed under a memory cap (``hf_device_map``)."""
+def worker_count(model: nn.Module, batch_bytes: int = 0) -> int:
+    """How many forwards of ``model`` may run side by side: up to MAX_WORKERS on CPU while each
+    further batch (``batch_bytes`` of working memory) fits in SHARE_OF_FREE_MEMORY of free memory;
+    one at a time on a GPU or for a model streamed under a memory cap (``hf_device_map``)."""
     if model_device(model).type != "cpu" or getattr(model, "hf_device_map", None):
         return 1
-    return max(1, min(MAX_WORKERS, torch.get_num_threads()))
+    workers = max(1, min(MAX_WORKERS, torch.get_num_threads()))
+    room = int(SHARE_OF_FREE_MEMORY * guard.available_bytes()) // max(1, batch_bytes)
+    return max(1, min(workers, 1 + room))
 
 
 def side_by_side(tasks: list[Callable[[], Result]]) -> list[Result]:

@@ -11,6 +11,7 @@ import torch
 from tiny_models import greedy_windows, make_tiny_llama, perturbed_copy
 from memopt_core.evaluation.progressive import WindowScorer, evaluate_causal_lm
 from memopt_core.evaluation.side_by_side import side_by_side, worker_count
+from memopt_core.planning import guard
 
 VOCAB = 320
 N_WINDOWS, SEQ = 6, 20
@@ -88,7 +89,7 @@ def test_divergence_inside_a_round_keeps_the_windows_before_it(model, windows, m
     assert rows.tokens == kept * (SEQ - 1) and scorer.scored_windows == kept
 
 
-def test_side_by_side_keeps_order_raises_the_first_error_and_counts_workers(model):
+def test_side_by_side_keeps_order_raises_the_first_error_and_counts_workers(model, monkeypatch):
     order = side_by_side([lambda index=index: (index, torch.get_num_threads()) for index in range(2)])
     assert [index for index, _ in order] == [0, 1]
     assert all(threads == max(1, torch.get_num_threads() // 2) for _, threads in order)
@@ -102,3 +103,6 @@ def test_side_by_side_keeps_order_raises_the_first_error_and_counts_workers(mode
     streamed.hf_device_map = {"": "cpu"}
     assert worker_count(streamed) == 1
     assert worker_count(model) == min(2, torch.get_num_threads())
+    monkeypatch.setattr(guard, "available_bytes", lambda: 4 * 1000)  # a second batch of 1,001 bytes does not fit
+    assert worker_count(model, batch_bytes=1001) == 1
+    assert worker_count(model, batch_bytes=1000) == min(2, torch.get_num_threads())
