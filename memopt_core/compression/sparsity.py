@@ -17,14 +17,15 @@ def layer_sparsity(model: nn.Module, names: list[str]) -> list[dict]:
     """One row per named layer, in the given order: ``name``, ``shape`` (``(out, in)``),
     ``sparsity`` (fraction of exact zeros), ``zeros``, ``numel``, ``block`` (index or None) and
     ``module_type`` (e.g. ``'self_attn.q_proj'``). ``model`` is not changed."""
-    rows = []
-    for name in names:
-        weight = effective_weight(model.get_submodule(name))  # [out, in]
-        zeros, numel = count_zeros(weight), weight.numel()
-        block, module_type = layer_position(name)
-        rows.append({"name": name, "shape": tuple(weight.shape), "sparsity": zeros / numel if numel else 0.0,
-                     "zeros": zeros, "numel": numel, "block": block, "module_type": module_type})
-    return rows
+    return [sparsity_row(name, effective_weight(model.get_submodule(name))) for name in names]
+
+
+def sparsity_row(name: str, weight: torch.Tensor) -> dict:
+    """The :func:`layer_sparsity` row of layer ``name`` whose effective weight is ``weight`` [out, in]."""
+    zeros, numel = count_zeros(weight), weight.numel()
+    block, module_type = layer_position(name)
+    return {"name": name, "shape": tuple(weight.shape), "sparsity": zeros / numel if numel else 0.0,
+            "zeros": zeros, "numel": numel, "block": block, "module_type": module_type}
 
 
 def overall_sparsity(rows: list[dict]) -> float:

@@ -51,12 +51,12 @@ def worker_count(model: nn.Module, batch_bytes: int = 0) -> int:
 
 def side_by_side(tasks: list[Callable[[], Result]]) -> list[Result]:
     """Run ``tasks`` at once, each in a new thread with an equal share of the caller's torch
-    threads, and return their results in order; one task runs in the caller's thread with all of
-    them. The first task's exception (in task order) is raised after all have ended. Torch's
+    threads, and return their results in order; a single task runs in the caller's thread with all
+    of them. The first task's exception (in task order) is raised after all have ended. Torch's
     thread count is the caller's again afterwards (setting it in a worker changes the default that
     new threads start from)."""
-    if len(tasks) == 1:
-        return [tasks[0]()]
+    if len(tasks) <= 1:
+        return [task() for task in tasks]
     threads = torch.get_num_threads()
     share = max(1, threads // len(tasks))
     outcomes: list[tuple[bool, object]] = [(False, None)] * len(tasks)

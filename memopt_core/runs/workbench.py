@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 from memopt_core.planning import guard
 from memopt_core.compression.calibration_data import CalibrationSet, calibration_set
-from memopt_core.compression.compress import CompressedModel, compress_copy, layer_errors
+from memopt_core.compression.compress import CompressedModel, compress_copy, layer_figures
 from memopt_core.config import CalibConfig, EvalConfig, RunConfig, SolverConfig
 from memopt_core.evaluation.lm_records import Estimate
 from memopt_core.evaluation.progressive import CancelToken
@@ -23,7 +23,7 @@ from memopt_core.evaluation.reference_store import ReferenceStore
 from memopt_core.loading.devices import resolve_device
 from memopt_core.compression.memory import MemoryReport, measure_growth, memory_report
 from memopt_core.loading.models import LoadedModel, load_model
-from memopt_core.compression.sparsity import layer_sparsity, overall_sparsity
+from memopt_core.compression.sparsity import overall_sparsity
 from memopt_core.runs.baselines import OriginalEvaluation
 from memopt_core.runs.progressive_run import Compressed, run_protocol, run_steps
 from memopt_core.runs.format_notes import format_notes, layer_layout
@@ -100,13 +100,13 @@ class Workbench:
         return compressed, report
 
     def layer_rows(self, compressed: CompressedModel, memory: MemoryReport) -> list[dict[str, Any]]:
-        rows = layer_sparsity(compressed.model, compressed.target_names)
-        errors = layer_errors(self.loaded.model, compressed.model, compressed.target_names)
+        """Sparsity, SQNR, bits, bytes and layout of each targeted layer, in order."""
+        rows = layer_figures(self.loaded.model, compressed.model, compressed.target_names)
         by_name = {layer.name: layer for layer in memory.layers}
         for row in rows:
             layer = by_name[row["name"]]
             row.update(bits=layer.bits_per_weight, stored_bytes=layer.stored_bytes, dense_bytes=layer.dense_bytes,
-                       sqnr_db=errors[row["name"]], layout=layer_layout(compressed.model.get_submodule(row["name"])))
+                       layout=layer_layout(compressed.model.get_submodule(row["name"])))
         return rows
 
     def measure(self, config: RunConfig, compressed: CompressedModel, memory: MemoryReport,
