@@ -41,6 +41,7 @@ from memopt_core.evaluation.causal_lm import (SENTIMENT_LABELS, SENTIMENT_PROMPT
 from memopt_core.evaluation import side_by_side  # noqa: E402
 from memopt_core.evaluation.lm_records import Estimate  # noqa: E402
 from memopt_core.evaluation.progressive import evaluate_causal_lm  # noqa: E402
+from memopt_core.runs.engine_serve import freeze_what_is_loaded  # noqa: E402
 from memopt_core.runs.store import ResultStore  # noqa: E402
 from memopt_core.runs.workbench import Workbench  # noqa: E402
 from bench_intervals import print_coverage  # noqa: E402
@@ -358,6 +359,7 @@ def main() -> None:
         parser.error(f"--parts: unknown {sorted(parts - set(PARTS))}; choose from {', '.join(PARTS)}")
     if parts & {"live", "zero-shot", "dtype", "workers", "browser"}:
         bench, load_s = seconds(lambda: Workbench.load(ModelSpec("smollm2-135m")))
+        freeze_what_is_loaded()  # as the dashboard's engine process does: its quiet twin here
         print(f"SmolLM2 loaded in {load_s:.1f} s")
     if "live" in parts:
         live_ratios(bench, evaluation, SETTINGS[:args.settings])
