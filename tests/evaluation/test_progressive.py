@@ -1,5 +1,6 @@
 """The progressive scoring loop: each estimate against a direct computation on the windows so far,
-the last one identical to evaluate_causal_lm, cancel and early stop, resuming, the lazy original."""
+the last one identical to evaluate_causal_lm, cancel and early stop, resuming, the lazy original,
+batches scored side by side (the same figures, in window order, with cancel and divergence)."""
 from __future__ import annotations
 
 import copy
@@ -18,6 +19,7 @@ from memopt_core.evaluation.progressive import WindowScorer, evaluate_causal_lm
 
 VOCAB = 320
 N_WINDOWS, SEQ = 6, 20
+MARK = 1  # a token id greedy_windows never draws (it draws from 2 on), planted to break one window
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +150,58 @@ def test_bfloat16_compute_is_close_to_float32_and_float32_needs_float32_weights(
     assert bf16.perplexity == pytest.approx(fp32.perplexity, rel=0.05)
     with pytest.raises(ConfigError, match="needs weights loaded in float32"):
         evaluate_causal_lm(copy.deepcopy(model).to(torch.bfloat16), windows, compute="float32")
+
+
+def threads_of_a_new_thread() -> int:
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    worker.start()
+    worker.join()
+    return seen[0]
+
+
+def test_side_by_side_figures_equal_one_window_at_a_time(perturbed, windows, reference):
+    threads, new_thread = torch.get_num_threads(), threads_of_a_new_thread()
+    alone = WindowScorer(perturbed, windows, reference, kl_top_k=8, batch_size=1, workers=1)
+    paired = WindowScorer(perturbed, windows, reference, kl_top_k=8, batch_size=1, workers=2)
+    alone_steps, paired_steps = list(alone.steps()), list(paired.steps())
+    assert [e.windows for e in paired_steps] == list(range(1, N_WINDOWS + 1))
+    assert [e.to_dict() for e in paired_steps] == [e.to_dict() | {"seconds": p.seconds}
+                                                  for e, p in zip(alone_steps, paired_steps)]
+    (alone_metrics, alone_rows), (paired_metrics, paired_rows) = alone.result(), paired.result()
+    assert paired_metrics.exact and paired_metrics.perplexity == alone_metrics.perplexity
+    for name in ("nll", "top1", "top_ids", "top_log_probs", "rest_log_prob"):
+        assert torch.equal(getattr(paired_rows, name), getattr(alone_rows, name)), name
+    assert torch.get_num_threads() == threads and threads_of_a_new_thread() == new_thread
+
+
+def test_rounds_are_one_batch_then_pairs_and_cancel_keeps_a_whole_round(perturbed, windows, reference):
+    cancel = threading.Event()
+    scorer = WindowScorer(perturbed, windows, reference, batch_size=1, workers=2)
+    seen = []
+    for estimate in scorer.steps(cancel=cancel):
+        seen.append((estimate.windows, scorer.scored_windows))
+        if estimate.windows == 2:
+            cancel.set()
+    assert seen == [(1, 1), (2, 3), (3, 3)]  # the first window alone, then windows 2 and 3 together
+    assert scorer.result()[1].tokens == 3 * (SEQ - 1)
+
+
+def broken_on(model, marked_window: int, windows: torch.Tensor):
+    """A copy whose embeddings are NaN wherever MARK is, and the windows with MARK planted in one."""
+    broken = copy.deepcopy(model)
+    broken.model.embed_tokens.register_forward_hook(
+        lambda module, args, out: out.masked_fill((args[0] == MARK)[..., None], float("nan")))
+    planted = windows.clone()
+    planted[marked_window, 3] = MARK
+    return broken, planted
+
+
+@pytest.mark.parametrize("marked, kept", [(2, 2), (1, 1)])  # second of a pair, first of a pair
+def test_divergence_inside_a_round_keeps_the_windows_before_it(model, windows, marked, kept):
+    broken, planted = broken_on(model, marked, windows)
+    scorer = WindowScorer(broken, planted, kl_top_k=8, batch_size=1, workers=2)
+    assert [e.windows for e in scorer.steps()] == list(range(1, kept + 1))
+    metrics, rows = scorer.result()
+    assert metrics.diverged and f"windows {marked}-{marked}" in metrics.reason
+    assert rows.tokens == kept * (SEQ - 1) and scorer.scored_windows == kept
